@@ -1,0 +1,123 @@
+"""Local DP-SGD on a client's records with Opacus, continuing the node's privacy history.
+
+Plain functions, no Flower: the ClientApp calls `train_locally` once per round. Privacy
+parameters are explicit: per-record clip norm C, noise multiplier σ, Poisson sample rate q, and
+the accountant history from earlier rounds, which the returned history extends.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from opacus import PrivacyEngine
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from common.privacy_accounting import HistoryEntry, make_accountant, merge_history
+
+
+@dataclass(frozen=True)
+class DpSettings:
+    """DP-SGD parameters for one round of local training."""
+
+    noise_multiplier: float
+    clip_norm: float
+    batch_size: int  # expected batch size under Poisson sampling
+    local_steps: int
+    learning_rate: float
+
+
+@dataclass(frozen=True)
+class LocalResult:
+    """What one round of local DP training produced (weights stay in the model)."""
+
+    mean_loss: float
+    steps: int
+    sample_rate: float
+    history: list[HistoryEntry]  # earlier rounds + this round, Opacus format
+
+
+def poisson_sample_rate(num_records: int, batch_size: int) -> float:
+    """The sample rate Opacus uses for a loader of `num_records` at `batch_size`."""
+    return 1.0 / math.ceil(num_records / batch_size)
+
+
+PerRecordLoss = Callable[[nn.Module, tuple[torch.Tensor, ...], torch.Generator], torch.Tensor]
+
+
+def train_locally(
+    model: nn.Module,
+    records: tuple[torch.Tensor, ...],
+    per_record_loss: PerRecordLoss,
+    settings: DpSettings,
+    history: Sequence[HistoryEntry],
+    seed: int,
+    on_step: Callable[[int, float], None] | None = None,
+) -> LocalResult:
+    """Run `settings.local_steps` DP-SGD steps of a task's objective on these records.
+
+    `records` are tensors with one row per record; `per_record_loss` returns one loss per
+    record (shape `[B]`), which is what makes per-record clipping meaningful.
+
+    Uses Poisson sampling (batches vary in size and may be empty; an empty batch still adds
+    noise and counts as a step, as the accountant assumes). `model` is trained in place.
+    """
+    torch.manual_seed(seed)  # Opacus draws noise and Poisson masks from torch's global RNG
+    task_rng = torch.Generator().manual_seed(seed + 1)  # the task's masks / augmentations
+    loader = DataLoader(TensorDataset(*records), batch_size=settings.batch_size)
+    optimizer = torch.optim.Adam(model.parameters(), lr=settings.learning_rate)
+    with warnings.catch_warnings():
+        # secure_mode needs torchcsprng, which has no wheel here (REFERENCE.md).
+        warnings.filterwarnings("ignore", message=".*[Ss]ecure RNG.*")
+        engine = PrivacyEngine(accountant="rdp")
+        engine.accountant = make_accountant(history)  # continue, never restart, the spend
+        private_model, optimizer, loader = engine.make_private(
+            module=model,
+            optimizer=optimizer,
+            data_loader=loader,
+            noise_multiplier=settings.noise_multiplier,
+            max_grad_norm=settings.clip_norm,
+            poisson_sampling=True,
+        )
+    private_model.train()
+    losses: list[float] = []
+    steps = 0
+    batches = iter(loader)
+    while steps < settings.local_steps:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            batches = iter(loader)
+            continue
+        optimizer.zero_grad(set_to_none=True)
+        if len(batch[0]) == 0:
+            _mark_empty_batch(model)
+        else:
+            loss = per_record_loss(private_model, tuple(batch), task_rng).mean()
+            with warnings.catch_warnings():
+                # Opacus' hooks on the embedding see integer inputs; the warning is harmless.
+                warnings.filterwarnings("ignore", message=".*Full backward hook.*")
+                loss.backward()
+            losses.append(loss.item())
+        optimizer.step()  # clip, add noise, step; the accountant hook records the step
+        steps += 1
+        if on_step is not None:
+            on_step(steps, losses[-1] if losses else float("nan"))
+    private_model.remove_hooks()
+    return LocalResult(
+        mean_loss=sum(losses) / len(losses) if losses else float("nan"),
+        steps=steps,
+        sample_rate=float(loader.sample_rate),
+        history=merge_history(engine.accountant.history),
+    )
+
+
+def _mark_empty_batch(model: torch.nn.Module) -> None:
+    """Give every parameter an empty per-sample gradient, as a backward on 0 records would."""
+    for param in model.parameters():
+        if param.requires_grad:
+            param.grad_sample = torch.zeros((0, *param.shape), dtype=param.dtype)

@@ -1,0 +1,197 @@
+"""The one typed run configuration, parsed and validated once at the edge.
+
+Flower delivers `[tool.flwr.app.config]` (plus `--run-config` overrides) as a flat mapping with
+hyphenated keys; `RunConfig.from_mapping` turns it into this object or raises `ConfigError`
+naming the offending setting. Defaults here must equal pyproject.toml's (a test checks).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+
+AUTO = "auto"
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """Size of the BERT encoder (shared by pretraining, fine-tuning and the baseline)."""
+
+    hidden_size: int = 128
+    num_layers: int = 2
+    num_heads: int = 2
+    intermediate_size: int = 256
+    max_length: int = 48
+
+
+class ConfigError(ValueError):
+    """A setting has an impossible value; the message names the setting."""
+
+    def __init__(self, key: str, problem: str) -> None:
+        super().__init__(f"setting '{key}': {problem}")
+        self.key = key
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Every setting of a fedssl run. Field `x_y` is run-config key `x-y`."""
+
+    task: str = "mlm"
+    run_dir: str = "runs/latest"
+    seed: int = 0
+    # Federation
+    num_clients: int = 5
+    num_rounds: int = 3
+    fraction_train: float = 1.0
+    # Local DP-SGD (record-level DP)
+    local_steps: int = 20
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    clip_norm: float = 1.0
+    noise_multiplier: str = AUTO
+    target_epsilon: float = 8.0
+    delta: float = 1e-5
+    # Client update clipping (bounds each client's influence on the aggregate)
+    update_clip_norm: float = 5.0
+    # Data
+    label_fraction: float = 0.01
+    test_fraction: float = 0.2
+    dirichlet_alpha: float = 0.5
+    max_records: int = 0
+    tokenizer: str = ""
+    # Model
+    hidden_size: int = 128
+    num_layers: int = 2
+    num_heads: int = 2
+    intermediate_size: int = 256
+    max_length: int = 48
+    # Central fine-tuning, baseline and pruning
+    finetune_epochs: int = 30
+    finetune_batch_size: int = 32
+    finetune_learning_rate: float = 5e-4
+    prune_amount: float = 0.5
+    prune_recover_epochs: int = 2
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> "RunConfig":
+        """Build from hyphenated keys (unknown keys are an error), then validate."""
+        known = {f.name.replace("_", "-"): f for f in fields(cls)}
+        kwargs: dict[str, Any] = {}
+        for key, raw in values.items():
+            if key not in known:
+                raise ConfigError(key, f"unknown setting; known settings: {', '.join(known)}")
+            field = known[key]
+            kwargs[field.name] = _coerce(key, raw, field.type)
+        config = cls(**kwargs)
+        config.validate()
+        return config
+
+    def to_mapping(self) -> dict[str, Any]:
+        """Hyphenated key → value, as in pyproject.toml."""
+        return {k.replace("_", "-"): v for k, v in dataclasses.asdict(self).items()}
+
+    def replace(self, **changes: Any) -> "RunConfig":
+        """A validated copy with some fields changed."""
+        config = dataclasses.replace(self, **changes)
+        config.validate()
+        return config
+
+    @property
+    def model_shape(self) -> ModelShape:
+        return ModelShape(
+            hidden_size=self.hidden_size,
+            num_layers=self.num_layers,
+            num_heads=self.num_heads,
+            intermediate_size=self.intermediate_size,
+            max_length=self.max_length,
+        )
+
+    @property
+    def fixed_noise_multiplier(self) -> float | None:
+        """The explicit noise multiplier, or None when it is calibrated to target-epsilon."""
+        return None if self.noise_multiplier == AUTO else float(self.noise_multiplier)
+
+    def validate(self) -> None:
+        """Raise ConfigError for the first impossible setting."""
+        from common.tasks import get_task  # late import: the registry imports this module
+
+        get_task(self.task)
+        _require("seed", self.seed >= 0, "must be >= 0")
+        for key in ("num-clients", "num-rounds", "local-steps", "batch-size", "hidden-size",
+                    "num-layers", "num-heads", "intermediate-size", "finetune-epochs",
+                    "finetune-batch-size"):
+            _require(key, getattr(self, key.replace("-", "_")) >= 1, "must be >= 1")
+        _require("max-records", self.max_records >= 0, "must be >= 0 (0 means all records)")
+        _require("prune-recover-epochs", self.prune_recover_epochs >= 0, "must be >= 0")
+        _require("max-length", self.max_length >= 8, "must be >= 8 tokens")
+        _require("hidden-size", self.hidden_size % self.num_heads == 0,
+                 f"must be divisible by num-heads ({self.num_heads})")
+        _require("fraction-train", 0 < self.fraction_train <= 1, "must be in (0, 1]")
+        _require("learning-rate", self.learning_rate > 0, "must be > 0")
+        _require("finetune-learning-rate", self.finetune_learning_rate > 0, "must be > 0")
+        _require("clip-norm", self.clip_norm > 0, "must be > 0 (per-record gradient clip norm)")
+        _require("update-clip-norm", self.update_clip_norm > 0, "must be > 0")
+        _require("delta", 0 < self.delta < 1, "must be in (0, 1)")
+        _require("label-fraction", 0 < self.label_fraction <= 1, "must be in (0, 1]")
+        _require("test-fraction", 0 < self.test_fraction < 1, "must be in (0, 1)")
+        _require("dirichlet-alpha", self.dirichlet_alpha > 0, "must be > 0")
+        _require("prune-amount", 0 <= self.prune_amount < 1, "must be in [0, 1)")
+        noise = self.fixed_noise_multiplier if self._noise_is_number() else None
+        _require("noise-multiplier", self.noise_multiplier == AUTO or noise is not None,
+                 f"must be '{AUTO}' or a number >= 0, got '{self.noise_multiplier}'")
+        if noise is not None:
+            _require("noise-multiplier", math.isfinite(noise) and noise >= 0, "must be >= 0")
+        if self.noise_multiplier == AUTO:
+            _require("target-epsilon", 0 < self.target_epsilon < math.inf,
+                     "must be a finite number > 0")
+        if self.tokenizer:
+            _require("tokenizer", Path(self.tokenizer).is_file(),
+                     f"file not found: {self.tokenizer}")
+
+    def _noise_is_number(self) -> bool:
+        try:
+            float(self.noise_multiplier)
+        except ValueError:
+            return False
+        return True
+
+
+def _require(key: str, ok: bool, problem: str) -> None:
+    if not ok:
+        raise ConfigError(key, problem)
+
+
+def _coerce(key: str, raw: Any, kind: Any) -> Any:
+    """Convert a run-config value to the field's type, with a clear error."""
+    kind = kind if isinstance(kind, str) else kind.__name__
+    try:
+        if kind == "str":
+            return str(raw)
+        if isinstance(raw, bool):
+            raise TypeError
+        if kind == "int":
+            value = float(raw)
+            if not value.is_integer():
+                raise ValueError
+            return int(value)
+        if kind == "float":
+            return float(raw)
+    except (TypeError, ValueError):
+        raise ConfigError(key, f"expected {kind}, got {raw!r}") from None
+    raise AssertionError(f"unsupported field type {kind} for {key}")
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, str]:
+    """Parse `key=value` strings (from `--set`) into a mapping, with clear errors."""
+    values: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(pair, "expected key=value")
+        values[key.strip()] = value.strip().strip("'\"")
+    return values

@@ -1,0 +1,44 @@
+"""The SSL task registry: each task is a bundle of plain functions, selected by `task=`.
+
+A task says how to build its model, how a simulated client gets its records as tensors, and
+its per-record loss. DP-SGD needs the loss as one term per record (DESIGN.md), so the registry
+contract is a loss of shape `[B]`; the client's DP loop averages it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from common import mlm_task
+from common.run_config import ConfigError, RunConfig
+
+
+@dataclass(frozen=True)
+class SslTask:
+    """A self-supervised objective with the functions the pipeline needs from it."""
+
+    name: str
+    build_model: Callable[[RunConfig], nn.Module]
+    client_tensors: Callable[[RunConfig, int], tuple[torch.Tensor, ...]]
+    per_record_loss: Callable[[nn.Module, tuple[torch.Tensor, ...], torch.Generator], torch.Tensor]
+
+
+TASKS: dict[str, SslTask] = {
+    "mlm": SslTask(
+        name="mlm",
+        build_model=mlm_task.build_model,
+        client_tensors=mlm_task.client_tensors,
+        per_record_loss=mlm_task.per_record_loss,
+    ),
+}
+
+
+def get_task(name: str) -> SslTask:
+    """The registered task called `name`."""
+    if name not in TASKS:
+        raise ConfigError("task", f"unknown task '{name}'; known: {', '.join(TASKS)}")
+    return TASKS[name]

@@ -1,0 +1,101 @@
+"""RUN_DIR: where one run's outputs live, and the per-round record written into it.
+
+Layout (a contract the tests check; documented in the README):
+  config.json               the resolved run configuration
+  tokenizer.json            the public vocabulary the run used
+  metrics.jsonl             one JSON line per federated round
+  global_model.safetensors  the aggregated SSL model after the latest round
+  models/                   finetuned, baseline and pruned classifiers (+ finetuned-hf/)
+  summary.json, report.md   final results
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from common.model_updates import State
+from common.run_config import RunConfig
+from server.delta_fedavg import RoundRecord
+from server.safetensors_export import save_state
+
+
+def prepare_run_dir(config: RunConfig, tokenizer_file: str) -> Path:
+    """Create RUN_DIR (absolute), write the config and copy the public tokenizer into it."""
+    run_dir = Path(config.run_dir).expanduser().resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "metrics.jsonl").unlink(missing_ok=True)  # a fresh run starts a fresh log
+    write_json(run_dir / "config.json", config.to_mapping())
+    shutil.copyfile(tokenizer_file, run_dir / "tokenizer.json")
+    return run_dir
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write JSON atomically (temp file in the same folder, then rename)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as handle:
+        json.dump(data, handle, indent=2, sort_keys=True)
+        handle.write("\n")
+    os.replace(tmp, path)
+
+
+class RoundRecorder:
+    """Appends each round to metrics.jsonl, saves the global model, prints a progress line."""
+
+    def __init__(self, run_dir: Path, num_rounds: int) -> None:
+        self.run_dir = run_dir
+        self.num_rounds = num_rounds
+        self.latest_by_node: dict[int, dict[str, float | int]] = {}
+
+    def __call__(self, record: RoundRecord, global_state: State) -> None:
+        """Record one finished round."""
+        for client in record.clients:
+            self.latest_by_node[int(client["node-id"])] = client
+        eps = [float(c["epsilon"]) for c in record.clients]
+        norms = [float(c["update-norm"]) for c in record.clients]
+        line = {
+            "round": record.server_round,
+            "clients_sampled": record.sampled,
+            "clients_ok": len(record.clients),
+            "rejected": record.rejected,
+            "train_loss": _weighted_loss(record.clients),
+            "max_epsilon": max(eps, default=None),
+            "mean_epsilon": statistics.fmean(eps) if eps else None,
+            "update_norm_mean": statistics.fmean(norms) if norms else None,
+            "update_norm_max": max(norms, default=None),
+            "wall_seconds": round(record.seconds, 3),
+            "clients": record.clients,
+        }
+        save_state(global_state, self.run_dir / "global_model.safetensors")
+        with open(self.run_dir / "metrics.jsonl", "a") as handle:
+            handle.write(json.dumps(line) + "\n")
+        print(_progress_line(line, self.num_rounds), flush=True)
+
+    def per_client_epsilon(self) -> dict[str, float]:
+        """Latest (cumulative) record-level ε per node id."""
+        return {str(n): float(m["epsilon"]) for n, m in sorted(self.latest_by_node.items())}
+
+
+def _weighted_loss(clients: list[dict[str, float | int]]) -> float | None:
+    total = sum(float(c["num-examples"]) for c in clients)
+    if not clients or total == 0:
+        return None
+    return sum(float(c["train-loss"]) * float(c["num-examples"]) for c in clients) / total
+
+
+def _progress_line(line: dict[str, Any], num_rounds: int) -> str:
+    def fmt(value: float | None, spec: str) -> str:
+        return "-" if value is None else format(value, spec)
+
+    return (
+        f"[fedssl] round {line['round']}/{num_rounds} | clients {line['clients_ok']}"
+        f"/{line['clients_sampled']} | ssl loss {fmt(line['train_loss'], '.3f')}"
+        f" | eps max {fmt(line['max_epsilon'], '.2f')} mean {fmt(line['mean_epsilon'], '.2f')}"
+        f" | update norm {fmt(line['update_norm_mean'], '.2f')}"
+        f" | {line['wall_seconds']:.1f}s"
+    )

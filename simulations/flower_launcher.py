@@ -1,0 +1,197 @@
+"""Run the fedssl Flower App in Flower's simulation engine, and clean up every process.
+
+`flwr run` would start a detached SuperLink on fixed ports and leave it running. Instead this
+starts `flower-superlink --simulation` itself, on free loopback ports, with its own FLWR_HOME,
+points `flwr run` at it through Flower's local-SuperLink port variables, and at the end stops
+the SuperLink and every process it spawned. Flower detaches some of those (SuperExec runs in a
+new session), so they are found as descendants and, for orphans, by their private FLWR_HOME.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import tomllib
+from collections.abc import Callable
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+from urllib.error import URLError
+from urllib.request import urlopen
+
+import psutil
+
+APP_DIR = Path(__file__).resolve().parent.parent  # holds pyproject.toml ([tool.flwr.app])
+STARTUP_TIMEOUT_S = 60.0
+
+
+class SimulationError(RuntimeError):
+    """The simulation could not start or did not finish; the message says where to look."""
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def flower_env(flwr_home: Path, http_port: int, control_port: int) -> dict[str, str]:
+    """Environment for Flower commands: private FLWR_HOME and ports, no downloads."""
+    env = dict(os.environ)
+    env.update(
+        {
+            "FLWR_HOME": str(flwr_home),
+            "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(http_port),
+            "FLWR_LOCAL_CONTROL_API_PORT": str(control_port),
+            "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",  # it would download torch
+            "FLWR_DISABLE_UPDATE_CHECK": "1",
+            "PYTHONUNBUFFERED": "1",
+            # Flower spawns flower-superexec, flwr-serverapp, ... by name.
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        }
+    )
+    return env
+
+
+@contextmanager
+def simulation_superlink(log_file: Path) -> Iterator[dict[str, str]]:
+    """A private simulation SuperLink; yields the env for `flwr` commands; kills it on exit."""
+    flwr_home = Path(tempfile.mkdtemp(prefix="fedssl-flwr-home-"))
+    http_port, control_port = free_port(), free_port()
+    env = flower_env(flwr_home, http_port, control_port)
+    command = [
+        _bin("flower-superlink"), "--insecure", "--simulation", "--isolation", "subprocess",
+        "--control-api-address", f"127.0.0.1:{control_port}",
+        "--host", "127.0.0.1", "--port", str(http_port),
+        "--database", str(flwr_home / "state.db"),
+    ]
+    log_handle = open(log_file, "ab")
+    process = subprocess.Popen(
+        command, env=env, stdout=log_handle, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    try:
+        _wait_healthy(process, http_port, log_file)
+        yield env
+    finally:
+        stop_process_tree(process.pid, marker=("FLWR_HOME", str(flwr_home)))
+        process.wait()
+        log_handle.close()
+        shutil.rmtree(flwr_home, ignore_errors=True)
+
+
+def run_app(
+    env: dict[str, str],
+    run_config: dict[str, Any],
+    num_supernodes: int,
+    log_file: Path,
+    echo: Callable[[str], None],
+    cpus_per_client: int = 1,
+) -> int:
+    """`flwr run APP local --stream` with the full run config; returns its exit code.
+
+    Every output line goes to `log_file`; `echo` sees each line (to filter what users see).
+    """
+    overrides = Path(env["FLWR_HOME"]) / "run-config.toml"
+    overrides.write_text(_to_toml(run_config))
+    command = [
+        _bin("flwr"), "run", str(APP_DIR), "local", "--stream",
+        "--run-config", str(overrides),
+        "--federation-config",
+        f"num-supernodes={num_supernodes} client-resources-num-cpus={cpus_per_client}",
+    ]
+    with open(log_file, "a") as log, subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    ) as process:
+        assert process.stdout is not None
+        for line in process.stdout:
+            log.write(line)
+            log.flush()
+            echo(line.rstrip("\n"))
+        return process.wait()
+
+
+def stop_process_tree(
+    pid: int, marker: tuple[str, str] | None = None, grace_s: float = 10.0
+) -> list[int]:
+    """Stop `pid`, all its descendants, and any process whose environment has `marker`.
+
+    SIGTERM first, SIGKILL after `grace_s`. Returns the PIDs that were signalled.
+    """
+    targets: dict[int, psutil.Process] = {}
+    try:
+        root = psutil.Process(pid)
+        targets[root.pid] = root
+        targets.update({p.pid: p for p in root.children(recursive=True)})
+    except psutil.NoSuchProcess:
+        pass
+    if marker is not None:
+        targets.update({p.pid: p for p in _processes_with_env(*marker)})
+    targets.pop(os.getpid(), None)
+    for proc in targets.values():
+        try:
+            proc.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(list(targets.values()), timeout=grace_s)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=5.0)
+    return sorted(targets)
+
+
+def _processes_with_env(key: str, value: str) -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if proc.environ().get(key) == value:
+                found.append(proc)
+        except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):
+            continue
+    return found
+
+
+def _wait_healthy(process: subprocess.Popen[Any], port: int, log_file: Path) -> None:
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SimulationError(
+                f"flower-superlink exited with code {process.returncode}; see {log_file}"
+            )
+        try:
+            with urlopen(f"http://127.0.0.1:{port}/health", timeout=0.5) as response:
+                if response.status == 200:
+                    return
+        except (URLError, OSError):
+            pass
+        time.sleep(0.3)
+    raise SimulationError(f"flower-superlink did not become ready in {STARTUP_TIMEOUT_S:.0f}s")
+
+
+def _bin(name: str) -> str:
+    """A console script from this Python environment (falls back to PATH)."""
+    candidate = Path(sys.executable).parent / name
+    return str(candidate) if candidate.exists() else name
+
+
+def _to_toml(values: dict[str, Any]) -> str:
+    lines = []
+    for key, value in values.items():
+        if isinstance(value, str):
+            escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+            lines.append(f'{key} = "{escaped}"')
+        elif isinstance(value, float):
+            lines.append(f"{key} = {value!r}")
+        else:
+            lines.append(f"{key} = {value}")
+    text = "\n".join(lines) + "\n"
+    tomllib.loads(text)  # fail here, not inside Flower, if anything is malformed
+    return text
