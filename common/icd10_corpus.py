@@ -39,9 +39,14 @@ def load_icd10_records() -> LabelledTexts:
 
 @functools.lru_cache(maxsize=1)
 def load_public_headings() -> list[str]:
-    """Non-leaf ICD-10-CM headings: public text disjoint from the leaf records."""
+    """Non-leaf ICD-10-CM headings: public text disjoint from the leaf records.
+
+    About 1.4% of headings repeat a leaf description word for word; they are left out, so the
+    vocabulary is built from no string that is also a (simulated) client record.
+    """
+    records = set(load_icd10_records().texts)
     return [
-        icd.get_description(code)
+        text
         for code in icd.get_all_codes(with_dots=True)
-        if not icd.is_leaf(code)
+        if not icd.is_leaf(code) and (text := icd.get_description(code)) not in records
     ]

@@ -1,0 +1,29 @@
+# Two commands: `make demo` (set up + run the main job) and `make test` (set up + run tests).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.fedssl-installed
+# Flower would otherwise `uv sync` the app's dependencies per run (downloading torch).
+export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: demo test setup clean
+
+setup: $(STAMP)
+
+# torch first, pinned to the CPU build: a bare range would let pip pick a multi-GB CUDA build.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "torch==2.13.0"
+	$(PY) -m pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/fedssl simulate --out runs/demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf runs $(VENV) *.egg-info

@@ -1,0 +1,97 @@
+"""Settings: defaults match pyproject, impossible values fail fast naming the setting."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from common.run_config import ConfigError, RunConfig, parse_overrides
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_pyproject_defaults_equal_runconfig_defaults():
+    app_config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]
+    assert app_config["config"] == RunConfig().to_mapping()
+    assert RunConfig.from_mapping(app_config["config"]) == RunConfig()
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("noise-multiplier", "-0.5"),
+        ("noise-multiplier", "lots"),
+        ("delta", 0.0),
+        ("delta", 1.0),
+        ("clip-norm", 0.0),
+        ("clip-norm", -1.0),
+        ("update-clip-norm", 0),
+        ("label-fraction", 0.0),
+        ("label-fraction", 1.5),
+        ("test-fraction", 1.0),
+        ("num-clients", 0),
+        ("num-rounds", 0),
+        ("batch-size", 0),
+        ("target-epsilon", 0),
+        ("target-epsilon", float("inf")),
+        ("dirichlet-alpha", 0),
+        ("prune-amount", 1.0),
+        ("num-heads", 3),  # hidden-size 128 is not divisible by 3
+        ("task", "nonsense"),
+        ("num-rounds", 2.5),
+        ("num-rounds", "many"),
+        ("tokenizer", "/no/such/tokenizer.json"),
+    ],
+)
+def test_impossible_settings_name_the_setting(key, value):
+    with pytest.raises(ConfigError) as err:
+        RunConfig.from_mapping({key: value})
+    expected_key = "hidden-size" if key == "num-heads" else key
+    assert err.value.key == expected_key
+    assert f"'{expected_key}'" in str(err.value)
+
+
+def test_unknown_setting_lists_known_ones():
+    with pytest.raises(ConfigError, match="unknown setting.*num-rounds"):
+        RunConfig.from_mapping({"num-round": 3})
+
+
+def test_explicit_noise_and_numbers_from_strings():
+    config = RunConfig.from_mapping({"noise-multiplier": "0.8", "num-rounds": "4"})
+    assert config.fixed_noise_multiplier == 0.8
+    assert config.num_rounds == 4
+    assert RunConfig().fixed_noise_multiplier is None  # "auto": calibrate to target ε
+
+
+def test_parse_overrides():
+    assert parse_overrides(["a=1", "b = 'x'"]) == {"a": "1", "b": "x"}
+    with pytest.raises(ConfigError):
+        parse_overrides(["novalue"])
+
+
+def _fedssl(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "simulations.cli", *args],
+        capture_output=True, text=True, cwd=ROOT, timeout=120,
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "key"),
+    [
+        (["--set", "noise-multiplier=-1"], "noise-multiplier"),
+        (["--set", "delta=2"], "delta"),
+        (["--set", "num-clients=60000", "--set", "max-records=500"], "num-clients"),
+        (["--set", "bogus=1"], "bogus"),
+    ],
+)
+def test_cli_rejects_bad_settings_without_traceback(args, key, tmp_path):
+    result = _fedssl("simulate", "--out", str(tmp_path / "run"), *args)
+    assert result.returncode == 2
+    assert f"setting '{key}'" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "run").exists()  # nothing started, nothing written

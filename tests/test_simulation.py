@@ -1,0 +1,100 @@
+"""End to end in Flower's real simulation engine: 3 clients, 2 rounds, the whole pipeline."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+import pytest
+from safetensors.torch import load_file
+
+from common.privacy_accounting import epsilon_of
+
+ROOT = Path(__file__).resolve().parent.parent
+FLOWER_PROCESS_NAMES = ("flower-superlink", "flower-superexec", "flwr-serverapp",
+                        "flwr-simulation", "flwr-clientapp", "raylet", "gcs_server")
+
+
+def _flower_processes() -> set[int]:
+    found = set()
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = " ".join(proc.info["cmdline"] or [])
+        if any(name in cmdline for name in FLOWER_PROCESS_NAMES):
+            found.add(proc.pid)
+    return found
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess[str], set[int]]:
+    run_dir = tmp_path_factory.mktemp("sim") / "run"
+    before = _flower_processes()
+    settings = {
+        "num-clients": 3, "num-rounds": 2, "max-records": 4000, "local-steps": 4,
+        "batch-size": 32, "label-fraction": 0.05, "target-epsilon": 4.0,
+        "hidden-size": 32, "num-layers": 1, "intermediate-size": 64, "max-length": 32,
+        "finetune-epochs": 2, "prune-recover-epochs": 1,
+    }
+    args = [arg for k, v in settings.items() for arg in ("--set", f"{k}={v}")]
+    result = subprocess.run(
+        [sys.executable, "-m", "simulations.cli", "simulate", "--out", str(run_dir), *args],
+        capture_output=True, text=True, cwd=ROOT, timeout=900,
+    )
+    leftovers = _flower_processes() - before
+    for pid in leftovers:  # never leave processes behind, even when the assertion fails
+        psutil.Process(pid).kill()
+    return run_dir, result, leftovers
+
+
+def test_simulation_succeeds_and_stops_every_process(finished_run):
+    run_dir, result, leftovers = finished_run
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "[fedssl] round 2/2 | clients 3/3" in result.stdout
+    assert "| SSL pretrained (federated, DP) + fine-tune |" in result.stdout  # summary table
+    assert not leftovers, f"processes left running: {leftovers}"
+
+
+def test_run_dir_layout(finished_run):
+    run_dir, _, _ = finished_run
+    for name in ("config.json", "tokenizer.json", "metrics.jsonl", "global_model.safetensors",
+                 "summary.json", "report.md", "models/finetuned.safetensors",
+                 "models/baseline.safetensors", "models/pruned.safetensors",
+                 "models/finetuned-hf/config.json", "simulation.log"):
+        assert (run_dir / name).is_file(), name
+    weights = load_file(run_dir / "global_model.safetensors")
+    assert "mlm.bert.embeddings.word_embeddings.weight" in weights
+
+
+def test_summary_has_the_contracted_fields(finished_run):
+    run_dir, _, _ = finished_run
+    summary = json.loads((run_dir / "summary.json").read_text())
+    for arm in ("finetuned", "baseline", "tfidf", "pruned"):
+        assert 0.0 <= summary[arm]["accuracy"] <= 1.0
+        assert 0.0 <= summary[arm]["macro_f1"] <= 1.0
+    assert 0.45 <= summary["pruned"]["sparsity"] <= 0.55
+    privacy = summary["privacy"]
+    assert privacy["delta"] == 1e-5
+    assert len(privacy["per_client"]) == 3
+    assert privacy["max_epsilon"] == max(privacy["per_client"].values())
+    assert summary["rounds"] == 2 and summary["clients"] == 3
+    assert summary["labels_used"] > 0 and summary["wall_seconds"] > 0
+
+
+def test_epsilon_accumulates_across_rounds_in_real_clients(finished_run):
+    """Round 2's ε is the accountant over *both* rounds' steps: history survived the round."""
+    run_dir, _, _ = finished_run
+    rounds = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rounds] == [1, 2]
+    last = {c["partition-id"]: c for c in rounds[1]["clients"]}
+    first = {c["partition-id"]: c for c in rounds[0]["clients"]}
+    assert set(last) == set(first) == {0, 1, 2}
+    for pid, client in last.items():
+        sigma, rate = client["noise-multiplier"], client["sample-rate"]
+        assert client["total-steps"] == 8
+        assert client["epsilon"] == pytest.approx(epsilon_of([(sigma, rate, 8)], 1e-5), rel=1e-9)
+        assert client["epsilon"] > first[pid]["epsilon"]
+        # σ was calibrated once, for all planned steps, to the target ε.
+        assert 4.0 * 0.97 <= client["epsilon"] <= 4.0 + 1e-9
+        assert client["update-norm"] >= 0 and client["received-norm"] <= 5.0 * (1 + 1e-4)
