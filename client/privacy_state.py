@@ -35,6 +35,7 @@ def load_privacy_state(state: RecordDict) -> PrivacyState:
             [float(x) for x in record["history-noise"]],
             [float(x) for x in record["history-rate"]],
             [int(x) for x in record["history-steps"]],
+            strict=True,
         )
     )
     return PrivacyState(noise_multiplier=None if sigma < 0 else sigma, history=history)

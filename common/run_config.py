@@ -78,7 +78,7 @@ class RunConfig:
     prune_recover_epochs: int = 2
 
     @classmethod
-    def from_mapping(cls, values: Mapping[str, Any]) -> "RunConfig":
+    def from_mapping(cls, values: Mapping[str, Any]) -> RunConfig:
         """Build from hyphenated keys (unknown keys are an error), then validate."""
         known = {f.name.replace("_", "-"): f for f in fields(cls)}
         kwargs: dict[str, Any] = {}
@@ -95,7 +95,7 @@ class RunConfig:
         """Hyphenated key → value, as in pyproject.toml."""
         return {k.replace("_", "-"): v for k, v in dataclasses.asdict(self).items()}
 
-    def replace(self, **changes: Any) -> "RunConfig":
+    def replace(self, **changes: Any) -> RunConfig:
         """A validated copy with some fields changed."""
         config = dataclasses.replace(self, **changes)
         config.validate()

@@ -17,6 +17,7 @@ from server.run_directory import RoundRecorder, prepare_run_dir
 from server.run_report import build_summary, summary_table, write_reports
 
 app = ServerApp()
+NODE_WAIT_S = 300.0
 
 
 @app.main()
@@ -28,6 +29,7 @@ def main(grid: Grid, context: Context) -> None:
     run_dir = prepare_run_dir(config, tokenizer_path(config))
     print(f"[fedssl] RUN_DIR {run_dir}", flush=True)
 
+    wait_for_nodes(grid, config.num_clients)
     torch.manual_seed(config.seed)
     model = task.build_model(config)
     recorder = RoundRecorder(run_dir, config.num_rounds)
@@ -53,7 +55,8 @@ def main(grid: Grid, context: Context) -> None:
         config,
         downstream,
         recorder.per_client_epsilon(),
-        rounds_done=len(result.train_metrics_clientapp),
+        recorder.per_client_privacy(),
+        rounds_done=recorder.rounds_done,
         wall_seconds=time.monotonic() - started,
     )
     write_reports(run_dir, summary)
@@ -62,12 +65,27 @@ def main(grid: Grid, context: Context) -> None:
           f"at delta {config.delta:g}; wrote {run_dir}/summary.json", flush=True)
 
 
+def wait_for_nodes(grid: Grid, expected: int, timeout_s: float = NODE_WAIT_S) -> None:
+    """Block until `expected` nodes are connected; fail clearly instead of waiting forever."""
+    deadline = time.monotonic() + timeout_s
+    while (connected := len(list(grid.get_node_ids()))) < expected:
+        if time.monotonic() > deadline:
+            raise RuntimeError(
+                f"only {connected} of num-clients={expected} nodes connected within "
+                f"{timeout_s:.0f}s; in simulation pass --federation-config "
+                f"'num-supernodes={expected}' to flwr run, or lower num-clients"
+            )
+        time.sleep(1.0)
+    print(f"[fedssl] {connected} nodes connected", flush=True)
+
+
 def aggregate_client_metrics(replies: list[RecordDict], weight_key: str) -> MetricRecord:
-    """Round metrics for Flower's log: weighted loss, and ε as max and mean (never averaged away)."""
+    """Round metrics for Flower's log: weighted loss; ε as max and mean, never only averaged."""
     metrics = [next(iter(r.metric_records.values())) for r in replies]
     weights = [float(m[weight_key]) for m in metrics]
     eps = [float(m["epsilon"]) for m in metrics]
-    loss = sum(float(m["train-loss"]) * w for m, w in zip(metrics, weights)) / sum(weights)
+    weighted = zip(metrics, weights, strict=True)
+    loss = sum(float(m["train-loss"]) * w for m, w in weighted) / sum(weights)
     return MetricRecord(
         {"train-loss": loss, "epsilon-max": max(eps), "epsilon-mean": sum(eps) / len(eps)}
     )

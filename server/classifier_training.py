@@ -62,13 +62,14 @@ def build_classifier(
     encoder_weights: dict[str, torch.Tensor] | None,
     seed: int | None = None,
 ) -> BertForSequenceClassification:
-    """A randomly initialised `MeanPoolClassifier`, its encoder optionally set to pretrained weights.
+    """A randomly initialised `MeanPoolClassifier`, its encoder optionally pretrained.
 
     `encoder_weights` uses `BertModel` keys without the pooler (as
     `common.mlm_task.encoder_state` returns; the classifier has no pooler either). A missing
     pooler is tolerated; any other missing or unexpected key raises `ValueError`, and a shape
-    mismatch raises torch's `RuntimeError`. The classification head stays randomly initialised. `seed` makes the random init reproducible
-    without touching the global RNG; without it, init follows torch's global seed.
+    mismatch raises torch's `RuntimeError`. The classification head stays randomly
+    initialised. `seed` makes the random init reproducible without touching the global RNG;
+    without it, init follows torch's global seed.
     """
     if seed is None:
         model = MeanPoolClassifier(config)

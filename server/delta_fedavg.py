@@ -7,7 +7,6 @@ weights, checks each Δ (finite, expected keys and shapes, norm ≤ S), and adds
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -29,7 +28,8 @@ class RoundRecord:
 
     server_round: int
     sampled: int
-    clients: list[dict[str, float | int]] = field(default_factory=list)
+    clients: list[dict[str, float | int]] = field(default_factory=list)  # accepted updates
+    spend: list[dict[str, float | int]] = field(default_factory=list)  # every reported ε
     rejected: list[dict[str, str | int]] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -69,7 +69,15 @@ class DeltaFedAvg(FedAvg):
             if msg.has_error():
                 record.rejected.append({"node-id": node, "reason": msg.error.reason})
                 continue
-            problem = self._check_update(msg)
+            if "metrics" in msg.content:
+                # A client that trained has spent privacy whether or not its update is used.
+                record.spend.append({**dict(msg.content["metrics"]), "node-id": node})
+            problem = (
+                update_problem(msg.content["arrays"].to_torch_state_dict(), self._global,
+                               self.update_clip_norm)
+                if "arrays" in msg.content and "metrics" in msg.content
+                else "reply lacks 'arrays' or 'metrics'"
+            )
             if problem:
                 log(30, "round %d: rejected update from node %d: %s", server_round, node, problem)
                 record.rejected.append({"node-id": node, "reason": problem})
@@ -87,19 +95,24 @@ class DeltaFedAvg(FedAvg):
         self.on_round(record, new_state)
         return (ArrayRecord(new_state) if mean_update is not None else None), metrics
 
-    def _check_update(self, msg: Message) -> str:
-        """Why an update is unusable, or '' if it is fine."""
-        if "arrays" not in msg.content or "metrics" not in msg.content:
-            return "reply lacks 'arrays' or 'metrics'"
-        update = msg.content["arrays"].to_torch_state_dict()
-        if update.keys() != self._global.keys():
-            return "update keys differ from the model's"
-        for key, tensor in update.items():
-            if tensor.shape != self._global[key].shape:
-                return f"shape of {key} is {tuple(tensor.shape)}"
-            if not torch.isfinite(tensor).all():
-                return f"non-finite values in {key}"
-        norm = update_norm(update)
-        if not math.isfinite(norm) or norm > self.update_clip_norm * (1 + NORM_TOLERANCE):
-            return f"update norm {norm:.4g} exceeds update-clip-norm {self.update_clip_norm}"
-        return ""
+
+def update_problem(update: State, reference: State, max_norm: float) -> str:
+    """Why `update` cannot be aggregated against model `reference`, or '' if it can.
+
+    Checks keys, shapes, dtypes, finiteness and the clipping bound ‖Δ‖ ≤ S.
+    """
+    if update.keys() != reference.keys():
+        diff = sorted(set(update) ^ set(reference))[:3]
+        return f"update keys differ from the model's (e.g. {diff})"
+    for key, tensor in update.items():
+        if tensor.shape != reference[key].shape:
+            expected = tuple(reference[key].shape)
+            return f"shape of {key} is {tuple(tensor.shape)}, expected {expected}"
+        if not tensor.is_floating_point():
+            return f"{key} has non-float dtype {tensor.dtype}"
+        if not torch.isfinite(tensor).all():
+            return f"non-finite values in {key}"
+    norm = update_norm(update)
+    if norm > max_norm * (1 + NORM_TOLERANCE):
+        return f"update norm {norm:.4g} exceeds update-clip-norm {max_norm}"
+    return ""

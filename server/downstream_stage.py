@@ -75,7 +75,9 @@ def run_downstream(
     trained["finetuned"].save_pretrained(models_dir / "finetuned-hf")
 
     start = time.monotonic()
-    tfidf_pred = tfidf_logreg(splits.labeled_texts, splits.labeled_labels.tolist(), splits.test_texts)
+    tfidf_pred = tfidf_logreg(
+        splits.labeled_texts, splits.labeled_labels.tolist(), splits.test_texts
+    )
     results["tfidf"] = {
         **classification_metrics(splits.test_labels, np.asarray(tfidf_pred), num_classes),
         "seconds": round(time.monotonic() - start, 1),

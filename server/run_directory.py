@@ -51,12 +51,15 @@ class RoundRecorder:
         self.run_dir = run_dir
         self.num_rounds = num_rounds
         self.latest_by_node: dict[int, dict[str, float | int]] = {}
+        self.rounds_done = 0
 
     def __call__(self, record: RoundRecord, global_state: State) -> None:
         """Record one finished round."""
-        for client in record.clients:
-            self.latest_by_node[int(client["node-id"])] = client
-        eps = [float(c["epsilon"]) for c in record.clients]
+        self.rounds_done += 1
+        for client in record.spend:
+            if "epsilon" in client:
+                self.latest_by_node[int(client["node-id"])] = client
+        eps = [float(c["epsilon"]) for c in record.spend if "epsilon" in c]
         norms = [float(c["update-norm"]) for c in record.clients]
         line = {
             "round": record.server_round,
@@ -79,6 +82,15 @@ class RoundRecorder:
     def per_client_epsilon(self) -> dict[str, float]:
         """Latest (cumulative) record-level ε per node id."""
         return {str(n): float(m["epsilon"]) for n, m in sorted(self.latest_by_node.items())}
+
+    def per_client_privacy(self) -> list[dict[str, float | int]]:
+        """Per node: the DP-SGD parameters behind its latest ε (for the report)."""
+        keys = ("node-id", "partition-id", "epsilon", "noise-multiplier", "sample-rate",
+                "total-steps", "num-examples")
+        return [
+            {k.replace("-", "_"): m[k] for k in keys if k in m}
+            for _, m in sorted(self.latest_by_node.items())
+        ]
 
 
 def _weighted_loss(clients: list[dict[str, float | int]]) -> float | None:

@@ -21,6 +21,7 @@ def build_summary(
     config: RunConfig,
     downstream: dict[str, Any],
     per_client_epsilon: dict[str, float],
+    per_client_privacy: list[dict[str, float | int]],
     rounds_done: int,
     wall_seconds: float,
 ) -> dict[str, Any]:
@@ -34,6 +35,7 @@ def build_summary(
                 "delta": config.delta,
                 "max_epsilon": max(per_client_epsilon.values(), default=0.0),
                 "per_client": per_client_epsilon,
+                "clients": per_client_privacy,
                 "target_epsilon": config.target_epsilon
                 if config.fixed_noise_multiplier is None else None,
                 "noise_multiplier": config.noise_multiplier,
@@ -67,15 +69,18 @@ def write_reports(run_dir: Path, summary: dict[str, Any]) -> None:
     privacy = summary["privacy"]
     labels = summary["labels"]
     per_client = "\n".join(
-        f"| {node} | {eps:.3f} |" for node, eps in privacy["per_client"].items()
+        f"| {c['node_id']} | {c.get('partition_id', '-')} | {c['num_examples']} "
+        f"| {c['noise_multiplier']:.4f} | {c['sample_rate']:.5f} | {c['total_steps']} "
+        f"| {c['epsilon']:.3f} |"
+        for c in privacy["clients"]
     )
     text = f"""# fedssl run report
 
-Task `{summary['task']}`: {summary['clients']} clients, {summary['rounds']} federated rounds,
-then central fine-tuning on {labels['labels_used']} labels
-({labels['classes_in_labeled_set']} of {labels['classes_in_test_set']} test classes have at least
-one label), evaluated on {labels['test_records']} test records. Wall time
-{summary['wall_seconds']:.0f} s.
+Task `{summary['task']}`: {summary['clients']} clients, {summary['rounds']} federated rounds, \
+then central fine-tuning on {labels['labels_used']} labels \
+({labels['classes_in_labeled_set']} of {labels['classes_in_test_set']} test classes have at \
+least one label), evaluated on {labels['test_records']} test records. \
+Wall time {summary['wall_seconds']:.0f} s.
 
 ## Downstream results (test split)
 
@@ -87,16 +92,16 @@ headline number; accuracy mostly reflects the largest class.
 
 ## Privacy
 
-Guarantee: **{privacy['guarantee']}**. It protects one record at one client, also against the
-server. Accountant: {privacy['accountant'].upper()}, δ = {privacy['delta']:g}, per-record clip
-norm {privacy['clip_norm']}, noise multiplier {privacy['noise_multiplier']}
-(target ε {privacy['target_epsilon']}). ε is cumulative over all rounds.
+Guarantee: **{privacy['guarantee']}**. It protects one record at one client, also against \
+the server. Accountant: {privacy['accountant'].upper()}, δ = {privacy['delta']:g}, per-record \
+clip norm {privacy['clip_norm']}, noise multiplier {privacy['noise_multiplier']} \
+(target ε {privacy['target_epsilon']}). ε is cumulative over all rounds of the run. \
 Client-level DP (noise on the aggregate): not used in this run.
 
 Max ε over clients: **{privacy['max_epsilon']:.3f}**
 
-| node | ε |
-|---|---|
+| node | partition | records | σ | sample rate q | DP-SGD steps | ε |
+|---|---|---|---|---|---|---|
 {per_client}
 """
     (run_dir / "report.md").write_text(text)

@@ -34,7 +34,7 @@ def _two_chapters(n_a: int, n_b: int, seed: int, skip: int = 0) -> tuple[list[st
     texts: list[str] = []
     labels: list[int] = []
     for new_label, (chapter, n) in enumerate([(EYE, n_a), (PREGNANCY, n_b)]):
-        pool = [t for t, y in zip(records.texts, records.labels) if y == chapter]
+        pool = [t for t, y in zip(records.texts, records.labels, strict=True) if y == chapter]
         picked = rng.permutation(len(pool))[skip : skip + n]
         texts += [pool[i] for i in picked]
         labels += [new_label] * n

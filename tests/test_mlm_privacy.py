@@ -65,7 +65,7 @@ def test_per_sample_gradients_equal_brute_force(tiny_mlm, icd_batch, tokenizer, 
     assert len(per_sample) == len(list(reference.parameters()))
     for row in range(batch):
         expected = _brute_force_grads(reference, inputs, row)
-        for got, exp in zip(per_sample, expected):
+        for got, exp in zip(per_sample, expected, strict=True):
             # loss_reduction="mean" scales per-sample grads back to the per-record loss
             torch.testing.assert_close(got[row], exp, rtol=1e-6, atol=1e-9)
 

@@ -65,6 +65,8 @@ def test_run_dir_layout(finished_run):
         assert (run_dir / name).is_file(), name
     weights = load_file(run_dir / "global_model.safetensors")
     assert "mlm.bert.embeddings.word_embeddings.weight" in weights
+    report = (run_dir / "report.md").read_text()
+    assert "Max ε over clients" in report and "| SSL pretrained" in report
 
 
 def test_summary_has_the_contracted_fields(finished_run):
