@@ -69,6 +69,8 @@ def run_client_round(
     update, raw_norm = clip_update(
         compute_update(model.state_dict(), global_state), config.update_clip_norm
     )
+    # Δ (and its norm) is post-processing of DP-SGD output. The record count and the mean
+    # training loss are not: they are released outside the DP guarantee (README, "Privacy").
     return RoundOutput(
         update=update,
         metrics={

@@ -96,7 +96,9 @@ Guarantee: **{privacy['guarantee']}**. It protects one record at one client, als
 the server. Accountant: {privacy['accountant'].upper()}, δ = {privacy['delta']:g}, per-record \
 clip norm {privacy['clip_norm']}, noise multiplier {privacy['noise_multiplier']} \
 (target ε {privacy['target_epsilon']}). ε is cumulative over all rounds of the run. \
-Client-level DP (noise on the aggregate): not used in this run.
+Client-level DP (noise on the aggregate): not used in this run. \
+Not covered by the guarantee: each client's reported record count and mean training loss \
+(released beside the update, without noise).
 
 Max ε over clients: **{privacy['max_epsilon']:.3f}**
 

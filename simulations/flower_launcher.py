@@ -105,15 +105,20 @@ def run_app(
         "--federation-config",
         f"num-supernodes={num_supernodes} client-resources-num-cpus={cpus_per_client}",
     ]
-    with open(log_file, "a") as log, subprocess.Popen(
-        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    ) as process:
-        assert process.stdout is not None
-        for line in process.stdout:
-            log.write(line)
-            log.flush()
-            echo(line.rstrip("\n"))
-        return process.wait()
+    with open(log_file, "a") as log:
+        process = subprocess.Popen(
+            command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        try:
+            assert process.stdout is not None
+            for line in process.stdout:
+                log.write(line)
+                log.flush()
+                echo(line.rstrip("\n"))
+            return process.wait()
+        finally:
+            # On Ctrl-C/SIGTERM `flwr run` may not have been signalled itself: stop it too.
+            stop_process_tree(process.pid, grace_s=5.0)
 
 
 def stop_process_tree(

@@ -100,3 +100,32 @@ def test_epsilon_accumulates_across_rounds_in_real_clients(finished_run):
         # σ was calibrated once, for all planned steps, to the target ε.
         assert 4.0 * 0.97 <= client["epsilon"] <= 4.0 + 1e-9
         assert client["update-norm"] >= 0 and client["received-norm"] <= 5.0 * (1 + 1e-4)
+
+
+def test_sigterm_mid_run_stops_every_process(tmp_path):
+    """Interrupting `fedssl simulate` (SIGTERM, as Ctrl-C) leaves no Flower or Ray process."""
+    before = _flower_processes()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "simulations.cli", "simulate", "--out", str(tmp_path / "run"),
+         "--set", "num-clients=2", "--set", "num-rounds=50", "--set", "max-records=2000",
+         "--set", "hidden-size=32", "--set", "num-layers=1", "--set", "intermediate-size=64"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
+    )
+    try:
+        assert process.stdout is not None
+        for line in process.stdout:  # wait until the federation is really running
+            if "[fedssl] round 1/50" in line:
+                break
+        else:
+            pytest.fail("the simulation never reached round 1")
+        process.terminate()
+        rest, _ = process.communicate(timeout=120)
+        assert process.returncode == 130, rest
+        assert "interrupted" in rest
+    finally:
+        if process.poll() is None:
+            process.kill()
+        leftovers = _flower_processes() - before
+        for pid in leftovers:
+            psutil.Process(pid).kill()
+    assert not leftovers, f"processes left running: {leftovers}"
