@@ -56,7 +56,6 @@ def train_locally(
     settings: DpSettings,
     history: Sequence[HistoryEntry],
     seed: int,
-    on_step: Callable[[int, float], None] | None = None,
 ) -> LocalResult:
     """Run `settings.local_steps` DP-SGD steps of a task's objective on these records.
 
@@ -105,8 +104,6 @@ def train_locally(
             losses.append(loss.item())
         optimizer.step()  # clip, add noise, step; the accountant hook records the step
         steps += 1
-        if on_step is not None:
-            on_step(steps, losses[-1] if losses else float("nan"))
     private_model.remove_hooks()
     return LocalResult(
         mean_loss=sum(losses) / len(losses) if losses else float("nan"),

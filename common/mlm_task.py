@@ -29,8 +29,6 @@ from common.tokenizer import (
     load_tokenizer,
 )
 
-__all__ = ["ModelShape", "MaskedLmModel", "bert_config", "build_mlm_model", "encoder_state"]
-
 IGNORE = -100
 
 

@@ -13,7 +13,7 @@ from common.run_config import RunConfig
 from common.tasks import get_task
 from server.delta_fedavg import DeltaFedAvg
 from server.downstream_stage import run_downstream
-from server.run_directory import RoundRecorder, prepare_run_dir
+from server.run_directory import RoundRecorder, prepare_run_dir, weighted_loss
 from server.run_report import build_summary, summary_table, write_reports
 
 app = ServerApp()
@@ -80,12 +80,14 @@ def wait_for_nodes(grid: Grid, expected: int, timeout_s: float = NODE_WAIT_S) ->
 
 
 def aggregate_client_metrics(replies: list[RecordDict], weight_key: str) -> MetricRecord:
-    """Round metrics for Flower's log: weighted loss; ε as max and mean, never only averaged."""
-    metrics = [next(iter(r.metric_records.values())) for r in replies]
-    weights = [float(m[weight_key]) for m in metrics]
+    """Round metrics for Flower's log: weighted loss; ε as max and mean, never only averaged.
+
+    Flower passes `weight_key` ("num-examples"), which `weighted_loss` uses too.
+    """
+    metrics = [dict(next(iter(r.metric_records.values()))) for r in replies]
     eps = [float(m["epsilon"]) for m in metrics]
-    weighted = zip(metrics, weights, strict=True)
-    loss = sum(float(m["train-loss"]) * w for m, w in weighted) / sum(weights)
-    return MetricRecord(
-        {"train-loss": loss, "epsilon-max": max(eps), "epsilon-mean": sum(eps) / len(eps)}
-    )
+    return MetricRecord({
+        "train-loss": weighted_loss(metrics) or 0.0,
+        "epsilon-max": max(eps),
+        "epsilon-mean": sum(eps) / len(eps),
+    })

@@ -69,23 +69,19 @@ class DeltaFedAvg(FedAvg):
             if msg.has_error():
                 record.rejected.append({"node-id": node, "reason": msg.error.reason})
                 continue
-            if "metrics" in msg.content:
-                # A client that trained has spent privacy whether or not its update is used.
-                record.spend.append({**dict(msg.content["metrics"]), "node-id": node})
-            problem = (
-                update_problem(msg.content["arrays"].to_torch_state_dict(), self._global,
-                               self.update_clip_norm)
-                if "arrays" in msg.content and "metrics" in msg.content
-                else "reply lacks 'arrays' or 'metrics'"
-            )
+            metrics = {**dict(msg.content.get("metrics", {})), "node-id": node}
+            # A client that trained has spent privacy whether or not its update is used.
+            record.spend.append(metrics)
+            if "arrays" not in msg.content or "metrics" not in msg.content:
+                record.rejected.append({"node-id": node, "reason": "reply lacks arrays/metrics"})
+                continue
+            update = msg.content["arrays"].to_torch_state_dict()
+            problem = update_problem(update, self._global, self.update_clip_norm)
             if problem:
                 log(30, "round %d: rejected update from node %d: %s", server_round, node, problem)
                 record.rejected.append({"node-id": node, "reason": problem})
                 continue
-            metrics = dict(msg.content["metrics"])
-            metrics["node-id"] = node
-            metrics["received-norm"] = update_norm(msg.content["arrays"].to_torch_state_dict())
-            record.clients.append(metrics)
+            record.clients.append({**metrics, "received-norm": update_norm(update)})
             valid.append(msg)
         mean_update, metrics = super().aggregate_train(server_round, valid)
         new_state = self._global

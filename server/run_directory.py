@@ -66,7 +66,7 @@ class RoundRecorder:
             "clients_sampled": record.sampled,
             "clients_ok": len(record.clients),
             "rejected": record.rejected,
-            "train_loss": _weighted_loss(record.clients),
+            "train_loss": weighted_loss(record.clients),
             "max_epsilon": max(eps, default=None),
             "mean_epsilon": statistics.fmean(eps) if eps else None,
             "update_norm_mean": statistics.fmean(norms) if norms else None,
@@ -93,7 +93,8 @@ class RoundRecorder:
         ]
 
 
-def _weighted_loss(clients: list[dict[str, float | int]]) -> float | None:
+def weighted_loss(clients: list[dict[str, float | int]]) -> float | None:
+    """Mean client training loss weighted by record count (None without clients)."""
     total = sum(float(c["num-examples"]) for c in clients)
     if not clients or total == 0:
         return None

@@ -10,7 +10,8 @@ from common.mlm_task import MaskedLmModel, build_mlm_model
 from common.run_config import ModelShape
 from common.tokenizer import encode_texts, load_tokenizer
 
-TINY = ModelShape(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, max_length=24)
+# Shared by the test modules (`from conftest import TINY`).
+TINY = ModelShape(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, max_length=32)
 
 
 @pytest.fixture(scope="session")

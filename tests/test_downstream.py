@@ -10,8 +10,10 @@ import torch
 import torch.nn.functional as F
 
 from common.icd10_corpus import load_icd10_records
-from common.mlm_task import ModelShape, bert_config, build_mlm_model, encoder_state
-from common.tokenizer import encode_texts, load_tokenizer
+from common.mlm_task import bert_config, build_mlm_model, encoder_state
+from common.run_config import ModelShape
+from common.tokenizer import encode_texts
+from conftest import TINY
 from server.classifier_training import (
     FinetuneRecipe,
     build_classifier,
@@ -23,7 +25,6 @@ from server.pruning import linear_sparsity, make_pruning_permanent, prune_linear
 from server.safetensors_export import load_state, save_state
 from server.tfidf_baseline import tfidf_logreg
 
-TINY = ModelShape(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, max_length=32)
 EYE, PREGNANCY = 6, 14  # two ICD-10 chapters with distinct vocabularies
 
 
@@ -40,11 +41,6 @@ def _two_chapters(n_a: int, n_b: int, seed: int, skip: int = 0) -> tuple[list[st
         labels += [new_label] * n
     order = rng.permutation(len(texts))
     return [texts[i] for i in order], np.asarray(labels)[order]
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return load_tokenizer()
 
 
 @pytest.fixture(scope="module")
