@@ -1,0 +1,260 @@
+"""The privacy ledger: an append-only, hash-chained record of every privacy-consuming event.
+
+One SQLite file per ledger. A node keeps its own (in its state directory) and writes each
+entry *before* it trains; the server keeps every entry it receives, plus its own client-level
+DP events, in RUN_DIR/ledger.sqlite. Two chains make tampering evident:
+
+* the **entry chain**, per node: each entry's `prev_hash` is the hash of that node's previous
+  entry (its first points at GENESIS). A node's entry is hashed by the node, so the server's
+  copy can be checked against what the node wrote.
+* the **row chain**, per file: each row's `row_hash` covers the previous row's hash and this
+  entry's hash, so a deleted, inserted or reordered row breaks it.
+
+A chain cannot reveal a cut-off *tail* by itself; the server records the head (row count and
+last row hash) in summary.json, and the audit checks it when present.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import sqlite3
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from common.privacy_accounting import HistoryEntry
+
+FORMAT_VERSION = 1
+GENESIS = "0" * 64
+RECORD_LEVEL = "record-level"
+CLIENT_LEVEL = "client-level"
+POISSON_GAUSSIAN = "poisson-subsampled-gaussian"
+GAUSSIAN_NO_AMPLIFICATION = "gaussian-no-amplification"
+FEDERATION_NODE = "federation"  # node id of the server's client-level DP events
+
+
+class LedgerError(RuntimeError):
+    """The ledger file cannot be read or written (corrupt, wrong format, not SQLite)."""
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    """One privacy-consuming event and the cumulative ε of its node's guarantee after it.
+
+    `epsilon` is what the writer claims: ε(δ) of all of this node's events of the same
+    guarantee up to and including this one, with `accountant`. `max_epsilon` is the node's
+    budget at the time (0 = none).
+    """
+
+    run_id: str
+    round: int
+    node_id: str
+    guarantee: str
+    mechanism: str
+    noise_multiplier: float
+    sample_rate: float
+    steps: int
+    delta: float
+    accountant: str
+    epsilon: float
+    max_epsilon: float
+    timestamp: str
+    prev_hash: str
+    hash: str = ""
+
+    def body(self) -> dict[str, Any]:
+        """Every field except `hash`: what the hash covers."""
+        fields = dataclasses.asdict(self)
+        del fields["hash"]
+        return fields
+
+    def computed_hash(self) -> str:
+        """SHA-256 of the canonical JSON of `body()` (floats as shortest round-trip repr)."""
+        canonical = json.dumps(self.body(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+    def to_json(self) -> str:
+        """Canonical JSON of the whole entry (how it travels in a Flower reply)."""
+        return json.dumps(dataclasses.asdict(self), sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> LedgerEntry:
+        """Parse an entry sent by a node; LedgerError if it is not one."""
+        try:
+            data = json.loads(text)
+            return cls(**{f.name: _typed(f.type, data[f.name]) for f in dataclasses.fields(cls)})
+        except (ValueError, KeyError, TypeError) as err:
+            raise LedgerError(f"not a ledger entry: {err}") from None
+
+
+@dataclass(frozen=True)
+class LedgerRow:
+    """An entry as stored in one ledger file, with its position and row-chain links."""
+
+    seq: int
+    entry: LedgerEntry
+    row_prev: str
+    row_hash: str
+
+
+def row_hash(row_prev: str, entry_hash: str) -> str:
+    """The row chain's link: covers the previous row and this entry's hash."""
+    return hashlib.sha256(f"{row_prev}:{entry_hash}".encode()).hexdigest()
+
+
+def utc_now() -> str:
+    """Timestamp format of ledger entries (ISO 8601, UTC, microseconds)."""
+    return datetime.now(UTC).isoformat(timespec="microseconds")
+
+
+_FIELDS = [f.name for f in dataclasses.fields(LedgerEntry)]
+_SQL_TYPES = {"int": "INTEGER", "float": "REAL", "str": "TEXT"}
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS entries (seq INTEGER PRIMARY KEY, "
+    + ", ".join(f'"{f.name}" {_SQL_TYPES[str(f.type)]} NOT NULL'
+                for f in dataclasses.fields(LedgerEntry))
+    + ", row_prev TEXT NOT NULL, row_hash TEXT NOT NULL);"
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
+)
+
+
+class PrivacyLedger:
+    """One ledger file. Appends are durable (fsynced) when `append`/`add` returns."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    @classmethod
+    def open(cls, path: Path | str, owner: str) -> PrivacyLedger:
+        """Open or create the ledger at `path`; `owner` (a node id or "run") is kept once.
+
+        Re-opening with another owner is refused: a node's ledger must not silently change
+        hands (its budget and history belong to it).
+        """
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        ledger = cls(path)
+        with ledger._connect() as conn, conn:
+            conn.executescript(_SCHEMA)
+            conn.execute("INSERT OR IGNORE INTO meta VALUES ('format', ?)", (str(FORMAT_VERSION),))
+            conn.execute("INSERT OR IGNORE INTO meta VALUES ('owner', ?)", (owner,))
+            stored = conn.execute("SELECT value FROM meta WHERE key='owner'").fetchone()[0]
+        if stored != owner:
+            raise LedgerError(f"{path} belongs to '{stored}', not '{owner}'")
+        return ledger
+
+    @property
+    def owner(self) -> str:
+        """Who keeps this ledger: a node id, or "run" for a RUN_DIR ledger."""
+        with self._connect() as conn:
+            return str(conn.execute("SELECT value FROM meta WHERE key='owner'").fetchone()[0])
+
+    def rows(self) -> list[LedgerRow]:
+        """Every row in file order (seq)."""
+        with self._connect() as conn:
+            cursor = conn.execute(
+                "SELECT seq, " + ", ".join(f'"{f}"' for f in _FIELDS)
+                + ", row_prev, row_hash FROM entries ORDER BY seq"
+            )
+            return [
+                LedgerRow(seq=r[0], entry=LedgerEntry(*r[1:-2]), row_prev=r[-2], row_hash=r[-1])
+                for r in cursor.fetchall()
+            ]
+
+    def entries(self, node_id: str | None = None) -> list[LedgerEntry]:
+        """Entries in order, optionally only one node's."""
+        return [r.entry for r in self.rows() if node_id is None or r.entry.node_id == node_id]
+
+    def history(self, node_id: str, guarantee: str) -> list[HistoryEntry]:
+        """A node's spend as an accountant history [(σ, q, steps), ...]."""
+        return [(e.noise_multiplier, e.sample_rate, e.steps)
+                for e in self.entries(node_id) if e.guarantee == guarantee]
+
+    def head(self) -> dict[str, Any]:
+        """Row count and last row hash: an anchor that reveals a cut-off tail."""
+        rows = self.rows()
+        return {"rows": len(rows), "head": rows[-1].row_hash if rows else GENESIS}
+
+    def append(self, **event: Any) -> LedgerEntry:
+        """Create, chain and durably store a new entry for `event["node_id"]`.
+
+        `event` holds every LedgerEntry field except `prev_hash`, `hash` and `timestamp`.
+        """
+        with self._transaction() as conn:
+            prev = conn.execute(
+                "SELECT hash FROM entries WHERE node_id=? ORDER BY seq DESC LIMIT 1",
+                (event["node_id"],),
+            ).fetchone()
+            draft = LedgerEntry(**event, timestamp=utc_now(),
+                                prev_hash=prev[0] if prev else GENESIS)
+            entry = dataclasses.replace(draft, hash=draft.computed_hash())
+            self._insert(conn, entry)
+        return entry
+
+    def add(self, entry: LedgerEntry) -> bool:
+        """Store an entry written elsewhere (verbatim); False if this exact entry is present."""
+        with self._transaction() as conn:
+            if conn.execute("SELECT 1 FROM entries WHERE hash=?", (entry.hash,)).fetchone():
+                return False
+            self._insert(conn, entry)
+        return True
+
+    def _insert(self, conn: sqlite3.Connection, entry: LedgerEntry) -> None:
+        last = conn.execute("SELECT row_hash FROM entries ORDER BY seq DESC LIMIT 1").fetchone()
+        prev_row = last[0] if last else GENESIS
+        values = [getattr(entry, f) for f in _FIELDS]
+        conn.execute(
+            "INSERT INTO entries (" + ", ".join(f'"{f}"' for f in _FIELDS)
+            + ", row_prev, row_hash) VALUES (" + ", ".join("?" * (len(_FIELDS) + 2)) + ")",
+            [*values, prev_row, row_hash(prev_row, entry.hash)],
+        )
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._connect() as conn:
+            conn.execute("BEGIN IMMEDIATE")  # serialise writers; read-modify-write is atomic
+            try:
+                yield conn
+            except BaseException:
+                conn.rollback()
+                raise
+            conn.commit()
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        try:
+            with closing(sqlite3.connect(self.path, timeout=30, isolation_level=None)) as conn:
+                conn.execute("PRAGMA synchronous=FULL")  # an entry is on disk once committed
+                yield conn
+        except sqlite3.DatabaseError as err:
+            raise LedgerError(f"cannot use privacy ledger {self.path}: {err}") from None
+
+
+def read_ledger(path: Path | str) -> PrivacyLedger:
+    """An existing ledger for reading (LedgerError when missing or not a ledger)."""
+    path = Path(path)
+    if not path.is_file():
+        raise LedgerError(f"no ledger at {path}")
+    ledger = PrivacyLedger(path)
+    ledger.owner  # noqa: B018 - fails early on a file that is not a fedssl ledger
+    return ledger
+
+
+def _typed(kind: Any, value: Any) -> Any:
+    kind = str(kind)
+    if kind == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"expected int, got {value!r}")
+        return value
+    if kind == "float":
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise TypeError(f"expected float, got {value!r}")
+        return float(value)
+    if not isinstance(value, str):
+        raise TypeError(f"expected str, got {value!r}")
+    return value
