@@ -1,52 +1,89 @@
-"""fedssl ClientApp: receives global weights, trains the SSL task under DP, replies with Δ."""
+"""fedssl ClientApp: receives global weights, trains the SSL task under DP, replies with Δ.
+
+Every reply carries a ConfigRecord "fedssl" with the node's status ("trained", "refused" or
+"error"), its ledger id and its whole ledger (JSON entries), so the server's RUN_DIR ledger
+holds each node's complete, verifiable chain.
+"""
 
 from __future__ import annotations
 
-from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.common import log
 
-from client.local_round import run_client_round
-from client.privacy_state import load_privacy_state, save_privacy_state
+from client.local_round import RoundOutput, choose_noise_multiplier, run_client_round
+from client.node_settings import NodeSettings, node_settings
+from client.privacy_state import load_noise_multiplier, save_noise_multiplier
+from common.privacy_ledger import LedgerError, PrivacyLedger
 from common.run_config import ConfigError, RunConfig
 from common.tasks import get_task
 
 app = ClientApp()
+REPLY_KEY = "fedssl"
 
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    """One federated round on this node's records."""
-    config = RunConfig.from_mapping(context.run_config)
-    task = get_task(config.task)
-    partition_id = _partition_id(context, config)
-    server_round = int(msg.content["config"]["server-round"])
-    records = task.client_tensors(config, partition_id)
-    privacy = load_privacy_state(context.state)
+    """One federated round on this node's records (or a refusal / error status)."""
+    round_config = msg.content["config"]
+    try:
+        config = RunConfig.from_mapping(context.run_config)
+        node = node_settings(context.node_config, context.node_id, config,
+                             round_config.get("sim-state-dir"))
+        ledger = PrivacyLedger.open(node.ledger_path, owner=node.node_id)
+        task = get_task(config.task)
+        records = task.client_tensors(config, _require_partition(node))
+    except (ConfigError, LedgerError) as err:
+        log(40, "fedssl node cannot take part: %s", err)
+        return _reply(msg, status="error", reason=str(err))
+    sigma = load_noise_multiplier(context.state)
+    if sigma is None:
+        sigma = choose_noise_multiplier(config, len(records[0]))
+        save_noise_multiplier(context.state, sigma)
+    server_round = int(round_config["server-round"])
     output = run_client_round(
         config=config,
         task=task,
         global_state=msg.content["arrays"].to_torch_state_dict(),
         records=records,
-        privacy=privacy,
-        persist=lambda p: save_privacy_state(context.state, p),
-        seed=config.seed * 1_000_003 + server_round * 1_009 + partition_id,
+        node=node,
+        ledger=ledger,
+        noise_multiplier=sigma,
+        run_id=str(context.run_id),
+        server_round=server_round,
+        seed=config.seed * 1_000_003 + server_round * 1_009 + (node.partition_id or 0),
     )
-    metrics = MetricRecord({**output.metrics, "partition-id": partition_id})
-    content = RecordDict({"arrays": ArrayRecord(output.update), "metrics": metrics})
+    if output.refusal:
+        log(30, "fedssl node %s refuses round %d: %s", node.node_id, server_round,
+            output.refusal)
+    return _reply(msg, status="refused" if output.refusal else "trained",
+                  reason=output.refusal, node=node, ledger=ledger, output=output)
+
+
+def _reply(
+    msg: Message, status: str, reason: str = "", node: NodeSettings | None = None,
+    ledger: PrivacyLedger | None = None, output: RoundOutput | None = None,
+) -> Message:
+    info = ConfigRecord({
+        "status": status,
+        "reason": reason,
+        "node": node.node_id if node else "",
+        "ledger": [e.to_json() for e in ledger.entries()] if ledger else [],
+    })
+    content = RecordDict({REPLY_KEY: info})
+    if output is not None:
+        extra = {"partition-id": node.partition_id} if node and node.partition_id is not None \
+            else {}
+        content["metrics"] = MetricRecord({**output.metrics, **extra})
+        if output.update is not None:
+            content["arrays"] = ArrayRecord(output.update)
     return Message(content=content, reply_to=msg)
 
 
-def _partition_id(context: Context, config: RunConfig) -> int:
-    """This simulated node's partition, checked against the run's client count."""
-    node_config = context.node_config
-    if "partition-id" not in node_config:
-        raise ConfigError("partition-id", "node config has no partition-id (simulation only)")
-    partitions = int(node_config.get("num-partitions", config.num_clients))
-    if partitions != config.num_clients:
-        raise ConfigError(
-            "num-clients",
-            f"run config says {config.num_clients} clients but the federation has "
-            f"{partitions} SuperNodes; pass --federation-config "
-            f"'num-supernodes={config.num_clients}' to flwr run",
-        )
-    return int(node_config["partition-id"])
+def _require_partition(node: NodeSettings) -> int:
+    # Deployment data folders arrive with the deployment issue; until then only simulated
+    # nodes (with a partition of the embedded data) can train.
+    if node.partition_id is None:
+        raise ConfigError("partition-id", "this node has no data: local data folders "
+                          "(node config data-dir) are not supported yet")
+    return node.partition_id

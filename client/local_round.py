@@ -1,8 +1,11 @@
 """One client round as a plain function: records in, clipped update and metrics out.
 
-The order is the privacy contract: choose σ (once per node, for all planned steps), train with
-DP-SGD continuing the node's history, *persist the extended history*, and only then build the
-update that leaves the node.
+The order is the privacy contract:
+1. choose σ (once per run, for all of the run's planned steps);
+2. project the node's ε after this round from its durable ledger; past its budget, refuse;
+3. append the round's spend to the ledger (durable) *before* touching the data, so a crash
+   during training can only over-count, never under-count;
+4. train with DP-SGD, then build the clipped update that leaves the node.
 """
 
 from __future__ import annotations
@@ -12,24 +15,27 @@ from dataclasses import dataclass
 
 import torch
 
-from client.dp_training import DpSettings, poisson_sample_rate, train_locally
-from client.privacy_state import PrivacyState
+from client.dp_training import DpSettings, LocalResult, poisson_sample_rate, train_locally
+from client.node_settings import NodeSettings
 from common.model_updates import State, clip_update, compute_update
-from common.privacy_accounting import calibrate_noise_multiplier, epsilon_of
+from common.privacy_accounting import ACCOUNTANT, calibrate_noise_multiplier, epsilon_of
+from common.privacy_ledger import POISSON_GAUSSIAN, RECORD_LEVEL, LedgerEntry, PrivacyLedger
 from common.run_config import RunConfig
 from common.tasks import SslTask
 
 
 @dataclass(frozen=True)
 class RoundOutput:
-    """What a client sends back: the clipped update and its metrics."""
+    """What a client sends back: the clipped update and its metrics, or a refusal."""
 
-    update: State
+    update: State | None  # None when the node refused the round
     metrics: dict[str, float | int]
+    refusal: str = ""  # why the node did not train ("" when it did)
+    entry: LedgerEntry | None = None  # this round's spend (None when refused)
 
 
 def choose_noise_multiplier(config: RunConfig, num_records: int) -> float:
-    """The node's σ: explicit, or calibrated so all planned steps land at target-epsilon."""
+    """The node's σ: explicit, or calibrated so the run's planned steps land at target-epsilon."""
     fixed = config.fixed_noise_multiplier
     if fixed is not None:
         return fixed
@@ -43,29 +49,51 @@ def run_client_round(
     task: SslTask,
     global_state: State,
     records: tuple[torch.Tensor, ...],
-    privacy: PrivacyState,
-    persist: Callable[[PrivacyState], None],
+    node: NodeSettings,
+    ledger: PrivacyLedger,
+    noise_multiplier: float,
+    run_id: str,
+    server_round: int,
     seed: int,
+    train: Callable[..., LocalResult] = train_locally,
 ) -> RoundOutput:
-    """Train locally under DP from `global_state` and return the clipped update Δ."""
+    """Train locally under DP from `global_state` and return the clipped update Δ.
+
+    Refuses (trains nothing, records nothing) when this round would take the node's ε past
+    its budget. `train` is the DP-SGD loop (a parameter so tests can make it crash).
+    """
     num_records = len(records[0])
-    if privacy.noise_multiplier is None:
-        privacy.noise_multiplier = choose_noise_multiplier(config, num_records)
-        persist(privacy)
+    rate = poisson_sample_rate(num_records, config.batch_size)
+    history = ledger.history(node.node_id, RECORD_LEVEL)
+    spent = epsilon_of(history, node.delta)
+    projected = epsilon_of([*history, (noise_multiplier, rate, config.local_steps)], node.delta)
+    budget_metrics = {"epsilon": spent, "projected-epsilon": projected,
+                      "max-epsilon": node.max_epsilon, "delta": node.delta}
+    if node.max_epsilon > 0 and projected > node.max_epsilon:
+        reason = (f"budget: this round would take ε from {spent:.4g} to {projected:.4g} "
+                  f"(δ={node.delta:g}), past the node's max-epsilon {node.max_epsilon:g}")
+        return RoundOutput(update=None, metrics=budget_metrics, refusal=reason)
+
+    entry = ledger.append(  # durable before any record is read for training
+        run_id=run_id, round=server_round, node_id=node.node_id, guarantee=RECORD_LEVEL,
+        mechanism=POISSON_GAUSSIAN, noise_multiplier=noise_multiplier, sample_rate=rate,
+        steps=config.local_steps, delta=node.delta, accountant=ACCOUNTANT,
+        epsilon=projected, max_epsilon=node.max_epsilon,
+    )
     model = task.build_model(config)
     model.load_state_dict(global_state)
     settings = DpSettings(
-        noise_multiplier=privacy.noise_multiplier,
+        noise_multiplier=noise_multiplier,
         clip_norm=config.clip_norm,
         batch_size=config.batch_size,
         local_steps=config.local_steps,
         learning_rate=config.learning_rate,
     )
-    result = train_locally(
-        model, records, task.per_record_loss, settings, privacy.history, seed
-    )
-    privacy.history = result.history
-    persist(privacy)  # spend is durable before anything derived from the data leaves
+    result = train(model, records, task.per_record_loss, settings, history, seed)
+    if (result.steps, result.sample_rate) != (entry.steps, entry.sample_rate):
+        # The ledger must describe what ran; never release an update it does not cover.
+        raise RuntimeError(f"DP-SGD ran {result.steps} steps at q={result.sample_rate}, "
+                           f"but the ledger recorded {entry.steps} at q={entry.sample_rate}")
     update, raw_norm = clip_update(
         compute_update(model.state_dict(), global_state), config.update_clip_norm
     )
@@ -73,15 +101,16 @@ def run_client_round(
     # training loss are not: they are released outside the DP guarantee (README, "Privacy").
     return RoundOutput(
         update=update,
+        entry=entry,
         metrics={
+            **budget_metrics,
+            "epsilon": entry.epsilon,
             "num-examples": num_records,
             "train-loss": result.mean_loss,
-            "epsilon": epsilon_of(privacy.history, config.delta),
-            "delta": config.delta,
-            "noise-multiplier": privacy.noise_multiplier,
-            "sample-rate": result.sample_rate,
+            "noise-multiplier": noise_multiplier,
+            "sample-rate": rate,
             "local-steps": result.steps,
-            "total-steps": sum(n for _, _, n in privacy.history),
+            "total-steps": sum(n for _, _, n in history) + result.steps,
             "update-norm": raw_norm,
         },
     )

@@ -119,6 +119,8 @@ _SCHEMA = (
     + ", ".join(f'"{f.name}" {_SQL_TYPES[str(f.type)]} NOT NULL'
                 for f in dataclasses.fields(LedgerEntry))
     + ", row_prev TEXT NOT NULL, row_hash TEXT NOT NULL);"
+    "CREATE INDEX IF NOT EXISTS entries_hash ON entries (hash);"
+    "CREATE INDEX IF NOT EXISTS entries_node ON entries (node_id, seq);"
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
 )
 

@@ -14,8 +14,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-
 AUTO = "auto"
+CLIENT_SAMPLING = ("fixed", "poisson")
 
 
 @dataclass(frozen=True)
@@ -58,6 +58,15 @@ class RunConfig:
     delta: float = 1e-5
     # Client update clipping (bounds each client's influence on the aggregate)
     update_clip_norm: float = 5.0
+    # Client budgets: a cap every node applies on top of its own node-config max-epsilon
+    # (it can lower a node's budget, never raise it); 0 = no cap. Simulated nodes have no
+    # node config, so this is how a simulation gives them a budget.
+    client_max_epsilon: float = 0.0
+    sim_state_dir: str = ""  # simulation: simulated nodes' durable state; "" = RUN_DIR/nodes
+    # Client-level DP (DP-FedAvg): noise z*S on the aggregate of updates clipped to S
+    client_dp: bool = False
+    client_noise_multiplier: float = 1.0
+    client_sampling: str = "fixed"  # "fixed" (fraction-train, no amplification) or "poisson"
     # Data
     label_fraction: float = 0.01
     test_fraction: float = 0.2
@@ -141,6 +150,12 @@ class RunConfig:
         _require("test-fraction", 0 < self.test_fraction < 1, "must be in (0, 1)")
         _require("dirichlet-alpha", self.dirichlet_alpha > 0, "must be > 0")
         _require("prune-amount", 0 <= self.prune_amount < 1, "must be in [0, 1)")
+        _require("client-max-epsilon", 0 <= self.client_max_epsilon < math.inf,
+                 "must be a finite number >= 0 (0 means no cap)")
+        _require("client-noise-multiplier", 0 <= self.client_noise_multiplier < math.inf,
+                 "must be a finite number >= 0")
+        _require("client-sampling", self.client_sampling in CLIENT_SAMPLING,
+                 f"must be one of {', '.join(CLIENT_SAMPLING)}")
         noise = self.fixed_noise_multiplier if self._noise_is_number() else None
         _require("noise-multiplier", self.noise_multiplier == AUTO or noise is not None,
                  f"must be '{AUTO}' or a number >= 0, got '{self.noise_multiplier}'")
@@ -172,6 +187,8 @@ def _coerce(key: str, raw: Any, kind: Any) -> Any:
     try:
         if kind == "str":
             return str(raw)
+        if kind == "bool":
+            return _parse_bool(raw)
         if isinstance(raw, bool):
             raise TypeError
         if kind == "int":
@@ -184,6 +201,17 @@ def _coerce(key: str, raw: Any, kind: Any) -> Any:
     except (TypeError, ValueError):
         raise ConfigError(key, f"expected {kind}, got {raw!r}") from None
     raise AssertionError(f"unsupported field type {kind} for {key}")
+
+
+def _parse_bool(raw: Any) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    text = str(raw).strip().lower()
+    if text in ("true", "1", "yes", "on"):
+        return True
+    if text in ("false", "0", "no", "off"):
+        return False
+    raise ValueError(raw)
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, str]:

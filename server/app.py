@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord, RecordDict
@@ -11,9 +12,11 @@ from flwr.serverapp import Grid, ServerApp
 from common.mlm_task import tokenizer_path
 from common.run_config import RunConfig
 from common.tasks import get_task
+from server.client_level_dp import ClientDpSettings
 from server.delta_fedavg import DeltaFedAvg
 from server.downstream_stage import run_downstream
 from server.run_directory import RoundRecorder, prepare_run_dir, weighted_loss
+from server.run_ledger import open_run_ledger
 from server.run_report import build_summary, summary_table, write_reports
 
 app = ServerApp()
@@ -32,21 +35,30 @@ def main(grid: Grid, context: Context) -> None:
     wait_for_nodes(grid, config.num_clients)
     torch.manual_seed(config.seed)
     model = task.build_model(config)
-    recorder = RoundRecorder(run_dir, config.num_rounds)
+    ledger = open_run_ledger(run_dir)
+    recorder = RoundRecorder(run_dir, config.num_rounds, ledger, str(context.run_id),
+                             config.delta)
+    poisson = config.client_sampling == "poisson"
     strategy = DeltaFedAvg(
         update_clip_norm=config.update_clip_norm,
         on_round=recorder,
+        client_dp=client_dp_settings(config),
+        poisson_rate=config.fraction_train if poisson else None,
+        expected_clients=config.num_clients,
+        seed=config.seed,
         fraction_train=config.fraction_train,
         fraction_evaluate=0.0,
         min_train_nodes=1,
         min_available_nodes=config.num_clients,  # wait until every expected node is up
         train_metrics_aggr_fn=aggregate_client_metrics,
     )
+    sim_state_dir = Path(config.sim_state_dir or run_dir / "nodes").expanduser().resolve()
     result = strategy.start(
         grid=grid,
         initial_arrays=ArrayRecord(model.state_dict()),
         num_rounds=config.num_rounds,
-        train_config=ConfigRecord({"task": config.task}),
+        # Simulated nodes keep their ledgers here; deployed nodes use their own state-dir.
+        train_config=ConfigRecord({"task": config.task, "sim-state-dir": str(sim_state_dir)}),
     )
     model.load_state_dict(result.arrays.to_torch_state_dict())
 
@@ -57,12 +69,32 @@ def main(grid: Grid, context: Context) -> None:
         recorder.per_client_epsilon(),
         recorder.per_client_privacy(),
         rounds_done=recorder.rounds_done,
+        ledger_head=ledger.head(),
+        client_level_epsilon=recorder.client_level_epsilon,
+        refusals=recorder.refusals,
         wall_seconds=time.monotonic() - started,
     )
     write_reports(run_dir, summary)
     print("[fedssl] results\n" + summary_table(summary), flush=True)
     print(f"[fedssl] max record-level epsilon {summary['privacy']['max_epsilon']:.3f} "
           f"at delta {config.delta:g}; wrote {run_dir}/summary.json", flush=True)
+
+
+def client_dp_settings(config: RunConfig) -> ClientDpSettings | None:
+    """Client-level DP parameters, or None when it is off.
+
+    Amplification (q = fraction-train) is claimed only with Poisson client sampling; Flower's
+    fixed-size sampling is accounted as no amplification (q = 1).
+    """
+    if not config.client_dp:
+        return None
+    poisson = config.client_sampling == "poisson"
+    return ClientDpSettings(
+        noise_multiplier=config.client_noise_multiplier,
+        clip_norm=config.update_clip_norm,
+        sample_rate=config.fraction_train if poisson else 1.0,
+        poisson=poisson,
+    )
 
 
 def wait_for_nodes(grid: Grid, expected: int, timeout_s: float = NODE_WAIT_S) -> None:

@@ -1,36 +1,45 @@
-"""FedAvg over client *updates*: the new global model is w + weighted mean of the valid Δ.
+"""FedAvg over client *updates*: the new global model is w + the mean of the valid Δ.
 
 Flower's FedAvg averages whatever arrays clients return and makes that the model; fedssl
 clients return clipped updates Δ (never weights), so this strategy keeps the current global
-weights, checks each Δ (finite, expected keys and shapes, norm ≤ S), and adds the mean.
+weights, checks each Δ (finite, expected keys and shapes, norm ≤ S), and adds their mean:
+FedAvg's num-examples-weighted mean, or with client-level DP the noisy fixed-denominator mean
+of server/client_level_dp.py. Every reply's ledger and status go into the RoundRecord.
 """
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.common import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from common.model_updates import State, apply_update, update_norm
+from common.privacy_ledger import LedgerEntry, LedgerError
+from server.client_level_dp import ClientDpSettings, noisy_mean_update, poisson_sample
 
 NORM_TOLERANCE = 1e-4  # float32 rounding when the client rescales Δ to exactly S
+REPLY_KEY = "fedssl"  # the ConfigRecord every fedssl client reply carries (client/app.py)
 
 
 @dataclass
 class RoundRecord:
-    """What one round did, for metrics.jsonl and the progress line."""
+    """What one round did, for the ledger, metrics.jsonl and the progress line."""
 
     server_round: int
     sampled: int
-    clients: list[dict[str, float | int]] = field(default_factory=list)  # accepted updates
-    spend: list[dict[str, float | int]] = field(default_factory=list)  # every reported ε
+    clients: list[dict[str, float | int | str]] = field(default_factory=list)  # accepted
+    spend: list[dict[str, float | int | str]] = field(default_factory=list)  # every reported ε
     rejected: list[dict[str, str | int]] = field(default_factory=list)
+    refused: list[dict[str, str | int]] = field(default_factory=list)  # budget refusals
+    ledger: list[LedgerEntry] = field(default_factory=list)  # entries the nodes sent
+    client_dp: ClientDpSettings | None = None  # set when this round released a noisy mean
     seconds: float = 0.0
 
 
@@ -39,11 +48,17 @@ class DeltaFedAvg(FedAvg):
 
     def __init__(
         self, *, update_clip_norm: float, on_round: Callable[[RoundRecord, State], None],
-        **fedavg_kwargs: object,
+        client_dp: ClientDpSettings | None = None, poisson_rate: float | None = None,
+        expected_clients: int = 1, seed: int = 0, **fedavg_kwargs: object,
     ) -> None:
         super().__init__(**fedavg_kwargs)  # type: ignore[arg-type]
         self.update_clip_norm = update_clip_norm
         self.on_round = on_round
+        self.client_dp = client_dp
+        self.poisson_rate = poisson_rate  # None: FedAvg's fixed-size sampling
+        self.expected_clients = expected_clients
+        self._rng = random.Random(seed)
+        self._noise = torch.Generator().manual_seed(seed)
         self._global: State = {}
         self._started = 0.0
         self._sampled = 0
@@ -51,45 +66,94 @@ class DeltaFedAvg(FedAvg):
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        """Remember the weights the round starts from, then sample as FedAvg does."""
+        """Remember the weights the round starts from, then sample (fixed-size or Poisson)."""
         self._global = arrays.to_torch_state_dict()
         self._started = time.monotonic()
-        messages = list(super().configure_train(server_round, arrays, config, grid))
+        if self.poisson_rate is None:
+            messages = list(super().configure_train(server_round, arrays, config, grid))
+        else:
+            nodes = poisson_sample(list(grid.get_node_ids()), self.poisson_rate, self._rng)
+            config["server-round"] = server_round
+            record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
+            messages = list(self._construct_messages(record, nodes, MessageType.TRAIN))
         self._sampled = len(messages)
         return messages
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Average the valid updates and apply them to the round's starting weights."""
+        """Check every reply, keep its ledger, and apply the mean of the valid updates."""
         record = RoundRecord(server_round=server_round, sampled=self._sampled)
-        valid: list[Message] = []
-        for msg in replies:
-            node = msg.metadata.src_node_id
-            if msg.has_error():
-                record.rejected.append({"node-id": node, "reason": msg.error.reason})
-                continue
-            metrics = {**dict(msg.content.get("metrics", {})), "node-id": node}
-            # A client that trained has spent privacy whether or not its update is used.
-            record.spend.append(metrics)
-            if "arrays" not in msg.content or "metrics" not in msg.content:
-                record.rejected.append({"node-id": node, "reason": "reply lacks arrays/metrics"})
-                continue
-            update = msg.content["arrays"].to_torch_state_dict()
-            problem = update_problem(update, self._global, self.update_clip_norm)
-            if problem:
-                log(30, "round %d: rejected update from node %d: %s", server_round, node, problem)
-                record.rejected.append({"node-id": node, "reason": problem})
-                continue
-            record.clients.append({**metrics, "received-norm": update_norm(update)})
-            valid.append(msg)
-        mean_update, metrics = super().aggregate_train(server_round, valid)
-        new_state = self._global
-        if mean_update is not None:
-            new_state = apply_update(self._global, mean_update.to_torch_state_dict())
+        valid = [msg for msg in replies if self._accept(msg, record)]
+        metrics = None
+        if valid:
+            metrics = self.train_metrics_aggr_fn(
+                [msg.content for msg in valid], self.weighted_by_key
+            )
+        if self.client_dp is not None:
+            denominator = (self.client_dp.sample_rate * self.expected_clients
+                           if self.client_dp.poisson else max(self._sampled, 1))
+            updates = [msg.content["arrays"].to_torch_state_dict() for msg in valid]
+            mean = noisy_mean_update(updates, self._global, denominator, self.client_dp,
+                                     self._noise)
+            record.client_dp = self.client_dp
+        elif valid:
+            weighted, _ = super().aggregate_train(server_round, valid)
+            mean = weighted.to_torch_state_dict() if weighted is not None else None
+        else:
+            mean = None
+        new_state = apply_update(self._global, mean) if mean is not None else self._global
         record.seconds = time.monotonic() - self._started
-        self.on_round(record, new_state)
-        return (ArrayRecord(new_state) if mean_update is not None else None), metrics
+        self.on_round(record, new_state)  # ledger first, then the model leaves this method
+        return (ArrayRecord(new_state) if mean is not None else None), metrics
+
+    def _accept(self, msg: Message, record: RoundRecord) -> bool:
+        """Record what the reply says (ledger, spend, status); True if its Δ is usable."""
+        flower_id = msg.metadata.src_node_id
+        if msg.has_error():
+            record.rejected.append({"node": f"node-{flower_id}", "reason": msg.error.reason})
+            return False
+        info = msg.content.config_records.get(REPLY_KEY)
+        if info is None:
+            record.rejected.append({"node": f"node-{flower_id}",
+                                    "reason": "not a fedssl reply (no ledger)"})
+            return False
+        node = str(info["node"]) or f"node-{flower_id}"
+        record.ledger.extend(_entries(info, node))
+        status, reason = str(info["status"]), str(info["reason"])
+        if status == "refused":
+            log(30, "round %d: node %s refused: %s", record.server_round, node, reason)
+            record.refused.append({"node": node, "reason": reason})
+            return False
+        if status != "trained":
+            log(30, "round %d: node %s failed: %s", record.server_round, node, reason)
+            record.rejected.append({"node": node, "reason": reason or status})
+            return False
+        metrics = {**dict(msg.content.get("metrics", {})), "node": node}
+        record.spend.append(metrics)  # spent whether or not its update is used
+        if "arrays" not in msg.content or "metrics" not in msg.content:
+            record.rejected.append({"node": node, "reason": "reply lacks arrays/metrics"})
+            return False
+        update = msg.content["arrays"].to_torch_state_dict()
+        problem = update_problem(update, self._global, self.update_clip_norm)
+        if problem:
+            log(30, "round %d: rejected update from node %s: %s", record.server_round, node,
+                problem)
+            record.rejected.append({"node": node, "reason": problem})
+            return False
+        record.clients.append({**metrics, "received-norm": update_norm(update)})
+        return True
+
+
+def _entries(info: ConfigRecord, node: str) -> list[LedgerEntry]:
+    """The node's ledger entries from its reply (malformed ones are logged, not trusted)."""
+    entries = []
+    for text in info.get("ledger", []):
+        try:
+            entries.append(LedgerEntry.from_json(str(text)))
+        except LedgerError as err:
+            log(30, "node %s sent a malformed ledger entry: %s", node, err)
+    return entries
 
 
 def update_problem(update: State, reference: State, max_norm: float) -> str:

@@ -4,6 +4,8 @@ Layout (a contract the tests check; documented in the README):
   config.json               the resolved run configuration
   tokenizer.json            the public vocabulary the run used
   metrics.jsonl             one JSON line per federated round
+  ledger.sqlite             the privacy ledger: every node's entries + client-level DP events
+  nodes/                    simulation only: each simulated node's own state (ledger.sqlite)
   global_model.safetensors  the aggregated SSL model after the latest round
   models/                   finetuned, baseline and pruned classifiers (+ finetuned-hf/)
   summary.json, report.md   final results
@@ -20,8 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from common.model_updates import State
+from common.privacy_ledger import PrivacyLedger
 from common.run_config import RunConfig
 from server.delta_fedavg import RoundRecord
+from server.run_ledger import record_round
 from server.safetensors_export import save_state
 
 
@@ -45,20 +49,31 @@ def write_json(path: Path, data: Any) -> None:
 
 
 class RoundRecorder:
-    """Appends each round to metrics.jsonl, saves the global model, prints a progress line."""
+    """Per round: ledger first, then metrics.jsonl, the global model and a progress line."""
 
-    def __init__(self, run_dir: Path, num_rounds: int) -> None:
+    def __init__(
+        self, run_dir: Path, num_rounds: int, ledger: PrivacyLedger, run_id: str, delta: float
+    ) -> None:
         self.run_dir = run_dir
         self.num_rounds = num_rounds
-        self.latest_by_node: dict[int, dict[str, float | int]] = {}
+        self.ledger = ledger
+        self.run_id = run_id
+        self.delta = delta
+        self.latest_by_node: dict[str, dict[str, float | int | str]] = {}
+        self.client_level_epsilon: float | None = None
+        self.refusals = 0
         self.rounds_done = 0
 
     def __call__(self, record: RoundRecord, global_state: State) -> None:
-        """Record one finished round."""
+        """Record one finished round (its privacy spend before anything else)."""
+        federation = record_round(self.ledger, record, self.run_id, self.delta)
+        if federation is not None:
+            self.client_level_epsilon = federation.epsilon
         self.rounds_done += 1
+        self.refusals += len(record.refused)
         for client in record.spend:
             if "epsilon" in client:
-                self.latest_by_node[int(client["node-id"])] = client
+                self.latest_by_node[str(client["node"])] = client
         eps = [float(c["epsilon"]) for c in record.spend if "epsilon" in c]
         norms = [float(c["update-norm"]) for c in record.clients]
         line = {
@@ -66,6 +81,8 @@ class RoundRecorder:
             "clients_sampled": record.sampled,
             "clients_ok": len(record.clients),
             "rejected": record.rejected,
+            "refused": record.refused,
+            "client_level_epsilon": None if federation is None else federation.epsilon,
             "train_loss": weighted_loss(record.clients),
             "max_epsilon": max(eps, default=None),
             "mean_epsilon": statistics.fmean(eps) if eps else None,
@@ -80,13 +97,13 @@ class RoundRecorder:
         print(_progress_line(line, self.num_rounds), flush=True)
 
     def per_client_epsilon(self) -> dict[str, float]:
-        """Latest (cumulative) record-level ε per node id."""
-        return {str(n): float(m["epsilon"]) for n, m in sorted(self.latest_by_node.items())}
+        """Latest (cumulative) record-level ε per node."""
+        return {n: float(m["epsilon"]) for n, m in sorted(self.latest_by_node.items())}
 
-    def per_client_privacy(self) -> list[dict[str, float | int]]:
+    def per_client_privacy(self) -> list[dict[str, float | int | str]]:
         """Per node: the DP-SGD parameters behind its latest ε (for the report)."""
-        keys = ("node-id", "partition-id", "epsilon", "noise-multiplier", "sample-rate",
-                "total-steps", "num-examples")
+        keys = ("node", "partition-id", "epsilon", "max-epsilon", "noise-multiplier",
+                "sample-rate", "total-steps", "num-examples")
         return [
             {k.replace("-", "_"): m[k] for k in keys if k in m}
             for _, m in sorted(self.latest_by_node.items())
@@ -107,7 +124,9 @@ def _progress_line(line: dict[str, Any], num_rounds: int) -> str:
 
     return (
         f"[fedssl] round {line['round']}/{num_rounds} | clients {line['clients_ok']}"
-        f"/{line['clients_sampled']} | ssl loss {fmt(line['train_loss'], '.3f')}"
+        f"/{line['clients_sampled']}"
+        + (f" ({len(line['refused'])} refused: budget)" if line["refused"] else "")
+        + f" | ssl loss {fmt(line['train_loss'], '.3f')}"
         f" | eps max {fmt(line['max_epsilon'], '.2f')} mean {fmt(line['mean_epsilon'], '.2f')}"
         f" | update norm {fmt(line['update_norm_mean'], '.2f')}"
         f" | {line['wall_seconds']:.1f}s"

@@ -21,9 +21,12 @@ def build_summary(
     config: RunConfig,
     downstream: dict[str, Any],
     per_client_epsilon: dict[str, float],
-    per_client_privacy: list[dict[str, float | int]],
+    per_client_privacy: list[dict[str, float | int | str]],
     rounds_done: int,
     wall_seconds: float,
+    ledger_head: dict[str, Any],
+    client_level_epsilon: float | None,
+    refusals: int,
 ) -> dict[str, Any]:
     """The summary document (see README, "RUN_DIR layout")."""
     summary: dict[str, Any] = {arm: downstream[arm] for arm, _ in ARMS}
@@ -40,7 +43,16 @@ def build_summary(
                 if config.fixed_noise_multiplier is None else None,
                 "noise_multiplier": config.noise_multiplier,
                 "clip_norm": config.clip_norm,
-                "client_level_dp": False,
+                "budget_refusals": refusals,
+                "client_level": None if client_level_epsilon is None else {
+                    "guarantee": "client-level DP for the federation (DP-FedAvg)",
+                    "epsilon": client_level_epsilon,
+                    "delta": config.delta,
+                    "accountant": ACCOUNTANT,
+                    "noise_multiplier": config.client_noise_multiplier,
+                    "sampling": config.client_sampling,
+                },
+                "ledger": {"file": "ledger.sqlite", **ledger_head},
             },
             "task": config.task,
             "rounds": rounds_done,
@@ -69,9 +81,9 @@ def write_reports(run_dir: Path, summary: dict[str, Any]) -> None:
     privacy = summary["privacy"]
     labels = summary["labels"]
     per_client = "\n".join(
-        f"| {c['node_id']} | {c.get('partition_id', '-')} | {c['num_examples']} "
+        f"| {c['node']} | {c.get('partition_id', '-')} | {c['num_examples']} "
         f"| {c['noise_multiplier']:.4f} | {c['sample_rate']:.5f} | {c['total_steps']} "
-        f"| {c['epsilon']:.3f} |"
+        f"| {c['epsilon']:.3f} | {c.get('max_epsilon') or '-'} |"
         for c in privacy["clients"]
     )
     text = f"""# fedssl run report
@@ -95,15 +107,31 @@ headline number; accuracy mostly reflects the largest class.
 Guarantee: **{privacy['guarantee']}**. It protects one record at one client, also against \
 the server. Accountant: {privacy['accountant'].upper()}, δ = {privacy['delta']:g}, per-record \
 clip norm {privacy['clip_norm']}, noise multiplier {privacy['noise_multiplier']} \
-(target ε {privacy['target_epsilon']}). ε is cumulative over all rounds of the run. \
-Client-level DP (noise on the aggregate): not used in this run. \
+(target ε {privacy['target_epsilon']}). ε is each node's cumulative spend over every run \
+in its ledger (its whole lifetime, not only this run). {_client_level_text(privacy)} \
+Budget refusals this run: {privacy['budget_refusals']}. \
 Not covered by the guarantee: each client's reported record count and mean training loss \
 (released beside the update, without noise).
 
 Max ε over clients: **{privacy['max_epsilon']:.3f}**
 
-| node | partition | records | σ | sample rate q | DP-SGD steps | ε |
-|---|---|---|---|---|---|---|
+| node | partition | records | σ | sample rate q | DP-SGD steps | ε | budget |
+|---|---|---|---|---|---|---|---|
 {per_client}
+
+Every spend above is in the privacy ledger `{privacy['ledger']['file']}` \
+({privacy['ledger']['rows']} entries, head `{privacy['ledger']['head'][:16]}…`). Verify it and \
+recompute every ε independently with `fedssl audit RUN_DIR`.
 """
     (run_dir / "report.md").write_text(text)
+
+
+def _client_level_text(privacy: dict[str, Any]) -> str:
+    level = privacy["client_level"]
+    if level is None:
+        return "Client-level DP (noise on the aggregate): not used in this run."
+    return (f"Client-level DP for the federation ({level['guarantee']}, "
+            f"{level['sampling']} client sampling, z = {level['noise_multiplier']}): "
+            f"ε = {level['epsilon']:.3f} at δ = {level['delta']:g} ({level['accountant'].upper()}"
+            "); it protects a whole client's participation against whoever sees the aggregate, "
+            "not against the server.")

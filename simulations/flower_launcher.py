@@ -190,7 +190,9 @@ def _bin(name: str) -> str:
 def _to_toml(values: dict[str, Any]) -> str:
     lines = []
     for key, value in values.items():
-        if isinstance(value, str):
+        if isinstance(value, bool):
+            lines.append(f"{key} = {str(value).lower()}")
+        elif isinstance(value, str):
             escaped = value.replace("\\", "\\\\").replace('"', '\\"')
             lines.append(f'{key} = "{escaped}"')
         elif isinstance(value, float):

@@ -10,41 +10,17 @@ from pathlib import Path
 import psutil
 import pytest
 from safetensors.torch import load_file
+from simulation_runs import ROOT, TINY_RUN, flower_processes, simulate
 
 from common.privacy_accounting import epsilon_of
-
-ROOT = Path(__file__).resolve().parent.parent
-FLOWER_PROCESS_NAMES = ("flower-superlink", "flower-superexec", "flwr-serverapp",
-                        "flwr-simulation", "flwr-clientapp", "raylet", "gcs_server")
-
-
-def _flower_processes() -> set[int]:
-    found = set()
-    for proc in psutil.process_iter(["cmdline"]):
-        cmdline = " ".join(proc.info["cmdline"] or [])
-        if any(name in cmdline for name in FLOWER_PROCESS_NAMES):
-            found.add(proc.pid)
-    return found
 
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess[str], set[int]]:
     run_dir = tmp_path_factory.mktemp("sim") / "run"
-    before = _flower_processes()
-    settings = {
-        "num-clients": 3, "num-rounds": 2, "max-records": 4000, "local-steps": 4,
-        "batch-size": 32, "label-fraction": 0.05, "target-epsilon": 4.0,
-        "hidden-size": 32, "num-layers": 1, "intermediate-size": 64, "max-length": 32,
-        "finetune-epochs": 2, "prune-recover-epochs": 1,
-    }
-    args = [arg for k, v in settings.items() for arg in ("--set", f"{k}={v}")]
-    result = subprocess.run(
-        [sys.executable, "-m", "simulations.cli", "simulate", "--out", str(run_dir), *args],
-        capture_output=True, text=True, cwd=ROOT, timeout=900,
+    result, leftovers = simulate(
+        run_dir, {**TINY_RUN, "num-clients": 3, "num-rounds": 2, "target-epsilon": 4.0}
     )
-    leftovers = _flower_processes() - before
-    for pid in leftovers:  # never leave processes behind, even when the assertion fails
-        psutil.Process(pid).kill()
     return run_dir, result, leftovers
 
 
@@ -104,7 +80,7 @@ def test_epsilon_accumulates_across_rounds_in_real_clients(finished_run):
 
 def test_sigterm_mid_run_stops_every_process(tmp_path):
     """Interrupting `fedssl simulate` (SIGTERM, as Ctrl-C) leaves no Flower or Ray process."""
-    before = _flower_processes()
+    before = flower_processes()
     process = subprocess.Popen(
         [sys.executable, "-m", "simulations.cli", "simulate", "--out", str(tmp_path / "run"),
          "--set", "num-clients=2", "--set", "num-rounds=50", "--set", "max-records=2000",
@@ -125,7 +101,7 @@ def test_sigterm_mid_run_stops_every_process(tmp_path):
     finally:
         if process.poll() is None:
             process.kill()
-        leftovers = _flower_processes() - before
+        leftovers = flower_processes() - before
         for pid in leftovers:
             psutil.Process(pid).kill()
     assert not leftovers, f"processes left running: {leftovers}"

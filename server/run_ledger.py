@@ -1,0 +1,52 @@
+"""The server's side of the privacy ledger (RUN_DIR/ledger.sqlite).
+
+Each round, before the new global model is saved or sent anywhere: keep every ledger entry
+the nodes sent (verbatim, so the audit can check each node's own hash chain), then record the
+round's client-level DP release, if any, as the federation's own event.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from flwr.common import log
+
+from common.privacy_accounting import ACCOUNTANT, epsilon_of
+from common.privacy_ledger import (
+    CLIENT_LEVEL,
+    FEDERATION_NODE,
+    LedgerEntry,
+    PrivacyLedger,
+)
+from server.delta_fedavg import RoundRecord
+
+RUN_LEDGER = "ledger.sqlite"
+RUN_OWNER = "run"
+
+
+def open_run_ledger(run_dir: Path) -> PrivacyLedger:
+    """The run's ledger; it is never reset (privacy records are not thrown away)."""
+    return PrivacyLedger.open(run_dir / RUN_LEDGER, owner=RUN_OWNER)
+
+
+def record_round(
+    ledger: PrivacyLedger, record: RoundRecord, run_id: str, delta: float
+) -> LedgerEntry | None:
+    """Store the round's received entries, then its client-level event (returned, if any)."""
+    for entry in record.ledger:
+        if entry.computed_hash() != entry.hash:
+            # Kept anyway (the audit names it); dropping it could hide a node's spend.
+            log(30, "node %s sent a ledger entry whose hash does not match its content",
+                entry.node_id)
+        ledger.add(entry)
+    dp = record.client_dp
+    if dp is None:
+        return None
+    history = ledger.history(FEDERATION_NODE, CLIENT_LEVEL)
+    return ledger.append(
+        run_id=run_id, round=record.server_round, node_id=FEDERATION_NODE,
+        guarantee=CLIENT_LEVEL, mechanism=dp.mechanism, noise_multiplier=dp.noise_multiplier,
+        sample_rate=dp.sample_rate, steps=1, delta=delta, accountant=ACCOUNTANT,
+        epsilon=epsilon_of([*history, (dp.noise_multiplier, dp.sample_rate, 1)], delta),
+        max_epsilon=0.0,
+    )
