@@ -29,12 +29,27 @@ def main(argv: list[str] | None = None) -> int:
     simulate.add_argument(
         "--verbose", action="store_true", help="show Flower's full log, not only fedssl lines"
     )
+    audit = commands.add_parser(
+        "audit", help="verify a privacy ledger and recompute every node's epsilon"
+    )
+    audit.add_argument("path", help="RUN_DIR, a node's state dir, or a ledger.sqlite file")
+    audit.add_argument("--json", action="store_true",
+                       help="print one JSON document (raw events, recomputed values, verdict)")
+    audit.add_argument("--delta", help="report epsilon at this delta (claims and budgets are "
+                       "still checked at each entry's own delta)")
+    audit.add_argument("--out", help="folder for audit.md and epsilon.png "
+                       "(default: <RUN_DIR or ledger folder>/audit)")
     args = parser.parse_args(argv)
     # SIGTERM takes the same clean path as Ctrl-C: every started process gets stopped.
     signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         if args.command == "simulate":
             return simulate_command(args.out, args.settings, args.verbose)
+        if args.command == "audit":
+            # Imported here: the audit loads opacus/dp-accounting, `--help` should not.
+            from simulations.audit_command import audit_command
+
+            return audit_command(args.path, args.json, args.delta, args.out)
     except ConfigError as err:
         print(f"fedssl: error: {err}", file=sys.stderr)
         return 2
