@@ -19,7 +19,10 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e ".[test]"
 	touch $(STAMP)
 
+# A fresh federation each time: reusing runs/demo would continue its nodes' ledgers (their
+# privacy spend accumulates across runs, as it must).
 demo: $(STAMP)
+	rm -rf runs/demo
 	$(VENV)/bin/fedssl simulate --out runs/demo
 
 test: $(STAMP)

@@ -10,6 +10,7 @@ record-level DP per client and client-level DP for the federation are separate r
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -65,7 +66,7 @@ class NodeAudit:
     claimed_epsilon: float
     epsilon_rdp: float
     epsilon_pld: float
-    budget: float | None  # latest non-zero max_epsilon; None = no budget
+    budget: float | None  # max_epsilon at the latest event; None = no budget
     status: str
     reasons: tuple[str, ...]
 
@@ -153,23 +154,30 @@ def audit_node(rows: Sequence[LedgerRow], delta: float | None = None) -> NodeAud
             f"but its events give ε={first.recomputed_claim:.6g}"
             + (f"; {len(wrong) - 1} more inconsistent claim(s)" if len(wrong) > 1 else ""))
         status.append("inconsistent claims")
-    budgets = [e.max_epsilon for e in entries if e.max_epsilon > 0]
-    budget = budgets[-1] if budgets else None
+    # Each event is judged against the budget the node had when it spent (recorded in the
+    # entry); the budget shown is the one in force at the latest event (0 = none).
+    budget = entries[-1].max_epsilon if entries[-1].max_epsilon > 0 else None
     breaches = [(e, eps) for e, eps in zip(entries, claims, strict=True)
                 if e.max_epsilon > 0 and eps > e.max_epsilon * (1 + BUDGET_TOLERANCE)]
-    if budget is not None and claims[-1] > budget * (1 + BUDGET_TOLERANCE):
-        reasons.append(f"{who} is over budget: ε={claims[-1]:.6g} (RDP, δ={own[-1]:g}) "
-                       f"exceeds its max-epsilon {budget:g}")
-        status.append("over budget")
-    elif breaches:
+    if breaches:
         entry, eps = breaches[0]
-        reasons.append(f"{who} went over budget at round {entry.round}: ε={eps:.6g} (RDP, "
-                       f"δ={entry.delta:g}) exceeded its max-epsilon {entry.max_epsilon:g} then")
+        reasons.append(f"{who} went over budget at round {entry.round} (row "
+                       f"{rows[entries.index(entry)].seq}): ε={eps:.6g} (RDP, δ={entry.delta:g}) "
+                       f"exceeded its max-epsilon {entry.max_epsilon:g} at the time")
         status.append("over budget")
     if not status:
         status.append("no budget" if budget is None else "within budget")
+    changes = [f"{_budget_text(a.max_epsilon)} → {_budget_text(b.max_epsilon)} at round "
+               f"{b.round} of run {b.run_id}"
+               for a, b in itertools.pairwise(entries) if a.max_epsilon != b.max_epsilon]
+    if changes:  # not a failure (the node sets its own budget), but an officer should see it
+        status.append("budget changed: " + ", ".join(changes))
     return NodeAudit(node_id, guarantee, audits, report[-1], own[-1], entries[-1].epsilon,
                      rdp[-1], pld[-1], budget, "; ".join(status), tuple(reasons))
+
+
+def _budget_text(max_epsilon: float) -> str:
+    return f"{max_epsilon:g}" if max_epsilon > 0 else "none"
 
 
 def resolve_ledger(path: Path | str) -> tuple[Path, Path | None]:

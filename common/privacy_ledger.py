@@ -114,6 +114,8 @@ def utc_now() -> str:
 
 _FIELDS = [f.name for f in dataclasses.fields(LedgerEntry)]
 _SQL_TYPES = {"int": "INTEGER", "float": "REAL", "str": "TEXT"}
+_TYPES = {f.name: {"int": int, "float": float, "str": str}[str(f.type)]
+          for f in dataclasses.fields(LedgerEntry)}
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS entries (seq INTEGER PRIMARY KEY, "
     + ", ".join(f'"{f.name}" {_SQL_TYPES[str(f.type)]} NOT NULL'
@@ -192,7 +194,10 @@ class PrivacyLedger:
                 "SELECT hash FROM entries WHERE node_id=? ORDER BY seq DESC LIMIT 1",
                 (event["node_id"],),
             ).fetchone()
-            draft = LedgerEntry(**event, timestamp=utc_now(),
+            # Exact field types before hashing: SQLite would hand back 0.0 for an int 0 in a
+            # REAL column, and the stored entry would no longer match its hash.
+            typed = {k: _TYPES[k](v) for k, v in event.items()}
+            draft = LedgerEntry(**typed, timestamp=utc_now(),
                                 prev_hash=prev[0] if prev else GENESIS)
             entry = dataclasses.replace(draft, hash=draft.computed_hash())
             self._insert(conn, entry)

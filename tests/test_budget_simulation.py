@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import itertools
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-from simulation_runs import TINY_RUN, simulate
+from simulation_runs import ROOT, TINY_RUN, simulate
 
 from client.dp_training import poisson_sample_rate
 from common.demo_data import demo_splits
@@ -21,8 +23,8 @@ from common.privacy_accounting import epsilon_of
 from common.privacy_ledger import (
     CLIENT_LEVEL,
     FEDERATION_NODE,
-    GAUSSIAN_NO_AMPLIFICATION,
     GENESIS,
+    POISSON_GAUSSIAN,
     PrivacyLedger,
 )
 from common.run_config import RunConfig
@@ -57,6 +59,7 @@ def two_runs(tmp_path_factory):
                                           "sim-state-dir": state})
     run_b, left_b = simulate(root / "b", {**SETTINGS, "num-rounds": 1, "client-dp": "true",
                                           "client-noise-multiplier": 1.0,
+                                          "client-sampling": "poisson",  # q = 1: all
                                           "update-clip-norm": 0.01, "sim-state-dir": state})
     return root, budget, (run_a, run_b), left_a | left_b
 
@@ -117,11 +120,22 @@ def test_node_ledgers_accumulate_across_runs(two_runs):
         assert [e.hash for e in server] == [e.hash for e in entries]
 
 
+def test_audit_passes_on_both_runs_and_every_node_ledger(two_runs):
+    root, _, _, _ = two_runs
+    for path in [root / "a", root / "b", *sorted((root / "node-state").iterdir())]:
+        result = subprocess.run(
+            [sys.executable, "-m", "simulations.cli", "audit", str(path), "--json"],
+            capture_output=True, text=True, cwd=ROOT, timeout=300, check=False,
+        )
+        assert result.returncode == 0, (path, result.stderr[-2000:])
+        assert json.loads(result.stdout)["ok"] is True
+
+
 def test_client_level_dp_is_accounted_in_the_run_ledger(two_runs):
     root, _, _, _ = two_runs
     server = PrivacyLedger.open(root / "b" / "ledger.sqlite", "run")
     (event,) = server.entries(FEDERATION_NODE)
-    assert (event.guarantee, event.mechanism) == (CLIENT_LEVEL, GAUSSIAN_NO_AMPLIFICATION)
+    assert (event.guarantee, event.mechanism) == (CLIENT_LEVEL, POISSON_GAUSSIAN)
     assert (event.noise_multiplier, event.sample_rate, event.steps) == (1.0, 1.0, 1)
     assert event.epsilon == pytest.approx(epsilon_of([(1.0, 1.0, 1)], DELTA), rel=1e-12)
     summary = json.loads((root / "b" / "summary.json").read_text())

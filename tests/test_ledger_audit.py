@@ -291,6 +291,20 @@ def test_over_budget_node_fails(tmp_path: Path):
     assert by_node["partition-1"].status == "no budget"
 
 
+def test_budget_in_force_at_each_event_is_what_counts(tmp_path: Path):
+    """A node that later drops its budget is not retroactively over it, but the change shows."""
+    def drop_budget(node: str, rnd: int, fields: dict[str, Any]) -> None:
+        if node == "partition-0" and rnd == ROUNDS:
+            fields["max_epsilon"] = 0.0
+
+    one_round = epsilon_of([(SIGMA, RATE, STEPS)], DELTA)
+    report = audit(make_run(tmp_path, budgets=(one_round * 1.01, 0.0), tweak=drop_budget))
+    node = {n.node_id: n for n in report.nodes}["partition-0"]
+    # Round 2 crossed the budget recorded with it: that is a breach, whatever came later.
+    assert not report.ok and "went over budget at round 2" in report.reasons[0]
+    assert "budget changed" in node.status and node.budget is None
+
+
 def _single_row(sigma: float, rate: float, steps: int, delta: float) -> LedgerRow:
     """One record-level event as a node writes it (hash included), at the top of a file."""
     draft = LedgerEntry(run_id="r", round=1, node_id="n", guarantee=RECORD_LEVEL,
