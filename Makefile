@@ -24,6 +24,7 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	rm -rf runs/demo
 	$(VENV)/bin/fedssl simulate --out runs/demo
+	$(VENV)/bin/fedssl audit runs/demo
 
 test: $(STAMP)
 	$(PY) -m pytest -q
