@@ -22,6 +22,7 @@ class SslTask:
     """A self-supervised objective with the functions the pipeline needs from it."""
 
     name: str
+    data_kind: str  # "text" or "image": what a node's data folder holds (common/local_data.py)
     build_model: Callable[[RunConfig], nn.Module]
     client_tensors: Callable[[RunConfig, int], tuple[torch.Tensor, ...]]
     per_record_loss: Callable[[nn.Module, tuple[torch.Tensor, ...], torch.Generator], torch.Tensor]
@@ -30,6 +31,7 @@ class SslTask:
 TASKS: dict[str, SslTask] = {
     "mlm": SslTask(
         name="mlm",
+        data_kind="text",
         build_model=mlm_task.build_model,
         client_tensors=mlm_task.client_tensors,
         per_record_loss=mlm_task.per_record_loss,
