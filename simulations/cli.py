@@ -39,6 +39,12 @@ def main(argv: list[str] | None = None) -> int:
                        "still checked at each entry's own delta)")
     audit.add_argument("--out", help="folder for audit.md and epsilon.png "
                        "(default: <RUN_DIR or ledger folder>/audit)")
+    check_data = commands.add_parser(
+        "check-data", help="check that a node's data folder loads (prints counts, never content)"
+    )
+    check_data.add_argument("data_dir", metavar="DIR", help="the folder a node's data-dir names")
+    check_data.add_argument("--task", default="mlm",
+                            help="SSL task whose data kind to expect (default: mlm)")
     args = parser.parse_args(argv)
     # SIGTERM takes the same clean path as Ctrl-C: every started process gets stopped.
     signal.signal(signal.SIGTERM, _raise_interrupt)
@@ -50,6 +56,10 @@ def main(argv: list[str] | None = None) -> int:
             from simulations.audit_command import audit_command
 
             return audit_command(args.path, args.json, args.delta, args.out)
+        if args.command == "check-data":
+            from simulations.check_data_command import check_data_command
+
+            return check_data_command(args.data_dir, args.task)
     except ConfigError as err:
         print(f"fedssl: error: {err}", file=sys.stderr)
         return 2

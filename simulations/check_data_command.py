@@ -1,0 +1,37 @@
+"""`fedssl check-data DIR --task TASK`: will a node's data folder load? Counts only, no content.
+
+Hospital IT runs this next to the data before starting a SuperNode with `data-dir=DIR`; it
+loads the folder exactly as the node will (same loader, same limits).
+
+Exit codes: 0 the folder is usable; 1 a data problem (`fedssl check-data: <kind>: <message>`
+on stderr); 2 a usage problem (unknown task).
+"""
+
+from __future__ import annotations
+
+import sys
+
+from common.local_data import DataFolderError, check_folder
+from common.run_config import ConfigError
+
+PROG = "fedssl check-data"
+
+
+def check_data_command(data_dir: str, task_name: str) -> int:
+    """Check `data_dir` against the data kind of task `task_name`; print counts; exit code."""
+    # Imported here: the task registry loads torch, and the other subcommands do not need it.
+    from common.tasks import get_task
+
+    try:
+        task = get_task(task_name)
+    except ConfigError as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return 2
+    try:
+        report = check_folder(data_dir, task.data_kind)
+    except DataFolderError as err:
+        print(f"{PROG}: {err.kind}: {err}", file=sys.stderr)
+        return 1
+    print("\n".join(report.summary_lines()))
+    print(f"{PROG}: ok: usable by task '{task.name}' ({task.data_kind} data)")
+    return 0
