@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from common.run_config import ConfigError, RunConfig, parse_overrides
+from simulations.certs_command import add_certs_parser, certs_command
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     check_data.add_argument("data_dir", metavar="DIR", help="the folder a node's data-dir names")
     check_data.add_argument("--task", default="mlm",
                             help="SSL task whose data kind to expect (default: mlm)")
+    add_certs_parser(commands)
     args = parser.parse_args(argv)
     # SIGTERM takes the same clean path as Ctrl-C: every started process gets stopped.
     signal.signal(signal.SIGTERM, _raise_interrupt)
@@ -60,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
             from simulations.check_data_command import check_data_command
 
             return check_data_command(args.data_dir, args.task)
+        if args.command == "certs":
+            return certs_command(args)
     except ConfigError as err:
         print(f"fedssl: error: {err}", file=sys.stderr)
         return 2
