@@ -7,6 +7,8 @@ holds each node's complete, verifiable chain.
 
 from __future__ import annotations
 
+from typing import Any
+
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.common import log
@@ -14,9 +16,10 @@ from flwr.common import log
 from client.local_round import RoundOutput, choose_noise_multiplier, run_client_round
 from client.node_settings import NodeSettings, node_settings
 from client.privacy_state import load_noise_multiplier, save_noise_multiplier
+from common.local_data import DataFolderError
 from common.privacy_ledger import LedgerError, PrivacyLedger
 from common.run_config import ConfigError, RunConfig
-from common.tasks import get_task
+from common.tasks import SslTask, get_task
 
 app = ClientApp()
 REPLY_KEY = "fedssl"
@@ -26,16 +29,19 @@ REPLY_KEY = "fedssl"
 def train(msg: Message, context: Context) -> Message:
     """One federated round on this node's records (or a refusal / error status)."""
     round_config = msg.content["config"]
+    node: NodeSettings | None = None
     try:
         config = RunConfig.from_mapping(context.run_config)
         node = node_settings(context.node_config, context.node_id, config,
                              round_config.get("sim-state-dir"))
         ledger = PrivacyLedger.open(node.ledger_path, owner=node.node_id)
         task = get_task(config.task)
-        records = task.client_tensors(config, _require_partition(node))
-    except (ConfigError, LedgerError) as err:
-        log(40, "fedssl node cannot take part: %s", err)
-        return _reply(msg, status="error", reason=str(err))
+        _check_public_inputs(task, config, round_config.get("public-inputs-sha256"))
+        records = _node_records(task, config, node)
+    except (ConfigError, LedgerError, DataFolderError) as err:
+        reason = f"data-dir {err.kind}: {err}" if isinstance(err, DataFolderError) else str(err)
+        log(40, "fedssl node cannot take part: %s", reason)
+        return _reply(msg, status="error", reason=reason, node=node)
     sigma = load_noise_multiplier(context.state)
     if sigma is None:
         sigma = choose_noise_multiplier(config, len(records[0]))
@@ -80,10 +86,18 @@ def _reply(
     return Message(content=content, reply_to=msg)
 
 
-def _require_partition(node: NodeSettings) -> int:
-    # Deployment data folders arrive with the deployment issue; until then only simulated
-    # nodes (with a partition of the embedded data) can train.
-    if node.partition_id is None:
-        raise ConfigError("partition-id", "this node has no data: local data folders "
-                          "(node config data-dir) are not supported yet")
-    return node.partition_id
+def _check_public_inputs(task: SslTask, config: RunConfig, expected: object) -> None:
+    """Refuse to train with public inputs (vocabulary) other than the server's."""
+    own = task.public_inputs_sha256(config)
+    if expected is not None and str(expected) != own:
+        raise ConfigError("tokenizer", f"this node's public inputs (sha256 {own[:12]}…) differ "
+                          f"from the server's ({str(expected)[:12]}…): install the same "
+                          "fedssl version or pass the same tokenizer file")
+
+
+def _node_records(task: SslTask, config: RunConfig, node: NodeSettings) -> tuple[Any, ...]:
+    """The node's own records: its data folder when it has one, else its simulated partition."""
+    if node.data_dir is not None:
+        return task.folder_tensors(config, node.data_dir)
+    assert node.partition_id is not None  # node_settings requires one of the two
+    return task.client_tensors(config, node.partition_id)

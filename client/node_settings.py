@@ -6,7 +6,8 @@ change the δ a node accounts at. Simulated nodes have no node config of their o
 keep their state under the run's `sim-state-dir` (default RUN_DIR/nodes), one folder per
 partition.
 
-Node config keys: `state-dir` (folder for ledger.sqlite; required outside simulation),
+Node config keys: `data-dir` (the node's private records; required outside simulation),
+`state-dir` (folder for ledger.sqlite; required outside simulation),
 `node-name` (the node's id in ledgers; default `node-<flower node id>`), `max-epsilon`
 (record-level budget over the node's lifetime; absent or 0 = none), `delta` (δ the node
 accounts at; default min(run δ, 1e-5)).
@@ -35,6 +36,7 @@ class NodeSettings:
     max_epsilon: float  # 0 = no budget
     delta: float
     partition_id: int | None  # simulation only
+    data_dir: Path | None = None  # deployment: the node's own records
 
     @property
     def ledger_path(self) -> Path:
@@ -59,6 +61,12 @@ def node_settings(
     else:
         raise ConfigError("state-dir", "node config has no state-dir: a node needs a folder "
                           "for its durable privacy ledger (--node-config \"state-dir=...\")")
+    data_dir = None
+    if "data-dir" in node_config:
+        data_dir = Path(str(node_config["data-dir"])).expanduser().resolve()
+    elif partition is None:
+        raise ConfigError("data-dir", "node config has no data-dir: a deployed node trains on "
+                          "the records in its own folder (--node-config \"data-dir=...\")")
     default_name = f"partition-{partition}" if partition is not None else f"node-{flower_node_id}"
     node_id = str(node_config.get("node-name", default_name)).strip()
     if not node_id:
@@ -74,6 +82,7 @@ def node_settings(
         max_epsilon=min(budgets, default=0.0),
         delta=delta,
         partition_id=partition,
+        data_dir=data_dir,
     )
 
 

@@ -12,12 +12,14 @@ one record's loss term depends on that record alone, as DP-SGD's clipping requir
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import BertConfig, BertForMaskedLM
 
-from common.demo_data import demo_splits
+from common.local_data import load_text_folder
 from common.run_config import ModelShape, RunConfig
 from common.tokenizer import (
     CLS_ID,
@@ -152,7 +154,20 @@ def build_model(config: RunConfig) -> MaskedLmModel:
 
 def client_tensors(config: RunConfig, partition_id: int) -> tuple[torch.Tensor, ...]:
     """A simulated client's records, tokenized: `(input_ids, attention_mask)`."""
+    # Imported here: the ICD-10 package parses its XML on import (~3 s), and a deployed
+    # client, which starts a fresh process per round, never needs the embedded corpus.
+    from common.demo_data import demo_splits
+
     texts = demo_splits(config).client_texts[partition_id]
+    return encode_texts(load_tokenizer(tokenizer_path(config)), texts, config.max_length)
+
+
+def folder_tensors(config: RunConfig, data_dir: Path) -> tuple[torch.Tensor, ...]:
+    """A deployed node's own text records (its data-dir), tokenized like `client_tensors`.
+
+    Raises DataFolderError (naming the file, never a record) for an unusable folder.
+    """
+    texts, _ = load_text_folder(data_dir)
     return encode_texts(load_tokenizer(tokenizer_path(config)), texts, config.max_length)
 
 

@@ -1,6 +1,7 @@
 """The SSL task registry: each task is a bundle of plain functions, selected by `task=`.
 
-A task says how to build its model, how a simulated client gets its records as tensors, and
+A task says how to build its model, how a client gets its records as tensors (a simulated
+client from its partition of the embedded data, a deployed one from its data folder), and
 its per-record loss. DP-SGD needs the loss as one term per record (DESIGN.md), so the registry
 contract is a loss of shape `[B]`; the client's DP loop averages it.
 """
@@ -9,12 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from common import mlm_task
 from common.run_config import ConfigError, RunConfig
+from common.tokenizer import tokenizer_sha256
 
 
 @dataclass(frozen=True)
@@ -24,7 +27,10 @@ class SslTask:
     name: str
     data_kind: str  # "text" or "image": what a node's data folder holds (common/local_data.py)
     build_model: Callable[[RunConfig], nn.Module]
-    client_tensors: Callable[[RunConfig, int], tuple[torch.Tensor, ...]]
+    client_tensors: Callable[[RunConfig, int], tuple[torch.Tensor, ...]]  # simulated node
+    folder_tensors: Callable[[RunConfig, Path], tuple[torch.Tensor, ...]]  # deployed node
+    # Hash of the task's public inputs (e.g. the vocabulary): server and nodes must agree.
+    public_inputs_sha256: Callable[[RunConfig], str]
     per_record_loss: Callable[[nn.Module, tuple[torch.Tensor, ...], torch.Generator], torch.Tensor]
 
 
@@ -34,6 +40,8 @@ TASKS: dict[str, SslTask] = {
         data_kind="text",
         build_model=mlm_task.build_model,
         client_tensors=mlm_task.client_tensors,
+        folder_tensors=mlm_task.folder_tensors,
+        public_inputs_sha256=lambda config: tokenizer_sha256(mlm_task.tokenizer_path(config)),
         per_record_loss=mlm_task.per_record_loss,
     ),
 }

@@ -58,7 +58,11 @@ def main(grid: Grid, context: Context) -> None:
         initial_arrays=ArrayRecord(model.state_dict()),
         num_rounds=config.num_rounds,
         # Simulated nodes keep their ledgers here; deployed nodes use their own state-dir.
-        train_config=ConfigRecord({"task": config.task, "sim-state-dir": str(sim_state_dir)}),
+        train_config=ConfigRecord({
+            "task": config.task,
+            "sim-state-dir": str(sim_state_dir),
+            "public-inputs-sha256": task.public_inputs_sha256(config),
+        }),
     )
     model.load_state_dict(result.arrays.to_torch_state_dict())
 

@@ -12,15 +12,16 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
 import time
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 from urllib.error import URLError
 from urllib.request import urlopen
 
@@ -66,7 +67,7 @@ def simulation_superlink(log_file: Path) -> Iterator[dict[str, str]]:
     http_port, control_port = free_port(), free_port()
     env = flower_env(flwr_home, http_port, control_port)
     command = [
-        _bin("flower-superlink"), "--insecure", "--simulation", "--isolation", "subprocess",
+        console_script("flower-superlink"), "--insecure", "--simulation", "--isolation", "subprocess",
         "--control-api-address", f"127.0.0.1:{control_port}",
         "--host", "127.0.0.1", "--port", str(http_port),
         "--database", str(flwr_home / "state.db"),
@@ -76,7 +77,7 @@ def simulation_superlink(log_file: Path) -> Iterator[dict[str, str]]:
         command, env=env, stdout=log_handle, stderr=subprocess.STDOUT, start_new_session=True
     )
     try:
-        _wait_healthy(process, http_port, log_file)
+        wait_healthy(process, f"http://127.0.0.1:{http_port}/health", log_file)
         yield env
     finally:
         stop_process_tree(process.pid, marker=("FLWR_HOME", str(flwr_home)))
@@ -98,9 +99,9 @@ def run_app(
     Every output line goes to `log_file`; `echo` sees each line (to filter what users see).
     """
     overrides = Path(env["FLWR_HOME"]) / "run-config.toml"
-    overrides.write_text(_to_toml(run_config))
+    overrides.write_text(run_config_toml(run_config))
     command = [
-        _bin("flwr"), "run", str(APP_DIR), "local", "--stream",
+        console_script("flwr"), "run", str(APP_DIR), "local", "--stream",
         "--run-config", str(overrides),
         "--federation-config",
         f"num-supernodes={num_supernodes} client-resources-num-cpus={cpus_per_client}",
@@ -164,7 +165,11 @@ def _processes_with_env(key: str, value: str) -> list[psutil.Process]:
     return found
 
 
-def _wait_healthy(process: subprocess.Popen[Any], port: int, log_file: Path) -> None:
+def wait_healthy(
+    process: subprocess.Popen[Any], url: str, log_file: Path,
+    context: ssl.SSLContext | None = None,
+) -> None:
+    """Wait until a SuperLink answers `url` (its /health endpoint), or fail clearly."""
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -172,7 +177,7 @@ def _wait_healthy(process: subprocess.Popen[Any], port: int, log_file: Path) -> 
                 f"flower-superlink exited with code {process.returncode}; see {log_file}"
             )
         try:
-            with urlopen(f"http://127.0.0.1:{port}/health", timeout=0.5) as response:
+            with urlopen(url, timeout=0.5, context=context) as response:
                 if response.status == 200:
                     return
         except (URLError, OSError):
@@ -181,13 +186,13 @@ def _wait_healthy(process: subprocess.Popen[Any], port: int, log_file: Path) -> 
     raise SimulationError(f"flower-superlink did not become ready in {STARTUP_TIMEOUT_S:.0f}s")
 
 
-def _bin(name: str) -> str:
+def console_script(name: str) -> str:
     """A console script from this Python environment (falls back to PATH)."""
     candidate = Path(sys.executable).parent / name
     return str(candidate) if candidate.exists() else name
 
 
-def _to_toml(values: dict[str, Any]) -> str:
+def run_config_toml(values: dict[str, Any]) -> str:
     lines = []
     for key, value in values.items():
         if isinstance(value, bool):

@@ -1,0 +1,137 @@
+"""A real deployment on loopback: TLS SuperLink with node authentication, SuperNodes with their
+own data folders, two rounds of the real app, and a node with an unregistered key refused.
+
+Everything the test starts (SuperLink, SuperNodes, their SuperExec and ClientApp processes) is
+stopped by PID at the end, and the test checks that nothing was left behind.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from simulation_runs import ROOT, TINY_RUN, flower_processes
+
+from common.demo_data import demo_splits
+from common.privacy_ledger import PrivacyLedger
+from common.run_config import RunConfig
+from simulations.cli import main as fedssl
+from simulations.local_deployment import Credentials, LocalDeployment
+
+RECORDS_PER_NODE = 400
+# Flower logs "Exit Code: 305" (failed to activate SuperNode) for an unregistered key; the
+# flower-supernode process itself then exits with status 1.
+UNREGISTERED_LOG = "Exit Code: 305"
+
+
+def _write_data_folders(root: Path) -> dict[str, Path]:
+    """Three hospitals' folders from the embedded corpus: .txt, .jsonl + .csv, blank-only."""
+    config = RunConfig.from_mapping({**RunConfig().to_mapping(), **TINY_RUN, "num-clients": 2})
+    texts = [t[:RECORDS_PER_NODE] for t in demo_splits(config).client_texts]
+    folders = {name: root / f"data-{name}" for name in ("a", "b", "c")}
+    for folder in folders.values():
+        folder.mkdir()
+    (folders["a"] / "notes.txt").write_text("\n".join(texts[0]) + "\n")
+    half = len(texts[1]) // 2
+    with open(folders["b"] / "part1.jsonl", "w") as handle:
+        for text in texts[1][:half]:
+            handle.write(json.dumps({"text": text}) + "\n")
+    with open(folders["b"] / "part2.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["id", "text"])
+        writer.writerows(enumerate(texts[1][half:]))
+    (folders["c"] / "empty.txt").write_text("\n \n\n")  # only blank lines: unusable
+    return folders
+
+
+@pytest.fixture(scope="module")
+def deployment_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("deploy")
+    before = flower_processes()
+    started = time.monotonic()
+    certs = root / "certs"
+    assert fedssl(["certs", "all", "--out", str(certs), "--host", "127.0.0.1",
+                   "--nodes", "4"]) == 0
+    credentials = Credentials(ca_cert=certs / "ca" / "ca.crt",
+                              server_cert=certs / "superlink" / "server.pem",
+                              server_key=certs / "superlink" / "server.key")
+    node_key = {name: certs / "nodes" / f"node-{i}" for i, name in enumerate("abcx", start=1)}
+    folders = _write_data_folders(root)
+    outcome: dict = {"root": root}
+    deployment = LocalDeployment(root / "work", credentials)
+    try:
+        deployment.start_superlink()
+        for name in "abc":  # node x's key is never registered
+            deployment.register_node(node_key[name].with_suffix(".pub"))
+        for name in "abc":
+            deployment.start_supernode(name, node_key[name], {
+                "data-dir": str(folders[name]), "state-dir": str(root / f"state-{name}"),
+                "node-name": f"hospital-{name}",
+            })
+        intruder = deployment.start_supernode("x", node_key["x"], {
+            "data-dir": str(folders["a"]), "state-dir": str(root / "state-x")})
+        deployment.wait_for_nodes(3)
+        outcome["intruder_exit"] = intruder.wait(timeout=60)
+        outcome["online"] = deployment.online_nodes()
+        run_dir = root / "run"
+        outcome["flwr_exit"] = deployment.run_app({
+            **TINY_RUN, "num-clients": 2, "num-rounds": 2, "run-dir": str(run_dir)})
+        outcome["run_dir"] = run_dir
+    finally:
+        outcome["logs"] = deployment.logs
+        deployment.close()
+        outcome["seconds"] = time.monotonic() - started
+        leftovers = flower_processes() - before
+        outcome["leftovers"] = leftovers
+        for pid in leftovers:
+            subprocess.run(["kill", "-9", str(pid)], check=False)
+    return outcome
+
+
+def _log_tail(outcome: dict) -> str:
+    logs = sorted(Path(outcome["logs"]).glob("*.log"))
+    return "\n".join(f"== {p.name}\n{p.read_text()[-1500:]}" for p in logs)
+
+
+def test_unregistered_node_key_is_refused(deployment_run):
+    assert deployment_run["intruder_exit"] != 0, _log_tail(deployment_run)
+    log = (Path(deployment_run["logs"]) / "supernode-x.log").read_text()
+    assert UNREGISTERED_LOG in log and "Failed to activate SuperNode" in log
+    assert deployment_run["online"] == 3  # a, b, c; never x
+
+
+def test_two_rounds_ran_with_local_data_and_a_bad_folder_did_not_stop_them(deployment_run):
+    run_dir = deployment_run["run_dir"]
+    assert deployment_run["flwr_exit"] == 0, _log_tail(deployment_run)
+    assert (run_dir / "summary.json").is_file(), _log_tail(deployment_run)
+    rounds = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rounds] == [1, 2]
+    for line in rounds:
+        assert sorted(c["node"] for c in line["clients"]) == ["hospital-a", "hospital-b"]
+        assert {c["num-examples"] for c in line["clients"]} == {RECORDS_PER_NODE}
+        (error,) = line["rejected"]  # hospital c replied with an error status, no crash
+        assert error["node"] == "hospital-c" and "blank-only" in error["reason"]
+        assert "\n \n" not in error["reason"]  # no record content in errors
+
+
+def test_each_node_kept_its_own_ledger_and_the_run_audits_clean(deployment_run):
+    root, run_dir = deployment_run["root"], deployment_run["run_dir"]
+    for name in "ab":
+        entries = PrivacyLedger.open(root / f"state-{name}" / "ledger.sqlite",
+                                     f"hospital-{name}").entries()
+        assert [e.round for e in entries] == [1, 2]
+    assert not (root / "state-c" / "ledger.sqlite").exists() or not PrivacyLedger.open(
+        root / "state-c" / "ledger.sqlite", "hospital-c").entries()
+    audit = subprocess.run([sys.executable, "-m", "simulations.cli", "audit", str(run_dir)],
+                           capture_output=True, text=True, cwd=ROOT, timeout=300, check=False)
+    assert audit.returncode == 0, audit.stdout + audit.stderr
+
+
+def test_every_started_process_was_stopped(deployment_run):
+    assert not deployment_run["leftovers"]
+    print(f"deployment integration test wall time: {deployment_run['seconds']:.0f}s")
