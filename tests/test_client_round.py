@@ -99,7 +99,8 @@ def test_node_refuses_exactly_the_round_that_would_cross_its_budget(tmp_path, re
 
 
 def test_run_config_can_lower_but_never_raise_a_node_budget(tmp_path):
-    own = {"state-dir": str(tmp_path), "max-epsilon": 3.0, "node-name": "h1"}
+    own = {"state-dir": str(tmp_path), "data-dir": str(tmp_path), "max-epsilon": 3.0,
+           "node-name": "h1"}
     assert node_settings(own, 7, CONFIG, None).max_epsilon == 3.0
     lower = dataclasses.replace(CONFIG, client_max_epsilon=2.0)
     assert node_settings(own, 7, lower, None).max_epsilon == 2.0
@@ -112,11 +113,16 @@ def test_run_config_can_lower_but_never_raise_a_node_budget(tmp_path):
 
 def test_node_settings_errors_name_the_node_config_key(tmp_path):
     with pytest.raises(ConfigError, match="state-dir"):
-        node_settings({}, 7, CONFIG, None)
+        node_settings({"data-dir": str(tmp_path)}, 7, CONFIG, None)
+    with pytest.raises(ConfigError, match="data-dir"):
+        node_settings({"state-dir": str(tmp_path)}, 7, CONFIG, None)
+    both = {"state-dir": str(tmp_path), "data-dir": str(tmp_path)}
     with pytest.raises(ConfigError, match="max-epsilon"):
-        node_settings({"state-dir": str(tmp_path), "max-epsilon": "lots"}, 7, CONFIG, None)
+        node_settings({**both, "max-epsilon": "lots"}, 7, CONFIG, None)
     with pytest.raises(ConfigError, match="delta"):
-        node_settings({"state-dir": str(tmp_path), "delta": 2.0}, 7, CONFIG, None)
+        node_settings({**both, "delta": 2.0}, 7, CONFIG, None)
+    deployed = node_settings(both, 7, CONFIG, None)
+    assert deployed.node_id == "node-7" and deployed.data_dir == tmp_path.resolve()
     simulated = node_settings({"partition-id": 2, "num-partitions": 5}, 9, CONFIG, "/sim")
     assert simulated.node_id == "partition-2" and simulated.state_dir == Path("/sim/partition-2")
 
