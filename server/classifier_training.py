@@ -1,13 +1,9 @@
-"""Central downstream stage: fine-tune a BERT text classifier on the few labels, and score it.
+"""Central downstream stage, for any task: fine-tune a classifier on the few labels, score it.
 
 The same `FinetuneRecipe` is used for the pretrained model and the from-scratch baseline, so
-the only difference between the two arms is the starting weights. Text encoding stays with
-the caller: everything here takes token-id tensors.
-
-The classifier mean-pools the encoder's token states instead of using BERT's [CLS] pooler:
-with 598 ICD-10 labels (default shape and recipe) the stock [CLS]+tanh-pooler head underfit
-(train loss 0.57, test accuracy 0.69 / macro-F1 0.14) where mean pooling reached 0.81 / 0.46,
-in line with REFERENCE.md's trial, which also mean-pooled.
+the only difference between the two arms is the starting weights. Inputs stay with the
+caller: a model is called as `model(*inputs)` and returns logits (or an output with
+`.logits`), e.g. `(input_ids, attention_mask)` for text, `(images,)` for images.
 """
 
 from __future__ import annotations
@@ -20,8 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from sklearn.metrics import f1_score
-from transformers import BertConfig, BertForSequenceClassification
-from transformers.modeling_outputs import SequenceClassifierOutput
+from torch import nn
 
 
 @dataclass(frozen=True)
@@ -36,84 +31,38 @@ class FinetuneRecipe:
     seed: int = 0
 
 
-class MeanPoolClassifier(BertForSequenceClassification):
-    """`BertForSequenceClassification` that classifies the mask-weighted mean of token states.
-
-    The [CLS] pooler is removed (`bert.pooler is None`), so it neither trains nor gets pruned;
-    `model(input_ids=..., attention_mask=...).logits` works as for the parent class.
-    """
-
-    def __init__(self, config: BertConfig) -> None:
-        super().__init__(config)
-        self.bert.pooler = None
-
-    def forward(  # type: ignore[override]
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **kwargs: object
-    ) -> SequenceClassifierOutput:
-        """Logits `[B, num_labels]` from the mean of non-padding token states."""
-        hidden = self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        weights = attention_mask.unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
-        return SequenceClassifierOutput(logits=self.classifier(self.dropout(pooled)))
+def _forward_logits(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    out = model(*inputs)
+    return out.logits if hasattr(out, "logits") else out
 
 
-def build_classifier(
-    config: BertConfig,
-    encoder_weights: dict[str, torch.Tensor] | None,
-    seed: int | None = None,
-) -> BertForSequenceClassification:
-    """A randomly initialised `MeanPoolClassifier`, its encoder optionally pretrained.
-
-    `encoder_weights` uses `BertModel` keys without the pooler (as
-    `common.mlm_task.encoder_state` returns; the classifier has no pooler either). A missing
-    pooler is tolerated; any other missing or unexpected key raises `ValueError`, and a shape
-    mismatch raises torch's `RuntimeError`. The classification head stays randomly
-    initialised. `seed` makes the random init reproducible without touching the global RNG;
-    without it, init follows torch's global seed.
-    """
-    if seed is None:
-        model = MeanPoolClassifier(config)
-    else:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            model = MeanPoolClassifier(config)
-    if encoder_weights is not None:
-        result = model.bert.load_state_dict(encoder_weights, strict=False)
-        missing = [k for k in result.missing_keys if not k.startswith("pooler.")]
-        if missing or result.unexpected_keys:
-            raise ValueError(
-                "encoder weights do not match the classifier's encoder: "
-                f"missing {missing}, unexpected {list(result.unexpected_keys)}"
-            )
-    return model
-
-
-def _forward_logits(
-    model: BertForSequenceClassification, ids: torch.Tensor, mask: torch.Tensor
-) -> torch.Tensor:
-    return model(input_ids=ids, attention_mask=mask).logits
+def num_labels_of(model: nn.Module) -> int:
+    """Classes a classifier predicts (`num_labels`, or a transformers model's config)."""
+    count = getattr(model, "num_labels", None)
+    return int(count if count is not None else model.config.num_labels)
 
 
 def train_classifier(
-    model: BertForSequenceClassification,
-    ids: torch.Tensor,
-    mask: torch.Tensor,
+    model: nn.Module,
+    inputs: tuple[torch.Tensor, ...],
     labels: torch.Tensor,
     recipe: FinetuneRecipe,
     progress: Callable[[str], None] | None = None,
-) -> BertForSequenceClassification:
+) -> nn.Module:
     """Fine-tune `model` in place with AdamW and a linear warmup/decay schedule; returns it.
 
     Shuffling and dropout are seeded from `recipe.seed` (the global RNG is left untouched).
-    Weight decay applies to matrices only, not to biases or LayerNorm gains. Works with
+    Weight decay applies to matrices only, not to biases or norm gains. Works with
     `torch.nn.utils.prune` reparametrisation in place: the optimizer updates `weight_orig`
     and the pruning hook re-applies the mask on every forward, so pruned weights stay zero.
     `progress`, if given, receives one line per epoch with the mean training loss.
     """
     labels = torch.as_tensor(labels, dtype=torch.long)
-    if not (len(ids) == len(mask) == len(labels)) or len(ids) == 0:
-        raise ValueError(f"need equal, non-zero lengths: {len(ids)}, {len(mask)}, {len(labels)}")
-    num_labels = model.config.num_labels
+    sizes = {len(t) for t in inputs} | {len(labels)}
+    if len(sizes) != 1 or len(labels) == 0:
+        raise ValueError(f"need equal, non-zero lengths: {[len(t) for t in inputs]}, "
+                         f"{len(labels)}")
+    num_labels = num_labels_of(model)
     if int(labels.min()) < 0 or int(labels.max()) >= num_labels:
         raise ValueError(f"labels must lie in [0, {num_labels}), got {labels.unique().tolist()}")
 
@@ -125,7 +74,7 @@ def train_classifier(
         ],
         lr=recipe.learning_rate,
     )
-    steps_per_epoch = math.ceil(len(ids) / recipe.batch_size)
+    steps_per_epoch = math.ceil(len(labels) / recipe.batch_size)
     total_steps = max(recipe.epochs * steps_per_epoch, 1)
     warmup_steps = int(recipe.warmup_fraction * total_steps)
 
@@ -142,11 +91,11 @@ def train_classifier(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(recipe.seed)
         for epoch in range(recipe.epochs):
-            order = torch.randperm(len(ids), generator=generator)
+            order = torch.randperm(len(labels), generator=generator)
             loss_sum = 0.0
-            for start in range(0, len(ids), recipe.batch_size):
+            for start in range(0, len(labels), recipe.batch_size):
                 batch = order[start : start + recipe.batch_size]
-                logits = _forward_logits(model, ids[batch], mask[batch])
+                logits = _forward_logits(model, tuple(t[batch] for t in inputs))
                 loss = F.cross_entropy(logits, labels[batch])
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -155,7 +104,7 @@ def train_classifier(
                 loss_sum += loss.item() * len(batch)
             if progress is not None:
                 progress(
-                    f"epoch {epoch + 1}/{recipe.epochs} loss {loss_sum / len(ids):.4f} "
+                    f"epoch {epoch + 1}/{recipe.epochs} loss {loss_sum / len(labels):.4f} "
                     f"lr {scheduler.get_last_lr()[0]:.2e}"
                 )
     model.eval()
@@ -163,20 +112,16 @@ def train_classifier(
 
 
 def predict(
-    model: BertForSequenceClassification,
-    ids: torch.Tensor,
-    mask: torch.Tensor,
-    batch_size: int = 512,
+    model: nn.Module, inputs: tuple[torch.Tensor, ...], batch_size: int = 512
 ) -> np.ndarray:
     """Predicted class ids `[N]` (int64), computed in eval mode without gradients."""
     model.eval()
     out: list[torch.Tensor] = []
+    total = len(inputs[0])
     with torch.no_grad():
-        for start in range(0, len(ids), batch_size):
-            logits = _forward_logits(
-                model, ids[start : start + batch_size], mask[start : start + batch_size]
-            )
-            out.append(logits.argmax(dim=-1))
+        for start in range(0, total, batch_size):
+            chunk = tuple(t[start : start + batch_size] for t in inputs)
+            out.append(_forward_logits(model, chunk).argmax(dim=-1))
     if not out:
         return np.zeros(0, dtype=np.int64)
     return torch.cat(out).numpy().astype(np.int64)
@@ -207,5 +152,5 @@ def classification_metrics(
     return {
         "accuracy": float(np.mean(y_true == y_pred)),
         "macro_f1": float(macro_f1),
-        "num_test_classes": int(len(test_classes)),
+        "num_test_classes": len(test_classes),
     }

@@ -1,9 +1,12 @@
 """After federated pretraining: fine-tune on the server's few labels, compare, prune, save.
 
-Three arms see exactly the same labeled records and test split: the pretrained encoder
-fine-tuned, the identical architecture trained from scratch with the identical recipe (only the
-starting weights differ), and TF-IDF + logistic regression. The fine-tuned model is then pruned
-by global magnitude, briefly recovered, and evaluated again.
+The same for every task; a task's `DownstreamKit` (server/text_downstream.py,
+server/image_downstream.py) supplies its labeled data, classifier and classical baseline.
+The arms see exactly the same labeled records and test split: the pretrained encoder
+fine-tuned, the identical architecture trained from scratch with the identical recipe (only
+the starting weights differ), a classical baseline, and any task-specific arms (e.g. linear
+probes). The fine-tuned model is then pruned by global magnitude, briefly recovered, and
+evaluated again.
 """
 
 from __future__ import annotations
@@ -11,42 +14,64 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
-from common.demo_data import demo_splits
-from common.mlm_task import MaskedLmModel, bert_config, encoder_state, tokenizer_path
 from common.run_config import RunConfig
-from common.tokenizer import encode_texts, load_tokenizer
 from server.classifier_training import (
     FinetuneRecipe,
-    build_classifier,
     classification_metrics,
     predict,
     train_classifier,
 )
 from server.pruning import linear_sparsity, make_pruning_permanent, prune_linear_weights
 from server.safetensors_export import save_state
-from server.tfidf_baseline import tfidf_logreg
+
+Say = Callable[[str], None]
+FINETUNED = ("finetuned", "SSL pretrained (federated, DP) + fine-tune")
+BASELINE = ("baseline", "same architecture from scratch")
+PRUNED = ("pruned", "fine-tuned, pruned + recovered")
+
+
+@dataclass(frozen=True)
+class LabeledData:
+    """The server's labeled training records and the test split, as model inputs."""
+
+    train_inputs: tuple[torch.Tensor, ...]
+    train_labels: torch.Tensor
+    test_inputs: tuple[torch.Tensor, ...]
+    test_labels: np.ndarray
+    num_classes: int
+
+
+@dataclass(frozen=True)
+class DownstreamKit:
+    """What one task contributes to the downstream stage."""
+
+    data: LabeledData
+    build_classifier: Callable[[dict[str, torch.Tensor] | None], nn.Module]  # None: scratch
+    encoder_weights: dict[str, torch.Tensor]  # from the federated model
+    classical: tuple[str, str, Callable[[], np.ndarray]]  # key, label, test predictions
+    # Extra arms (key, label, results-producer), e.g. linear probes; run after the classical.
+    extra_arms: list[tuple[str, str, Callable[[], dict[str, Any]]]] = field(default_factory=list)
+    save_extra: Callable[[nn.Module, Path], None] | None = None  # e.g. save_pretrained
 
 
 def run_downstream(
-    config: RunConfig,
-    pretrained: MaskedLmModel,
-    run_dir: Path,
-    say: Callable[[str], None] = print,
+    config: RunConfig, pretrained: nn.Module, run_dir: Path, say: Say = print
 ) -> dict[str, Any]:
     """Fine-tune, baseline, prune and evaluate; save models; return the results section."""
-    splits = demo_splits(config)
-    num_classes = len(splits.label_names)
-    tokenizer = load_tokenizer(tokenizer_path(config))
-    train_ids, train_mask = encode_texts(tokenizer, splits.labeled_texts, config.max_length)
-    test_ids, test_mask = encode_texts(tokenizer, splits.test_texts, config.max_length)
-    train_labels = torch.as_tensor(splits.labeled_labels, dtype=torch.long)
-    bert_cfg = bert_config(config.model_shape, tokenizer.get_vocab_size(), num_classes)
+    if config.task == "mlm":
+        from server.text_downstream import text_kit as make_kit
+    else:
+        from server.image_downstream import image_kit as make_kit
+    kit = make_kit(config, pretrained)
+    data = kit.data
     recipe = FinetuneRecipe(
         epochs=config.finetune_epochs,
         batch_size=config.finetune_batch_size,
@@ -56,54 +81,56 @@ def run_downstream(
     models_dir = run_dir / "models"
     models_dir.mkdir(exist_ok=True)
 
-    def evaluate(model: torch.nn.Module) -> dict[str, float | int]:
-        return classification_metrics(
-            splits.test_labels, predict(model, test_ids, test_mask), num_classes
-        )
+    def evaluate(model: nn.Module) -> dict[str, float | int]:
+        return classification_metrics(data.test_labels, predict(model, data.test_inputs),
+                                      data.num_classes)
 
     results: dict[str, Any] = {}
-    arms = {"finetuned": encoder_state(pretrained), "baseline": None}
     trained = {}
-    for arm, weights in arms.items():
+    for (arm, _), weights in ((FINETUNED, kit.encoder_weights), (BASELINE, None)):
         start = time.monotonic()
-        say(f"[fedssl] {arm}: training on {len(train_labels)} labels for {recipe.epochs} epochs")
-        model = build_classifier(bert_cfg, weights, seed=config.seed)
-        train_classifier(model, train_ids, train_mask, train_labels, recipe)
+        say(f"[fedssl] {arm}: training on {len(data.train_labels)} labels for "
+            f"{recipe.epochs} epochs")
+        model = kit.build_classifier(weights)
+        train_classifier(model, data.train_inputs, data.train_labels, recipe)
         results[arm] = {**evaluate(model), "seconds": round(time.monotonic() - start, 1)}
         save_state(model.state_dict(), models_dir / f"{arm}.safetensors")
         trained[arm] = model
-    trained["finetuned"].save_pretrained(models_dir / "finetuned-hf")
+    if kit.save_extra is not None:
+        kit.save_extra(trained["finetuned"], models_dir)
 
+    key, label, classical = kit.classical
     start = time.monotonic()
-    tfidf_pred = tfidf_logreg(
-        splits.labeled_texts, splits.labeled_labels.tolist(), splits.test_texts
-    )
-    results["tfidf"] = {
-        **classification_metrics(splits.test_labels, np.asarray(tfidf_pred), num_classes),
-        "seconds": round(time.monotonic() - start, 1),
-    }
+    results[key] = {**classification_metrics(data.test_labels, classical(), data.num_classes),
+                    "seconds": round(time.monotonic() - start, 1)}
+    arms = [FINETUNED, BASELINE, (key, label)]
+    for extra_key, extra_label, produce in kit.extra_arms:
+        start = time.monotonic()
+        results[extra_key] = {**produce(), "seconds": round(time.monotonic() - start, 1)}
+        arms.append((extra_key, extra_label))
 
-    pruned, results["pruned"] = _prune_and_recover(
-        trained["finetuned"], config, recipe, (train_ids, train_mask, train_labels), evaluate
-    )
+    pruned, results["pruned"] = _prune_and_recover(trained["finetuned"], config, recipe, data,
+                                                   evaluate)
     save_state(pruned.state_dict(), models_dir / "pruned.safetensors")
-    present = set(splits.labeled_labels.tolist())
+    arms.append(PRUNED)
+    present = set(data.train_labels.tolist())
     results["labels"] = {
-        "labels_used": len(train_labels),
+        "labels_used": len(data.train_labels),
         "classes_in_labeled_set": len(present),
-        "classes_in_test_set": int(len(np.unique(splits.test_labels))),
-        "test_records": len(splits.test_texts),
+        "classes_in_test_set": len(np.unique(data.test_labels)),
+        "test_records": len(data.test_labels),
     }
+    results["arms"] = [list(a) for a in arms]
     return results
 
 
 def _prune_and_recover(
-    finetuned: torch.nn.Module,
+    finetuned: nn.Module,
     config: RunConfig,
     recipe: FinetuneRecipe,
-    train: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
-    evaluate: Callable[[torch.nn.Module], dict[str, float | int]],
-) -> tuple[torch.nn.Module, dict[str, Any]]:
+    data: LabeledData,
+    evaluate: Callable[[nn.Module], dict[str, float | int]],
+) -> tuple[nn.Module, dict[str, Any]]:
     """Global magnitude pruning of Linear weights, a short recovery, then evaluation."""
     model = copy.deepcopy(finetuned)
     prune_linear_weights(model, config.prune_amount)
@@ -114,7 +141,7 @@ def _prune_and_recover(
             learning_rate=recipe.learning_rate * 0.2,  # gentle: repair, don't retrain
             seed=recipe.seed + 1,
         )
-        train_classifier(model, *train, recovery)
+        train_classifier(model, data.train_inputs, data.train_labels, recovery)
     make_pruning_permanent(model)
     return model, {
         **evaluate(model),

@@ -9,13 +9,6 @@ from common.privacy_accounting import ACCOUNTANT
 from common.run_config import RunConfig
 from server.run_directory import write_json
 
-ARMS = (
-    ("finetuned", "SSL pretrained (federated, DP) + fine-tune"),
-    ("baseline", "same architecture from scratch"),
-    ("tfidf", "TF-IDF (1-2 grams) + logistic regression"),
-    ("pruned", "fine-tuned, pruned + recovered"),
-)
-
 
 def build_summary(
     config: RunConfig,
@@ -29,7 +22,8 @@ def build_summary(
     refusals: int,
 ) -> dict[str, Any]:
     """The summary document (see README, "RUN_DIR layout")."""
-    summary: dict[str, Any] = {arm: downstream[arm] for arm, _ in ARMS}
+    summary: dict[str, Any] = {arm: downstream[arm] for arm, _ in downstream["arms"]}
+    summary["arms"] = downstream["arms"]  # [key, label] in report order
     summary.update(
         {
             "privacy": {
@@ -68,7 +62,7 @@ def build_summary(
 def summary_table(summary: dict[str, Any]) -> str:
     """The results as a Markdown table (also what `fedssl simulate` prints at the end)."""
     rows = ["| arm | accuracy | macro-F1 |", "|---|---|---|"]
-    for arm, label in ARMS:
+    for arm, label in summary["arms"]:
         result = summary[arm]
         extra = f" (sparsity {result['sparsity']:.0%})" if arm == "pruned" else ""
         rows.append(f"| {label}{extra} | {result['accuracy']:.3f} | {result['macro_f1']:.3f} |")

@@ -16,11 +16,11 @@ from common.tokenizer import encode_texts
 from conftest import TINY
 from server.classifier_training import (
     FinetuneRecipe,
-    build_classifier,
     classification_metrics,
     predict,
     train_classifier,
 )
+from server.text_classifier import build_classifier
 from server.pruning import linear_sparsity, make_pruning_permanent, prune_linear_weights
 from server.safetensors_export import load_state, save_state
 from server.tfidf_baseline import tfidf_logreg
@@ -111,12 +111,12 @@ def test_train_classifier_learns_real_subset(small_task):
     before = _mean_loss(model, ids, mask, labels)
     lines: list[str] = []
     recipe = FinetuneRecipe(epochs=6, batch_size=32, learning_rate=3e-3, seed=0)
-    train_classifier(model, ids, mask, labels, recipe, progress=lines.append)
+    train_classifier(model, (ids, mask), labels, recipe, progress=lines.append)
     after = _mean_loss(model, ids, mask, labels)
     assert len(lines) == recipe.epochs
     assert after < 0.6 * before, (before, after)
 
-    pred = predict(model, ids, mask, batch_size=64)
+    pred = predict(model, (ids, mask), batch_size=64)
     assert pred.shape == (len(labels),) and pred.dtype == np.int64
     assert set(np.unique(pred)) <= {0, 1}
     majority = max(np.mean(labels.numpy() == 0), np.mean(labels.numpy() == 1))  # 0.7
@@ -127,8 +127,8 @@ def test_train_classifier_learns_real_subset(small_task):
 def test_train_classifier_is_seeded(small_task):
     ids, mask, labels, config = small_task
     recipe = FinetuneRecipe(epochs=1, batch_size=32, seed=3)
-    a = train_classifier(build_classifier(config, None, seed=0), ids, mask, labels, recipe)
-    b = train_classifier(build_classifier(config, None, seed=0), ids, mask, labels, recipe)
+    a = train_classifier(build_classifier(config, None, seed=0), (ids, mask), labels, recipe)
+    b = train_classifier(build_classifier(config, None, seed=0), (ids, mask), labels, recipe)
     assert torch.equal(a.classifier.weight, b.classifier.weight)
 
 
@@ -167,14 +167,14 @@ def test_pruning_survives_recovery_and_becomes_permanent(small_task):
     prune_linear_weights(model, 0.5)
     assert linear_sparsity(model) == pytest.approx(0.5, abs=0.01)
 
-    train_classifier(model, ids[:64], mask[:64], labels[:64],
+    train_classifier(model, (ids[:64], mask[:64]), labels[:64],
                      FinetuneRecipe(epochs=1, batch_size=32, learning_rate=1e-3))
     assert linear_sparsity(model) >= 0.5 - 0.01  # masks stayed applied during recovery
     make_pruning_permanent(model)
     assert linear_sparsity(model) >= 0.5 - 0.01
     names = [n for n, _ in model.named_parameters()] + [n for n, _ in model.named_buffers()]
     assert not any(n.endswith(("weight_orig", "weight_mask")) for n in names)
-    assert predict(model, ids[:8], mask[:8]).shape == (8,)
+    assert predict(model, (ids[:8], mask[:8])).shape == (8,)
 
 
 def test_safetensors_round_trip_atomic(tmp_path: Path, small_task):

@@ -1,0 +1,47 @@
+"""The text task's downstream pieces: ICD-10 labels, the BERT classifier, TF-IDF baseline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from common.demo_data import demo_splits
+from common.mlm_task import bert_config, encoder_state, tokenizer_path
+from common.run_config import RunConfig
+from common.tokenizer import encode_texts, load_tokenizer
+from server.downstream_stage import DownstreamKit, LabeledData
+from server.text_classifier import build_classifier
+from server.tfidf_baseline import tfidf_logreg
+
+
+def text_kit(config: RunConfig, pretrained: nn.Module) -> DownstreamKit:
+    """Labeled ICD-10 descriptions, a mean-pooled BERT classifier, TF-IDF + logistic regression."""
+    splits = demo_splits(config)
+    num_classes = len(splits.label_names)
+    tokenizer = load_tokenizer(tokenizer_path(config))
+    data = LabeledData(
+        train_inputs=encode_texts(tokenizer, splits.labeled_texts, config.max_length),
+        train_labels=torch.as_tensor(splits.labeled_labels, dtype=torch.long),
+        test_inputs=encode_texts(tokenizer, splits.test_texts, config.max_length),
+        test_labels=np.asarray(splits.test_labels),
+        num_classes=num_classes,
+    )
+    bert_cfg = bert_config(config.model_shape, tokenizer.get_vocab_size(), num_classes)
+
+    def tfidf() -> np.ndarray:
+        return np.asarray(tfidf_logreg(splits.labeled_texts, splits.labeled_labels.tolist(),
+                                       splits.test_texts))
+
+    def save_hf(model: nn.Module, models_dir: Path) -> None:
+        model.save_pretrained(models_dir / "finetuned-hf")
+
+    return DownstreamKit(
+        data=data,
+        build_classifier=lambda weights: build_classifier(bert_cfg, weights, seed=config.seed),
+        encoder_weights=encoder_state(pretrained),
+        classical=("tfidf", "TF-IDF (1-2 grams) + logistic regression", tfidf),
+        save_extra=save_hf,
+    )
