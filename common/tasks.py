@@ -2,7 +2,8 @@
 
 A task says how to build its model, how a client gets its records as tensors (a simulated
 client from its partition of the embedded data, a deployed one from its data folder), and
-its per-record loss. DP-SGD needs the loss as one term per record (DESIGN.md), so the registry
+its per-record loss. Tasks: `mlm` (text: masked language modelling on a small BERT) and
+`mae` (images: masked-patch reconstruction with a GroupNorm CNN). DP-SGD needs the loss as one term per record (DESIGN.md), so the registry
 contract is a loss of shape `[B]`; the client's DP loop averages it.
 """
 
@@ -15,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from common import mlm_task
+from common import mae_task, mlm_task
 from common.run_config import ConfigError, RunConfig
 from common.tokenizer import tokenizer_sha256
 
@@ -31,6 +32,7 @@ class SslTask:
     folder_tensors: Callable[[RunConfig, Path], tuple[torch.Tensor, ...]]  # deployed node
     # Hash of the task's public inputs (e.g. the vocabulary): server and nodes must agree.
     public_inputs_sha256: Callable[[RunConfig], str]
+    public_files: Callable[[RunConfig], dict[str, str]]  # copied into RUN_DIR: name -> path
     per_record_loss: Callable[[nn.Module, tuple[torch.Tensor, ...], torch.Generator], torch.Tensor]
 
 
@@ -42,9 +44,36 @@ TASKS: dict[str, SslTask] = {
         client_tensors=mlm_task.client_tensors,
         folder_tensors=mlm_task.folder_tensors,
         public_inputs_sha256=lambda config: tokenizer_sha256(mlm_task.tokenizer_path(config)),
+        public_files=lambda config: {"tokenizer.json": mlm_task.tokenizer_path(config)},
         per_record_loss=mlm_task.per_record_loss,
     ),
+    "mae": SslTask(
+        name="mae",
+        data_kind="image",
+        build_model=mae_task.build_model,
+        client_tensors=mae_task.client_tensors,
+        folder_tensors=mae_task.folder_tensors,
+        public_inputs_sha256=mae_task.public_inputs_sha256,
+        public_files=lambda config: {},
+        per_record_loss=mae_task.per_record_loss,
+    ),
 }
+
+
+def check_demo_data(config: RunConfig) -> None:
+    """Build the embedded data's split plan now, so impossible splits fail before a run starts.
+
+    Raises ConfigError (e.g. more clients than records, a label fraction that leaves a class
+    empty). The plan is cached, so the run itself reuses it.
+    """
+    if get_task(config.task).data_kind == "text":
+        from common.demo_data import demo_splits
+
+        demo_splits(config)
+    else:
+        from common.image_data import demo_image_splits
+
+        demo_image_splits(config, mae_task.DATASET)
 
 
 def get_task(name: str) -> SslTask:

@@ -9,7 +9,6 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
-from common.mlm_task import tokenizer_path
 from common.run_config import RunConfig
 from common.tasks import get_task
 from server.client_level_dp import ClientDpSettings
@@ -29,7 +28,7 @@ def main(grid: Grid, context: Context) -> None:
     started = time.monotonic()
     config = RunConfig.from_mapping(context.run_config)
     task = get_task(config.task)
-    run_dir = prepare_run_dir(config, tokenizer_path(config))
+    run_dir = prepare_run_dir(config, task.public_files(config))
     print(f"[fedssl] RUN_DIR {run_dir}", flush=True)
 
     wait_for_nodes(grid, config.num_clients)

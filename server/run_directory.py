@@ -2,7 +2,7 @@
 
 Layout (a contract the tests check; documented in the README):
   config.json               the resolved run configuration
-  tokenizer.json            the public vocabulary the run used
+  tokenizer.json            the public vocabulary the run used (text task)
   metrics.jsonl             one JSON line per federated round
   ledger.sqlite             the privacy ledger: every node's entries + client-level DP events
   nodes/                    simulation only: each simulated node's own state (ledger.sqlite)
@@ -29,13 +29,18 @@ from server.run_ledger import record_round
 from server.safetensors_export import save_state
 
 
-def prepare_run_dir(config: RunConfig, tokenizer_file: str) -> Path:
-    """Create RUN_DIR (absolute), write the config and copy the public tokenizer into it."""
+def prepare_run_dir(config: RunConfig, public_files: dict[str, str]) -> Path:
+    """Create RUN_DIR (absolute), write the config, copy the run's public inputs into it.
+
+    `public_files` maps a name in RUN_DIR to a file (e.g. the text task's vocabulary), so a
+    run records every public input it used.
+    """
     run_dir = Path(config.run_dir).expanduser().resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "metrics.jsonl").unlink(missing_ok=True)  # a fresh run starts a fresh log
     write_json(run_dir / "config.json", config.to_mapping())
-    shutil.copyfile(tokenizer_file, run_dir / "tokenizer.json")
+    for name, source in public_files.items():
+        shutil.copyfile(source, run_dir / name)
     return run_dir
 
 

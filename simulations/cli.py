@@ -80,7 +80,7 @@ def _raise_interrupt(signum: int, frame: object) -> None:
 def simulate_command(out: str | None, settings: list[str], verbose: bool) -> int:
     """Validate the settings, run the simulation, print the summary table."""
     # Imported here so `fedssl --help` and config errors answer without loading torch/Flower.
-    from common.demo_data import demo_splits
+    from common.tasks import check_demo_data
     from server.run_report import summary_table
     from simulations.flower_launcher import SimulationError, run_app, simulation_superlink
 
@@ -90,8 +90,14 @@ def simulate_command(out: str | None, settings: list[str], verbose: bool) -> int
     config = RunConfig.from_mapping({**RunConfig().to_mapping(), **values})
     run_dir = Path(config.run_dir).expanduser().resolve()
     config = config.replace(run_dir=str(run_dir))
-    demo_splits(config)  # fail fast on impossible splits (e.g. more clients than records)
+    check_demo_data(config)  # fail fast on impossible splits (more clients than records...)
     run_dir.mkdir(parents=True, exist_ok=True)
+    state_dir = Path(config.sim_state_dir).expanduser() if config.sim_state_dir \
+        else run_dir / "nodes"
+    if any(state_dir.glob("*/ledger.sqlite")):
+        print(f"fedssl: note: the simulated nodes in {state_dir} already spent privacy in "
+              "earlier runs; their ledgers continue, so their ε starts from there (use a new "
+              "--out for a fresh federation)", flush=True)
     summary_file = run_dir / "summary.json"
     summary_file.unlink(missing_ok=True)
     log_file = run_dir / "simulation.log"
