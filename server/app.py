@@ -10,10 +10,11 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord, RecordDic
 from flwr.serverapp import Grid, ServerApp
 
 from common.run_config import RunConfig
-from common.tasks import get_task
+from common.tasks import SslTask, get_task
 from server.client_level_dp import ClientDpSettings
 from server.delta_fedavg import DeltaFedAvg
 from server.downstream_stage import run_downstream
+from server.run_checkpoint import find_checkpoint
 from server.run_directory import RoundRecorder, prepare_run_dir, weighted_loss
 from server.run_ledger import open_run_ledger
 from server.run_report import build_summary, summary_table, write_reports
@@ -28,43 +29,25 @@ def main(grid: Grid, context: Context) -> None:
     started = time.monotonic()
     config = RunConfig.from_mapping(context.run_config)
     task = get_task(config.task)
-    run_dir = prepare_run_dir(config, task.public_files(config))
+    checkpoint = find_checkpoint(Path(config.run_dir).expanduser().resolve(), config)
+    done = checkpoint.round if checkpoint else 0
+    run_dir = prepare_run_dir(config, task.public_files(config),
+                              resume_after=None if checkpoint is None else done)
     print(f"[fedssl] RUN_DIR {run_dir}", flush=True)
 
-    wait_for_nodes(grid, config.num_clients)
     torch.manual_seed(config.seed)
     model = task.build_model(config)
     ledger = open_run_ledger(run_dir)
-    recorder = RoundRecorder(run_dir, config.num_rounds, ledger, str(context.run_id),
-                             config.delta)
-    poisson = config.client_sampling == "poisson"
-    strategy = DeltaFedAvg(
-        update_clip_norm=config.update_clip_norm,
-        on_round=recorder,
-        client_dp=client_dp_settings(config),
-        poisson_rate=config.fraction_train if poisson else None,
-        expected_clients=config.num_clients,
-        seed=config.seed,
-        fraction_train=config.fraction_train,
-        fraction_evaluate=0.0,
-        min_train_nodes=1,
-        min_available_nodes=config.num_clients,  # wait until every expected node is up
-        train_metrics_aggr_fn=aggregate_client_metrics,
-    )
-    sim_state_dir = Path(config.sim_state_dir or run_dir / "nodes").expanduser().resolve()
-    result = strategy.start(
-        grid=grid,
-        initial_arrays=ArrayRecord(model.state_dict()),
-        num_rounds=config.num_rounds,
-        # Simulated nodes keep their ledgers here; deployed nodes use their own state-dir.
-        train_config=ConfigRecord({
-            "task": config.task,
-            "sim-state-dir": str(sim_state_dir),
-            "public-inputs-sha256": task.public_inputs_sha256(config),
-        }),
-    )
-    model.load_state_dict(result.arrays.to_torch_state_dict())
-
+    recorder = RoundRecorder(run_dir, config, ledger, str(context.run_id))
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint.load_model())
+        recorder.restore()
+        print(f"[fedssl] resuming after round {done}/{config.num_rounds} (model sha256 "
+              f"{checkpoint.model_sha256[:16]})", flush=True)
+    if done < config.num_rounds:
+        wait_for_nodes(grid, config.num_clients)
+        model.load_state_dict(federated_rounds(grid, config, task, model, recorder, run_dir,
+                                               done))
     downstream = run_downstream(config, model, run_dir)
     summary = build_summary(
         config,
@@ -81,6 +64,41 @@ def main(grid: Grid, context: Context) -> None:
     print("[fedssl] results\n" + summary_table(summary), flush=True)
     print(f"[fedssl] max record-level epsilon {summary['privacy']['max_epsilon']:.3f} "
           f"at delta {config.delta:g}; wrote {run_dir}/summary.json", flush=True)
+
+
+def federated_rounds(
+    grid: Grid, config: RunConfig, task: SslTask, model: torch.nn.Module,
+    recorder: RoundRecorder, run_dir: Path, done: int,
+) -> dict[str, torch.Tensor]:
+    """Rounds done+1 .. num-rounds from `model`; returns the final global weights."""
+    poisson = config.client_sampling == "poisson"
+    strategy = DeltaFedAvg(
+        update_clip_norm=config.update_clip_norm,
+        on_round=recorder,
+        client_dp=client_dp_settings(config),
+        poisson_rate=config.fraction_train if poisson else None,
+        expected_clients=config.num_clients,
+        seed=config.seed,
+        round_offset=done,
+        fraction_train=config.fraction_train,
+        fraction_evaluate=0.0,
+        min_train_nodes=1,
+        min_available_nodes=config.num_clients,  # wait until every expected node is up
+        train_metrics_aggr_fn=aggregate_client_metrics,
+    )
+    sim_state_dir = Path(config.sim_state_dir or run_dir / "nodes").expanduser().resolve()
+    result = strategy.start(
+        grid=grid,
+        initial_arrays=ArrayRecord(model.state_dict()),
+        num_rounds=config.num_rounds - done,
+        # Simulated nodes keep their ledgers here; deployed nodes use their own state-dir.
+        train_config=ConfigRecord({
+            "task": config.task,
+            "sim-state-dir": str(sim_state_dir),
+            "public-inputs-sha256": task.public_inputs_sha256(config),
+        }),
+    )
+    return result.arrays.to_torch_state_dict()
 
 
 def client_dp_settings(config: RunConfig) -> ClientDpSettings | None:

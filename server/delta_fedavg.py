@@ -49,7 +49,8 @@ class DeltaFedAvg(FedAvg):
     def __init__(
         self, *, update_clip_norm: float, on_round: Callable[[RoundRecord, State], None],
         client_dp: ClientDpSettings | None = None, poisson_rate: float | None = None,
-        expected_clients: int = 1, seed: int = 0, **fedavg_kwargs: object,
+        expected_clients: int = 1, seed: int = 0, round_offset: int = 0,
+        **fedavg_kwargs: object,
     ) -> None:
         super().__init__(**fedavg_kwargs)  # type: ignore[arg-type]
         self.update_clip_norm = update_clip_norm
@@ -57,8 +58,11 @@ class DeltaFedAvg(FedAvg):
         self.client_dp = client_dp
         self.poisson_rate = poisson_rate  # None: FedAvg's fixed-size sampling
         self.expected_clients = expected_clients
-        self._rng = random.Random(seed)
-        self._noise = torch.Generator().manual_seed(seed)
+        # A resumed run continues the round numbering (clients seed and ledger by it), and
+        # its sampling and noise streams, so a restart never replays a finished round's draws.
+        self.round_offset = round_offset
+        self._rng = random.Random(seed * 1_000_003 + round_offset)
+        self._noise = torch.Generator().manual_seed(seed * 1_000_003 + round_offset)
         self._global: State = {}
         self._started = 0.0
         self._sampled = 0
@@ -67,6 +71,7 @@ class DeltaFedAvg(FedAvg):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         """Remember the weights the round starts from, then sample (fixed-size or Poisson)."""
+        server_round += self.round_offset
         self._global = arrays.to_torch_state_dict()
         self._started = time.monotonic()
         if self.poisson_rate is None:
@@ -83,6 +88,7 @@ class DeltaFedAvg(FedAvg):
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Check every reply, keep its ledger, and apply the mean of the valid updates."""
+        server_round += self.round_offset
         record = RoundRecord(server_round=server_round, sampled=self._sampled)
         valid = [msg for msg in replies if self._accept(msg, record)]
         metrics = None

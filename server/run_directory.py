@@ -7,6 +7,7 @@ Layout (a contract the tests check; documented in the README):
   ledger.sqlite             the privacy ledger: every node's entries + client-level DP events
   nodes/                    simulation only: each simulated node's own state (ledger.sqlite)
   global_model.safetensors  the aggregated SSL model after the latest round
+  checkpoint.json, checkpoints/  the last committed round and its model (server resume)
   models/                   finetuned, baseline and pruned classifiers (+ finetuned-hf/)
   summary.json, report.md   final results
 """
@@ -25,19 +26,28 @@ from common.model_updates import State
 from common.privacy_ledger import PrivacyLedger
 from common.run_config import RunConfig
 from server.delta_fedavg import RoundRecord
+from server.run_checkpoint import commit_round, save_round_model
 from server.run_ledger import record_round
-from server.safetensors_export import save_state
 
 
-def prepare_run_dir(config: RunConfig, public_files: dict[str, str]) -> Path:
+def prepare_run_dir(
+    config: RunConfig, public_files: dict[str, str], resume_after: int | None = None
+) -> Path:
     """Create RUN_DIR (absolute), write the config, copy the run's public inputs into it.
 
     `public_files` maps a name in RUN_DIR to a file (e.g. the text task's vocabulary), so a
-    run records every public input it used.
+    run records every public input it used. A fresh run (`resume_after` None) starts a fresh
+    metrics.jsonl; a resumed one keeps the lines of its committed rounds only.
     """
     run_dir = Path(config.run_dir).expanduser().resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "metrics.jsonl").unlink(missing_ok=True)  # a fresh run starts a fresh log
+    metrics = run_dir / "metrics.jsonl"
+    if resume_after is None:
+        metrics.unlink(missing_ok=True)
+    elif metrics.exists():  # drop a line written for a round that was never committed
+        kept = [line for line in metrics.read_text().splitlines()
+                if line.strip() and json.loads(line)["round"] <= resume_after]
+        metrics.write_text("".join(line + "\n" for line in kept))
     write_json(run_dir / "config.json", config.to_mapping())
     for name, source in public_files.items():
         shutil.copyfile(source, run_dir / name)
@@ -57,13 +67,14 @@ class RoundRecorder:
     """Per round: ledger first, then metrics.jsonl, the global model and a progress line."""
 
     def __init__(
-        self, run_dir: Path, num_rounds: int, ledger: PrivacyLedger, run_id: str, delta: float
+        self, run_dir: Path, config: RunConfig, ledger: PrivacyLedger, run_id: str
     ) -> None:
         self.run_dir = run_dir
-        self.num_rounds = num_rounds
+        self.config = config
+        self.num_rounds = config.num_rounds
         self.ledger = ledger
         self.run_id = run_id
-        self.delta = delta
+        self.delta = config.delta
         self.latest_by_node: dict[str, dict[str, float | int | str]] = {}
         self.client_level_epsilon: float | None = None
         self.refusals = 0
@@ -96,10 +107,25 @@ class RoundRecorder:
             "wall_seconds": round(record.seconds, 3),
             "clients": record.clients,
         }
-        save_state(global_state, self.run_dir / "global_model.safetensors")
+        model_file, line["model_sha256"] = save_round_model(self.run_dir, record.server_round,
+                                                            global_state)
         with open(self.run_dir / "metrics.jsonl", "a") as handle:
             handle.write(json.dumps(line) + "\n")
+        commit_round(self.run_dir, record.server_round, model_file, line["model_sha256"],
+                     global_state, self.config)
         print(_progress_line(line, self.num_rounds), flush=True)
+
+    def restore(self) -> None:
+        """After a restart: rebuild the per-node view from the committed rounds' lines."""
+        path = self.run_dir / "metrics.jsonl"
+        lines = [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+        for line in lines:
+            self.rounds_done += 1
+            self.refusals += len(line.get("refused", []))
+            if line.get("client_level_epsilon") is not None:
+                self.client_level_epsilon = line["client_level_epsilon"]
+            for client in line["clients"]:
+                self.latest_by_node[str(client["node"])] = client
 
     def per_client_epsilon(self) -> dict[str, float]:
         """Latest (cumulative) record-level ε per node."""

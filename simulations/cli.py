@@ -67,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"fedssl: error: {err}", file=sys.stderr)
         return 2
+
     except KeyboardInterrupt:
         print("fedssl: interrupted; all processes stopped", file=sys.stderr)
         return 130
@@ -81,6 +82,7 @@ def simulate_command(out: str | None, settings: list[str], verbose: bool) -> int
     """Validate the settings, run the simulation, print the summary table."""
     # Imported here so `fedssl --help` and config errors answer without loading torch/Flower.
     from common.tasks import check_demo_data
+    from server.run_checkpoint import ResumeError, find_checkpoint
     from server.run_report import summary_table
     from simulations.flower_launcher import SimulationError, run_app, simulation_superlink
 
@@ -94,7 +96,15 @@ def simulate_command(out: str | None, settings: list[str], verbose: bool) -> int
     run_dir.mkdir(parents=True, exist_ok=True)
     state_dir = Path(config.sim_state_dir).expanduser() if config.sim_state_dir \
         else run_dir / "nodes"
-    if any(state_dir.glob("*/ledger.sqlite")):
+    try:
+        checkpoint = find_checkpoint(run_dir, config)  # a different run there: ConfigError
+    except ResumeError as err:
+        print(f"fedssl: error: {err}", file=sys.stderr)
+        return 2
+    if checkpoint is not None:
+        print(f"fedssl: {run_dir} holds this run up to round {checkpoint.round}/"
+              f"{config.num_rounds}; continuing it (use a new --out for a new run)", flush=True)
+    elif any(state_dir.glob("*/ledger.sqlite")):
         print(f"fedssl: note: the simulated nodes in {state_dir} already spent privacy in "
               "earlier runs; their ledgers continue, so their ε starts from there (use a new "
               "--out for a fresh federation)", flush=True)

@@ -15,7 +15,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from simulations.flower_launcher import (
     APP_DIR,
@@ -141,7 +141,7 @@ class LocalDeployment:
         self.processes.clear()
         return stopped
 
-    def __enter__(self) -> LocalDeployment:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
