@@ -16,6 +16,7 @@ from typing import Any
 
 AUTO = "auto"
 CLIENT_SAMPLING = ("fixed", "poisson")
+AGGREGATORS = ("mean", "median", "trimmed-mean")
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,10 @@ class RunConfig:
     num_clients: int = 5
     num_rounds: int = 3
     fraction_train: float = 1.0
+    min_clients: int = 1  # fewer usable updates than this: the round is skipped
+    round_timeout: float = 3600.0  # seconds to wait for replies; late ones are dropouts
+    aggregator: str = "mean"  # "mean" (FedAvg), or robust: "median", "trimmed-mean"
+    trim_fraction: float = 0.2  # trimmed-mean: share cut from each end, per coordinate
     # Local DP-SGD (record-level DP)
     local_steps: int = 20
     batch_size: int = 64
@@ -154,6 +159,18 @@ class RunConfig:
                  "must be a finite number >= 0 (0 means no cap)")
         _require("client-noise-multiplier", 0 <= self.client_noise_multiplier < math.inf,
                  "must be a finite number >= 0")
+        _require("min-clients", 1 <= self.min_clients <= self.num_clients,
+                 f"must be between 1 and num-clients ({self.num_clients})")
+        _require("round-timeout", 0 < self.round_timeout < math.inf, "must be > 0 seconds")
+        _require("aggregator", self.aggregator in AGGREGATORS,
+                 f"must be one of {', '.join(AGGREGATORS)}")
+        _require("trim-fraction", 0 <= self.trim_fraction < 0.5, "must be in [0, 0.5)")
+        _require("min-clients", not (self.client_dp and self.min_clients > 1),
+                 "client-level DP releases every round (skipping rounds with few clients "
+                 "would reveal participation): use min-clients=1 with client-dp")
+        _require("aggregator", not (self.client_dp and self.aggregator != "mean"),
+                 "client-level DP needs the plain sum of updates (aggregator=mean): a robust "
+                 "aggregate has a different sensitivity")
         _require("client-sampling", self.client_sampling in CLIENT_SAMPLING,
                  f"must be one of {', '.join(CLIENT_SAMPLING)}")
         noise = self.fixed_noise_multiplier if self._noise_is_number() else None

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord, RecordDict
 from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import FedAvg, FedMedian, FedTrimmedAvg
 
 from common.run_config import RunConfig
 from common.tasks import SslTask, get_task
@@ -80,6 +81,8 @@ def federated_rounds(
         expected_clients=config.num_clients,
         seed=config.seed,
         round_offset=done,
+        min_clients=config.min_clients,
+        robust=robust_aggregator(config),
         fraction_train=config.fraction_train,
         fraction_evaluate=0.0,
         min_train_nodes=1,
@@ -91,6 +94,7 @@ def federated_rounds(
         grid=grid,
         initial_arrays=ArrayRecord(model.state_dict()),
         num_rounds=config.num_rounds - done,
+        timeout=config.round_timeout,  # nodes that have not replied by then are dropouts
         # Simulated nodes keep their ledgers here; deployed nodes use their own state-dir.
         train_config=ConfigRecord({
             "task": config.task,
@@ -99,6 +103,15 @@ def federated_rounds(
         }),
     )
     return result.arrays.to_torch_state_dict()
+
+
+def robust_aggregator(config: RunConfig) -> FedAvg | None:
+    """Flower's robust aggregator for `aggregator=median|trimmed-mean` (None: the mean)."""
+    if config.aggregator == "median":
+        return FedMedian(fraction_evaluate=0.0)
+    if config.aggregator == "trimmed-mean":
+        return FedTrimmedAvg(fraction_evaluate=0.0, beta=config.trim_fraction)
+    return None
 
 
 def client_dp_settings(config: RunConfig) -> ClientDpSettings | None:

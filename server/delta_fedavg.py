@@ -40,6 +40,8 @@ class RoundRecord:
     refused: list[dict[str, str | int]] = field(default_factory=list)  # budget refusals
     ledger: list[LedgerEntry] = field(default_factory=list)  # entries the nodes sent
     client_dp: ClientDpSettings | None = None  # set when this round released a noisy mean
+    skipped: bool = False  # fewer than min-clients usable updates: model unchanged
+    dropouts: list[str] = field(default_factory=list)  # sampled, no reply before the timeout
     seconds: float = 0.0
 
 
@@ -50,7 +52,7 @@ class DeltaFedAvg(FedAvg):
         self, *, update_clip_norm: float, on_round: Callable[[RoundRecord, State], None],
         client_dp: ClientDpSettings | None = None, poisson_rate: float | None = None,
         expected_clients: int = 1, seed: int = 0, round_offset: int = 0,
-        **fedavg_kwargs: object,
+        min_clients: int = 1, robust: FedAvg | None = None, **fedavg_kwargs: object,
     ) -> None:
         super().__init__(**fedavg_kwargs)  # type: ignore[arg-type]
         self.update_clip_norm = update_clip_norm
@@ -61,11 +63,16 @@ class DeltaFedAvg(FedAvg):
         # A resumed run continues the round numbering (clients seed and ledger by it), and
         # its sampling and noise streams, so a restart never replays a finished round's draws.
         self.round_offset = round_offset
+        self.min_clients = min_clients
+        # Flower's FedMedian / FedTrimmedAvg aggregate whatever arrays replies carry; ours
+        # are updates Δ, so their robust statistic of the Δ is applied like the mean.
+        self.robust = robust
         self._rng = random.Random(seed * 1_000_003 + round_offset)
         self._noise = torch.Generator().manual_seed(seed * 1_000_003 + round_offset)
         self._global: State = {}
         self._started = 0.0
         self._sampled = 0
+        self._sampled_nodes: set[int] = set()
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -82,6 +89,7 @@ class DeltaFedAvg(FedAvg):
             record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
             messages = list(self._construct_messages(record, nodes, MessageType.TRAIN))
         self._sampled = len(messages)
+        self._sampled_nodes = {msg.metadata.dst_node_id for msg in messages}
         return messages
 
     def aggregate_train(
@@ -90,24 +98,36 @@ class DeltaFedAvg(FedAvg):
         """Check every reply, keep its ledger, and apply the mean of the valid updates."""
         server_round += self.round_offset
         record = RoundRecord(server_round=server_round, sampled=self._sampled)
+        replies = list(replies)
         valid = [msg for msg in replies if self._accept(msg, record)]
+        replied = {msg.metadata.src_node_id for msg in replies}
+        record.dropouts = sorted(f"node-{n}" for n in self._sampled_nodes - replied)
+        if record.dropouts:
+            log(30, "round %d: no reply within round-timeout from %s", server_round,
+                ", ".join(record.dropouts))
         metrics = None
         if valid:
             metrics = self.train_metrics_aggr_fn(
                 [msg.content for msg in valid], self.weighted_by_key
             )
+        mean: State | None = None
         if self.client_dp is not None:
+            # DP-FedAvg releases every round, even with no usable update: skipping when few
+            # clients took part would let participation change what is released.
             denominator = (self.client_dp.sample_rate * self.expected_clients
                            if self.client_dp.poisson else max(self._sampled, 1))
             updates = [msg.content["arrays"].to_torch_state_dict() for msg in valid]
             mean = noisy_mean_update(updates, self._global, denominator, self.client_dp,
                                      self._noise)
             record.client_dp = self.client_dp
-        elif valid:
-            weighted, _ = super().aggregate_train(server_round, valid)
-            mean = weighted.to_torch_state_dict() if weighted is not None else None
+        elif len(valid) < self.min_clients:
+            log(30, "round %d: only %d usable update(s), min-clients is %d: round skipped, "
+                "model unchanged", server_round, len(valid), self.min_clients)
+            record.skipped = True
         else:
-            mean = None
+            aggregate = self.robust.aggregate_train if self.robust else super().aggregate_train
+            combined, _ = aggregate(server_round, valid)
+            mean = combined.to_torch_state_dict() if combined is not None else None
         new_state = apply_update(self._global, mean) if mean is not None else self._global
         record.seconds = time.monotonic() - self._started
         self.on_round(record, new_state)  # ledger first, then the model leaves this method

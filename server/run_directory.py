@@ -98,6 +98,8 @@ class RoundRecorder:
             "clients_ok": len(record.clients),
             "rejected": record.rejected,
             "refused": record.refused,
+            "dropouts": record.dropouts,
+            "skipped": record.skipped,
             "client_level_epsilon": None if federation is None else federation.epsilon,
             "train_loss": weighted_loss(record.clients),
             "max_epsilon": max(eps, default=None),
@@ -157,6 +159,8 @@ def _progress_line(line: dict[str, Any], num_rounds: int) -> str:
         f"[fedssl] round {line['round']}/{num_rounds} | clients {line['clients_ok']}"
         f"/{line['clients_sampled']}"
         + (f" ({len(line['refused'])} refused: budget)" if line["refused"] else "")
+        + (f" ({len(line['dropouts'])} no reply)" if line["dropouts"] else "")
+        + (" SKIPPED: too few updates, model unchanged" if line["skipped"] else "")
         + f" | ssl loss {fmt(line['train_loss'], '.3f')}"
         f" | eps max {fmt(line['max_epsilon'], '.2f')} mean {fmt(line['mean_epsilon'], '.2f')}"
         f" | update norm {fmt(line['update_norm_mean'], '.2f')}"

@@ -56,6 +56,7 @@ def two_runs(tmp_path_factory):
     state = root / "node-state"
     run_a, left_a = simulate(root / "a", {**SETTINGS, "num-rounds": 3,
                                           "client-max-epsilon": budget,
+                                          "min-clients": 3,  # a refusal skips the round
                                           "sim-state-dir": state})
     run_b, left_b = simulate(root / "b", {**SETTINGS, "num-rounds": 1, "client-dp": "true",
                                           "client-noise-multiplier": 1.0,
@@ -96,6 +97,16 @@ def test_refusal_happens_exactly_where_the_projection_crosses_the_budget(two_run
         assert [e.round for e in run_a] == list(range(1, trained + 1))
         spent = epsilon_of([(e.noise_multiplier, e.sample_rate, e.steps) for e in run_a], DELTA)
         assert spent == pytest.approx(run_a[-1].epsilon) and spent <= budget
+
+
+def test_rounds_with_too_few_updates_are_skipped_without_touching_the_model(two_runs):
+    root, _, _, _ = two_runs
+    lines = _rounds(root / "a")
+    assert [bool(line["refused"]) for line in lines] == [False, True, True]
+    assert [line["skipped"] for line in lines] == [False, True, True]  # min-clients = 3
+    digests = [line["model_sha256"] for line in lines]
+    assert digests[1] == digests[2] == digests[0]  # skipped rounds leave the model as it was
+    assert all(line["dropouts"] == [] for line in lines)
 
 
 def test_node_ledgers_accumulate_across_runs(two_runs):

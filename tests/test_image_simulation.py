@@ -11,7 +11,8 @@ from simulation_runs import ROOT, simulate
 
 SETTINGS = {"task": "mae", "num-clients": 3, "num-rounds": 2, "local-steps": 4,
             "batch-size": 32, "label-fraction": 0.05, "finetune-epochs": 3,
-            "prune-recover-epochs": 1, "target-epsilon": 4.0}
+            "prune-recover-epochs": 1, "target-epsilon": 4.0,
+            "aggregator": "median"}  # Flower's FedMedian over the clients' updates
 ARMS = ["finetuned", "baseline", "pixels", "probe", "probe_random", "pruned"]
 
 
@@ -46,6 +47,13 @@ def test_image_summary_has_every_arm_and_the_same_shape_as_text(image_run):
     report = (run_dir / "report.md").read_text()
     assert "random-init encoder, linear probe (control)" in report
     assert not (run_dir / "tokenizer.json").exists()  # the image task has no vocabulary
+
+
+def test_the_median_aggregate_moved_the_model_every_round(image_run):
+    run_dir, _, _ = image_run
+    lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [line["skipped"] for line in lines] == [False, False]
+    assert len({line["model_sha256"] for line in lines}) == 2
 
 
 def test_image_run_audits_clean(image_run):

@@ -95,3 +95,22 @@ def test_cli_rejects_bad_settings_without_traceback(args, key, tmp_path):
     assert f"setting '{key}'" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "run").exists()  # nothing started, nothing written
+
+
+@pytest.mark.parametrize(
+    ("values", "key"),
+    [
+        ({"min-clients": 6}, "min-clients"),  # more than num-clients (5)
+        ({"min-clients": 0}, "min-clients"),
+        ({"round-timeout": 0}, "round-timeout"),
+        ({"aggregator": "krum"}, "aggregator"),
+        ({"trim-fraction": 0.5}, "trim-fraction"),
+        ({"client-dp": "true", "aggregator": "median"}, "aggregator"),
+        ({"client-dp": "true", "min-clients": 2}, "min-clients"),
+        ({"client-dp": "maybe"}, "client-dp"),
+    ],
+)
+def test_reliability_and_client_dp_settings_are_checked(values, key):
+    with pytest.raises(ConfigError) as info:
+        RunConfig.from_mapping(values)
+    assert info.value.key == key
