@@ -12,10 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from common.icd10_corpus import load_icd10_records
-from common.partitioning import dirichlet_partition, stratified_split
-from common.run_config import ConfigError, RunConfig
-
-MIN_RECORDS_PER_CLIENT = 2
+from common.partitioning import plan_splits
+from common.run_config import RunConfig
 
 
 @dataclass(frozen=True)
@@ -54,34 +52,14 @@ def _demo_splits(
     records = load_icd10_records()
     texts = np.array(records.texts, dtype=object)
     labels = np.array(records.labels)
-    rng = np.random.default_rng(seed)
-    if max_records and max_records < len(texts):
-        keep = np.sort(rng.choice(len(texts), size=max_records, replace=False))
-        texts, labels = texts[keep], labels[keep]
-
-    test_idx, train_idx = stratified_split(labels, test_fraction, rng)
-    taken, pool = stratified_split(labels[train_idx], label_fraction, rng)
-    labeled_idx, unlabeled_idx = train_idx[taken], train_idx[pool]
-    if len(labeled_idx) == 0:
-        raise ConfigError("label-fraction", f"{label_fraction} leaves no labeled records")
-    needed = num_clients * MIN_RECORDS_PER_CLIENT
-    if len(unlabeled_idx) < needed:
-        raise ConfigError(
-            "num-clients",
-            f"{num_clients} clients need at least {needed} unlabeled records, "
-            f"only {len(unlabeled_idx)} remain after the test and labeled splits",
-        )
-    try:
-        parts = dirichlet_partition(
-            labels[unlabeled_idx], num_clients, alpha, rng, MIN_RECORDS_PER_CLIENT
-        )
-    except ValueError as err:
-        raise ConfigError("num-clients", str(err)) from None
+    plan = plan_splits(labels, test_fraction=test_fraction, label_fraction=label_fraction,
+                       num_clients=num_clients, dirichlet_alpha=alpha, seed=seed,
+                       max_records=max_records)
     return DemoSplits(
         label_names=records.label_names,
-        test_texts=texts[test_idx].tolist(),
-        test_labels=labels[test_idx],
-        labeled_texts=texts[labeled_idx].tolist(),
-        labeled_labels=labels[labeled_idx],
-        client_texts=[texts[unlabeled_idx[p]].tolist() for p in parts],
+        test_texts=texts[plan.test].tolist(),
+        test_labels=labels[plan.test],
+        labeled_texts=texts[plan.labeled].tolist(),
+        labeled_labels=labels[plan.labeled],
+        client_texts=[texts[p].tolist() for p in plan.clients],
     )

@@ -20,10 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from common.partitioning import dirichlet_partition, stratified_split
-from common.run_config import ConfigError, RunConfig
+from common.partitioning import plan_splits
+from common.run_config import RunConfig
 
-MIN_RECORDS_PER_CLIENT = 2
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -151,38 +150,18 @@ def image_demo_splits(
     ConfigError ("label-fraction" or "num-clients") when the split is impossible.
     """
     labels = np.asarray(labels)
-    rng = np.random.default_rng(seed)
-    if max_records and max_records < len(images):
-        keep = np.sort(rng.choice(len(images), size=max_records, replace=False))
-        images, labels = images[keep], labels[keep]
-
-    test_idx, train_idx = stratified_split(labels, test_fraction, rng)
-    taken, pool = stratified_split(labels[train_idx], label_fraction, rng)
-    labeled_idx, unlabeled_idx = train_idx[taken], train_idx[pool]
-    if len(labeled_idx) == 0:
-        raise ConfigError("label-fraction", f"{label_fraction} leaves no labeled records")
-    needed = num_clients * MIN_RECORDS_PER_CLIENT
-    if len(unlabeled_idx) < needed:
-        raise ConfigError(
-            "num-clients",
-            f"{num_clients} clients need at least {needed} unlabeled records, "
-            f"only {len(unlabeled_idx)} remain after the test and labeled splits",
-        )
-    try:
-        parts = dirichlet_partition(
-            labels[unlabeled_idx], num_clients, dirichlet_alpha, rng, MIN_RECORDS_PER_CLIENT
-        )
-    except ValueError as err:
-        raise ConfigError("num-clients", str(err)) from None
+    plan = plan_splits(labels, test_fraction=test_fraction, label_fraction=label_fraction,
+                       num_clients=num_clients, dirichlet_alpha=dirichlet_alpha, seed=seed,
+                       max_records=max_records)
     if label_names is None:
         label_names = [str(c) for c in range(int(labels.max()) + 1)]
     return ImageSplits(
         label_names=list(label_names),
-        test_images=_frozen(images[test_idx]),
-        test_labels=_frozen(labels[test_idx]),
-        labeled_images=_frozen(images[labeled_idx]),
-        labeled_labels=_frozen(labels[labeled_idx]),
-        client_images=[_frozen(images[unlabeled_idx[p]]) for p in parts],
+        test_images=_frozen(images[plan.test]),
+        test_labels=_frozen(labels[plan.test]),
+        labeled_images=_frozen(images[plan.labeled]),
+        labeled_labels=_frozen(labels[plan.labeled]),
+        client_images=[_frozen(images[p]) for p in plan.clients],
     )
 
 

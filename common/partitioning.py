@@ -2,7 +2,67 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
+
+from common.run_config import ConfigError
+
+MIN_RECORDS_PER_CLIENT = 2
+
+
+@dataclass(frozen=True)
+class SplitPlan:
+    """Indices into a dataset: test split, the server's labeled set, one part per client."""
+
+    test: np.ndarray
+    labeled: np.ndarray
+    clients: list[np.ndarray]
+
+
+def plan_splits(
+    labels: np.ndarray,
+    *,
+    test_fraction: float,
+    label_fraction: float,
+    num_clients: int,
+    dirichlet_alpha: float,
+    seed: int,
+    max_records: int = 0,
+) -> SplitPlan:
+    """The demo split of any labelled dataset, seeded: every task splits the same way.
+
+    Optionally a seeded subset of `max_records`; then a stratified test split; a stratified
+    `label_fraction` of the rest for the server; the remaining unlabeled records spread over
+    the clients non-IID (Dirichlet over labels). Raises ConfigError ("label-fraction" or
+    "num-clients") when the split is impossible.
+    """
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    kept = np.arange(len(labels))
+    if max_records and max_records < len(labels):
+        kept = np.sort(rng.choice(len(labels), size=max_records, replace=False))
+    labels = labels[kept]
+    test_idx, train_idx = stratified_split(labels, test_fraction, rng)
+    taken, pool = stratified_split(labels[train_idx], label_fraction, rng)
+    labeled_idx, unlabeled_idx = train_idx[taken], train_idx[pool]
+    if len(labeled_idx) == 0:
+        raise ConfigError("label-fraction", f"{label_fraction} leaves no labeled records")
+    needed = num_clients * MIN_RECORDS_PER_CLIENT
+    if len(unlabeled_idx) < needed:
+        raise ConfigError(
+            "num-clients",
+            f"{num_clients} clients need at least {needed} unlabeled records, "
+            f"only {len(unlabeled_idx)} remain after the test and labeled splits",
+        )
+    try:
+        parts = dirichlet_partition(
+            labels[unlabeled_idx], num_clients, dirichlet_alpha, rng, MIN_RECORDS_PER_CLIENT
+        )
+    except ValueError as err:
+        raise ConfigError("num-clients", str(err)) from None
+    return SplitPlan(test=kept[test_idx], labeled=kept[labeled_idx],
+                     clients=[kept[unlabeled_idx[p]] for p in parts])
 
 
 def stratified_split(
