@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from common.icd10_corpus import load_icd10_records
-from common.partitioning import plan_splits
+from common.partitioning import SplitSettings, plan_splits
 from common.run_config import RunConfig
 
 
@@ -30,31 +30,15 @@ class DemoSplits:
 
 def demo_splits(config: RunConfig) -> DemoSplits:
     """The split plan for `config` (cached per process on the settings it depends on)."""
-    return _demo_splits(
-        config.seed,
-        config.max_records,
-        config.test_fraction,
-        config.label_fraction,
-        config.num_clients,
-        config.dirichlet_alpha,
-    )
+    return _demo_splits(SplitSettings.from_config(config))
 
 
 @functools.lru_cache(maxsize=4)
-def _demo_splits(
-    seed: int,
-    max_records: int,
-    test_fraction: float,
-    label_fraction: float,
-    num_clients: int,
-    alpha: float,
-) -> DemoSplits:
+def _demo_splits(settings: SplitSettings) -> DemoSplits:
     records = load_icd10_records()
     texts = np.array(records.texts, dtype=object)
     labels = np.array(records.labels)
-    plan = plan_splits(labels, test_fraction=test_fraction, label_fraction=label_fraction,
-                       num_clients=num_clients, dirichlet_alpha=alpha, seed=seed,
-                       max_records=max_records)
+    plan = plan_splits(labels, settings)
     return DemoSplits(
         label_names=records.label_names,
         test_texts=texts[plan.test].tolist(),

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common.partitioning import plan_splits
+from common.partitioning import SplitSettings, plan_splits
 from common.run_config import RunConfig
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -135,13 +135,7 @@ def load_image_dataset(name: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
 def image_demo_splits(
     images: np.ndarray,
     labels: np.ndarray,
-    *,
-    test_fraction: float,
-    label_fraction: float,
-    num_clients: int,
-    dirichlet_alpha: float,
-    seed: int,
-    max_records: int = 0,
+    settings: SplitSettings,
     label_names: Sequence[str] | None = None,
 ) -> ImageSplits:
     """Seeded disjoint splits: test, server's labeled set, one unlabeled part per client.
@@ -150,9 +144,7 @@ def image_demo_splits(
     ConfigError ("label-fraction" or "num-clients") when the split is impossible.
     """
     labels = np.asarray(labels)
-    plan = plan_splits(labels, test_fraction=test_fraction, label_fraction=label_fraction,
-                       num_clients=num_clients, dirichlet_alpha=dirichlet_alpha, seed=seed,
-                       max_records=max_records)
+    plan = plan_splits(labels, settings)
     if label_names is None:
         label_names = [str(c) for c in range(int(labels.max()) + 1)]
     return ImageSplits(
@@ -174,36 +166,10 @@ def _frozen(array: np.ndarray) -> np.ndarray:
 
 def demo_image_splits(config: RunConfig, dataset: str = "mnist5k") -> ImageSplits:
     """The image split plan for `config` (cached per process on the settings it depends on)."""
-    return _demo_image_splits(
-        dataset,
-        config.seed,
-        config.max_records,
-        config.test_fraction,
-        config.label_fraction,
-        config.num_clients,
-        config.dirichlet_alpha,
-    )
+    return _demo_image_splits(dataset, SplitSettings.from_config(config))
 
 
 @functools.lru_cache(maxsize=4)
-def _demo_image_splits(
-    dataset: str,
-    seed: int,
-    max_records: int,
-    test_fraction: float,
-    label_fraction: float,
-    num_clients: int,
-    alpha: float,
-) -> ImageSplits:
+def _demo_image_splits(dataset: str, settings: SplitSettings) -> ImageSplits:
     images, labels, names = load_image_dataset(dataset)
-    return image_demo_splits(
-        images,
-        labels,
-        test_fraction=test_fraction,
-        label_fraction=label_fraction,
-        num_clients=num_clients,
-        dirichlet_alpha=alpha,
-        seed=seed,
-        max_records=max_records,
-        label_names=names,
-    )
+    return image_demo_splits(images, labels, settings, label_names=names)

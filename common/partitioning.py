@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from common.run_config import ConfigError
+from common.run_config import ConfigError, RunConfig
 
 MIN_RECORDS_PER_CLIENT = 2
 
@@ -20,16 +20,26 @@ class SplitPlan:
     clients: list[np.ndarray]
 
 
-def plan_splits(
-    labels: np.ndarray,
-    *,
-    test_fraction: float,
-    label_fraction: float,
-    num_clients: int,
-    dirichlet_alpha: float,
-    seed: int,
-    max_records: int = 0,
-) -> SplitPlan:
+@dataclass(frozen=True)
+class SplitSettings:
+    """The run settings a demo split depends on (hashable: the split caches key on it)."""
+
+    seed: int
+    test_fraction: float
+    label_fraction: float
+    num_clients: int
+    dirichlet_alpha: float
+    max_records: int = 0
+
+    @classmethod
+    def from_config(cls, config: RunConfig) -> SplitSettings:
+        """The split-relevant part of a run config."""
+        return cls(seed=config.seed, test_fraction=config.test_fraction,
+                   label_fraction=config.label_fraction, num_clients=config.num_clients,
+                   dirichlet_alpha=config.dirichlet_alpha, max_records=config.max_records)
+
+
+def plan_splits(labels: np.ndarray, settings: SplitSettings) -> SplitPlan:
     """The demo split of any labelled dataset, seeded: every task splits the same way.
 
     Optionally a seeded subset of `max_records`; then a stratified test split; a stratified
@@ -37,6 +47,9 @@ def plan_splits(
     the clients non-IID (Dirichlet over labels). Raises ConfigError ("label-fraction" or
     "num-clients") when the split is impossible.
     """
+    seed, max_records = settings.seed, settings.max_records
+    test_fraction, label_fraction = settings.test_fraction, settings.label_fraction
+    num_clients, dirichlet_alpha = settings.num_clients, settings.dirichlet_alpha
     labels = np.asarray(labels)
     rng = np.random.default_rng(seed)
     kept = np.arange(len(labels))
