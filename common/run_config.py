@@ -84,7 +84,9 @@ class RunConfig:
     num_heads: int = 2
     intermediate_size: int = 256
     max_length: int = 48
-    # Central fine-tuning, baseline and pruning
+    # Central fine-tuning, baseline and pruning (downstream=false: pretraining only, e.g. for
+    # `fedssl sweep`, which evaluates the pretrained model at many label budgets itself)
+    downstream: bool = True
     finetune_epochs: int = 30
     finetune_batch_size: int = 32
     finetune_learning_rate: float = 5e-4

@@ -14,7 +14,7 @@ from common.run_config import RunConfig
 from common.tasks import SslTask, get_task
 from server.client_level_dp import ClientDpSettings
 from server.delta_fedavg import DeltaFedAvg
-from server.downstream_stage import run_downstream
+from server.downstream_stage import run_downstream, skipped_downstream
 from server.run_checkpoint import find_checkpoint
 from server.run_directory import RoundRecorder, prepare_run_dir, weighted_loss
 from server.run_ledger import open_run_ledger
@@ -49,7 +49,8 @@ def main(grid: Grid, context: Context) -> None:
         wait_for_nodes(grid, config.num_clients)
         model.load_state_dict(federated_rounds(grid, config, task, model, recorder, run_dir,
                                                done))
-    downstream = run_downstream(config, model, run_dir)
+    downstream = run_downstream(config, model, run_dir) if config.downstream \
+        else skipped_downstream(config)
     summary = build_summary(
         config,
         downstream,

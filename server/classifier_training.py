@@ -8,6 +8,7 @@ caller: a model is called as `model(*inputs)` and returns logits (or an output w
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -48,6 +49,7 @@ def train_classifier(
     labels: torch.Tensor,
     recipe: FinetuneRecipe,
     progress: Callable[[str], None] | None = None,
+    after_epoch: Callable[[int], bool] | None = None,
 ) -> nn.Module:
     """Fine-tune `model` in place with AdamW and a linear warmup/decay schedule; returns it.
 
@@ -56,6 +58,8 @@ def train_classifier(
     `torch.nn.utils.prune` reparametrisation in place: the optimizer updates `weight_orig`
     and the pruning hook re-applies the mask on every forward, so pruned weights stay zero.
     `progress`, if given, receives one line per epoch with the mean training loss.
+    `after_epoch(epoch)`, if given, runs after each epoch (model in eval mode); returning True
+    stops training early.
     """
     labels = torch.as_tensor(labels, dtype=torch.long)
     sizes = {len(t) for t in inputs} | {len(labels)}
@@ -107,8 +111,52 @@ def train_classifier(
                     f"epoch {epoch + 1}/{recipe.epochs} loss {loss_sum / len(labels):.4f} "
                     f"lr {scheduler.get_last_lr()[0]:.2e}"
                 )
+            if after_epoch is not None:
+                model.eval()
+                stop = after_epoch(epoch)
+                model.train()
+                if stop:
+                    break
     model.eval()
     return model
+
+
+@dataclass(frozen=True)
+class EarlyStopped:
+    """Outcome of `train_early_stopped`: the chosen epoch and its validation macro-F1."""
+
+    best_epoch: int  # 1-based
+    validation_macro_f1: float
+
+
+def train_early_stopped(
+    model: nn.Module,
+    train: tuple[tuple[torch.Tensor, ...], torch.Tensor],
+    validation: tuple[tuple[torch.Tensor, ...], np.ndarray],
+    recipe: FinetuneRecipe,
+    num_classes: int,
+    patience: int = 5,
+) -> EarlyStopped:
+    """Fine-tune with `recipe` for at most its epochs; keep the epoch best on validation.
+
+    Validation macro-F1 is measured after every epoch; training stops after `patience` epochs
+    without improvement, and the model is left with the weights of the best epoch. Only the
+    validation split (carved from the labeled set) guides this, never the test split.
+    """
+    val_inputs, val_labels = validation
+    best = {"score": -1.0, "epoch": 0, "state": copy.deepcopy(model.state_dict())}
+
+    def after_epoch(epoch: int) -> bool:
+        score = float(classification_metrics(val_labels, predict(model, val_inputs),
+                                             num_classes)["macro_f1"])
+        if score > best["score"]:
+            best.update(score=score, epoch=epoch + 1, state=copy.deepcopy(model.state_dict()))
+        return epoch + 1 - int(best["epoch"]) >= patience
+
+    train_classifier(model, train[0], train[1], recipe, after_epoch=after_epoch)
+    model.load_state_dict(best["state"])
+    model.eval()
+    return EarlyStopped(best_epoch=int(best["epoch"]), validation_macro_f1=float(best["score"]))
 
 
 def predict(

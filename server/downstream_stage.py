@@ -4,17 +4,19 @@ The same for every task; a task's `DownstreamKit` (server/text_downstream.py,
 server/image_downstream.py) supplies its labeled data, classifier and classical baseline.
 The arms see exactly the same labeled records and test split: the pretrained encoder
 fine-tuned, the identical architecture trained from scratch with the identical recipe (only
-the starting weights differ), a classical baseline, and any task-specific arms (e.g. linear
-probes). The fine-tuned model is then pruned by global magnitude, briefly recovered, and
+the starting weights differ), a classical baseline, and a linear probe on the frozen encoder
+next to the same probe on a random-init encoder (the control without which a probe looks better
+than it is). The fine-tuned model is then pruned by global magnitude, briefly recovered, and
 evaluated again.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,24 +31,49 @@ from server.classifier_training import (
     predict,
     train_classifier,
 )
+from server.linear_probe import logreg_predict
 from server.pruning import linear_sparsity, make_pruning_permanent, prune_linear_weights
 from server.safetensors_export import save_state
 
 Say = Callable[[str], None]
 FINETUNED = ("finetuned", "SSL pretrained (federated, DP) + fine-tune")
 BASELINE = ("baseline", "same architecture from scratch")
+PROBE = ("probe", "SSL encoder (federated, DP), linear probe")
+PROBE_RANDOM = ("probe_random", "random-init encoder, linear probe (control)")
 PRUNED = ("pruned", "fine-tuned, pruned + recovered")
 
 
 @dataclass(frozen=True)
 class LabeledData:
-    """The server's labeled training records and the test split, as model inputs."""
+    """The server's labeled training records and the test split.
+
+    `*_inputs` feed the neural models; `*_raw` feed the classical baseline (texts, or flat
+    pixels), row for row the same records.
+    """
 
     train_inputs: tuple[torch.Tensor, ...]
     train_labels: torch.Tensor
     test_inputs: tuple[torch.Tensor, ...]
     test_labels: np.ndarray
     num_classes: int
+    train_raw: Sequence[Any] | np.ndarray
+    test_raw: Sequence[Any] | np.ndarray
+
+    def subset(self, indices: np.ndarray) -> LabeledData:
+        """The same data with only the training records at `indices` (test unchanged)."""
+        idx = np.asarray(indices, dtype=np.int64)
+        rows = torch.as_tensor(idx)
+        raw = self.train_raw
+        return dataclasses.replace(
+            self,
+            train_inputs=tuple(t[rows] for t in self.train_inputs),
+            train_labels=self.train_labels[rows],
+            train_raw=raw[idx] if isinstance(raw, np.ndarray) else [raw[i] for i in idx],
+        )
+
+
+Features = Callable[[dict[str, torch.Tensor] | None, tuple[torch.Tensor, ...]], np.ndarray]
+Classical = Callable[[LabeledData, int], np.ndarray]  # (data, seed) -> test predictions
 
 
 @dataclass(frozen=True)
@@ -56,20 +83,45 @@ class DownstreamKit:
     data: LabeledData
     build_classifier: Callable[[dict[str, torch.Tensor] | None], nn.Module]  # None: scratch
     encoder_weights: dict[str, torch.Tensor]  # from the federated model
-    classical: tuple[str, str, Callable[[], np.ndarray]]  # key, label, test predictions
-    # Extra arms (key, label, results-producer), e.g. linear probes; run after the classical.
-    extra_arms: list[tuple[str, str, Callable[[], dict[str, Any]]]] = field(default_factory=list)
+    classical: tuple[str, str, Classical]  # key, label, baseline
+    # Frozen-encoder features [N, D] for linear probes (None: a seeded random-init encoder).
+    features: Features
+    seed: int
     save_extra: Callable[[nn.Module, Path], None] | None = None  # e.g. save_pretrained
+
+    def probe(self, data: LabeledData, encoder_weights: dict[str, torch.Tensor] | None
+              ) -> dict[str, float | int]:
+        """Logistic regression on frozen features of `encoder_weights` (None: random init)."""
+        train = self.features(encoder_weights, data.train_inputs)
+        test = self.features(encoder_weights, data.test_inputs)
+        predicted = logreg_predict(train, data.train_labels.numpy(), test, self.seed)
+        return classification_metrics(data.test_labels, predicted, data.num_classes)
+
+    def run_classical(self, data: LabeledData) -> dict[str, float | int]:
+        """The classical baseline's test metrics on `data`."""
+        predicted = self.classical[2](data, self.seed)
+        return classification_metrics(data.test_labels, predicted, data.num_classes)
+
+
+def make_kit(config: RunConfig, pretrained: nn.Module) -> DownstreamKit:
+    """The downstream kit of `config.task`."""
+    if config.task == "mlm":
+        from server.text_downstream import text_kit as task_kit
+    else:
+        from server.image_downstream import image_kit as task_kit
+    return task_kit(config, pretrained)
+
+
+def skipped_downstream(config: RunConfig) -> dict[str, Any]:
+    """The results section of a pretraining-only run (`downstream = false`): no arms."""
+    return {"arms": [], "labels": {"labels_used": 0, "classes_in_labeled_set": 0,
+                                   "classes_in_test_set": 0, "test_records": 0}}
 
 
 def run_downstream(
     config: RunConfig, pretrained: nn.Module, run_dir: Path, say: Say = print
 ) -> dict[str, Any]:
     """Fine-tune, baseline, prune and evaluate; save models; return the results section."""
-    if config.task == "mlm":
-        from server.text_downstream import text_kit as make_kit
-    else:
-        from server.image_downstream import image_kit as make_kit
     kit = make_kit(config, pretrained)
     data = kit.data
     recipe = FinetuneRecipe(
@@ -99,15 +151,13 @@ def run_downstream(
     if kit.save_extra is not None:
         kit.save_extra(trained["finetuned"], models_dir)
 
-    key, label, classical = kit.classical
-    start = time.monotonic()
-    results[key] = {**classification_metrics(data.test_labels, classical(), data.num_classes),
-                    "seconds": round(time.monotonic() - start, 1)}
-    arms = [FINETUNED, BASELINE, (key, label)]
-    for extra_key, extra_label, produce in kit.extra_arms:
+    key, label, _ = kit.classical
+    arms = [FINETUNED, BASELINE, (key, label), PROBE, PROBE_RANDOM]
+    for arm, produce in ((key, lambda: kit.run_classical(data)),
+                         (PROBE[0], lambda: kit.probe(data, kit.encoder_weights)),
+                         (PROBE_RANDOM[0], lambda: kit.probe(data, None))):
         start = time.monotonic()
-        results[extra_key] = {**produce(), "seconds": round(time.monotonic() - start, 1)}
-        arms.append((extra_key, extra_label))
+        results[arm] = {**produce(), "seconds": round(time.monotonic() - start, 1)}
 
     pruned, results["pruned"] = _prune_and_recover(trained["finetuned"], config, recipe, data,
                                                    evaluate)

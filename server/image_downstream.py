@@ -1,19 +1,13 @@
 """The image task's downstream pieces: labeled images, the CNN classifier, and baselines.
 
-Besides fine-tuning, images get two linear probes, because a probe on self-supervised
-features is only informative next to the same probe on a *random-init* encoder (REFERENCE.md:
-150 MAE steps gave features no better than random ones). The classical baseline is logistic
-regression on raw pixels. All probes and the baseline use the same labeled images.
+The classical baseline is logistic regression on raw pixels; probe features are the pooled
+features of the (frozen) CNN encoder.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import torch
-from sklearn.linear_model import LogisticRegression
-from sklearn.preprocessing import StandardScaler
 from torch import nn
 
 from common.image_data import demo_image_splits
@@ -25,14 +19,12 @@ from common.mae_task import (
     encoder_state,
 )
 from common.run_config import RunConfig
-from server.classifier_training import classification_metrics
 from server.downstream_stage import DownstreamKit, LabeledData
-
-LOGREG_MAX_ITER = 2000
+from server.linear_probe import logreg_predict
 
 
 def image_kit(config: RunConfig, pretrained: nn.Module) -> DownstreamKit:
-    """Labeled MNIST-5k images, the CNN classifier, pixel logistic regression, two probes."""
+    """Labeled MNIST-5k images, the CNN classifier, pixel logistic regression, probe features."""
     splits = demo_image_splits(config, DATASET)
     num_classes = len(splits.label_names)
     data = LabeledData(
@@ -41,26 +33,22 @@ def image_kit(config: RunConfig, pretrained: nn.Module) -> DownstreamKit:
         test_inputs=(torch.tensor(splits.test_images),),
         test_labels=np.asarray(splits.test_labels),
         num_classes=num_classes,
+        train_raw=splits.labeled_images.reshape(len(splits.labeled_images), -1),
+        test_raw=splits.test_images.reshape(len(splits.test_images), -1),
     )
-    weights = encoder_state(pretrained)
 
-    def pixels() -> np.ndarray:
-        flat = splits.labeled_images.reshape(len(splits.labeled_images), -1)
-        test = splits.test_images.reshape(len(splits.test_images), -1)
-        return _logreg(flat, splits.labeled_labels, test, config.seed)
+    def pixels(labeled: LabeledData, seed: int) -> np.ndarray:
+        return logreg_predict(labeled.train_raw, labeled.train_labels.numpy(),
+                              labeled.test_raw, seed)
 
-    def probe(encoder_weights: dict[str, torch.Tensor] | None) -> dict[str, Any]:
-        encoder = ImageEncoder()
-        if encoder_weights is None:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(config.seed)
-                encoder = ImageEncoder()
-        else:
-            encoder.load_state_dict(encoder_weights)
-        train = encode_features(encoder, data.train_inputs[0]).numpy()
-        test = encode_features(encoder, data.test_inputs[0]).numpy()
-        predicted = _logreg(train, splits.labeled_labels, test, config.seed)
-        return classification_metrics(data.test_labels, predicted, num_classes)
+    def features(weights: dict[str, torch.Tensor] | None,
+                 inputs: tuple[torch.Tensor, ...]) -> np.ndarray:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)  # the random-init control is seeded
+            encoder = ImageEncoder()
+        if weights is not None:
+            encoder.load_state_dict(weights)
+        return encode_features(encoder, inputs[0]).numpy()
 
     def classifier(encoder_weights: dict[str, torch.Tensor] | None) -> nn.Module:
         model = build_image_classifier(num_classes, encoder_weights, seed=config.seed)
@@ -70,19 +58,8 @@ def image_kit(config: RunConfig, pretrained: nn.Module) -> DownstreamKit:
     return DownstreamKit(
         data=data,
         build_classifier=classifier,
-        encoder_weights=weights,
+        encoder_weights=encoder_state(pretrained),
         classical=("pixels", "logistic regression on pixels", pixels),
-        extra_arms=[
-            ("probe", "SSL encoder (federated, DP), linear probe", lambda: probe(weights)),
-            ("probe_random", "random-init encoder, linear probe (control)",
-             lambda: probe(None)),
-        ],
+        features=features,
+        seed=config.seed,
     )
-
-
-def _logreg(train: np.ndarray, labels: np.ndarray, test: np.ndarray, seed: int) -> np.ndarray:
-    """Standardised features, multinomial logistic regression; predicted test classes."""
-    scaler = StandardScaler().fit(train)
-    model = LogisticRegression(max_iter=LOGREG_MAX_ITER, random_state=seed)
-    model.fit(scaler.transform(train), labels)
-    return model.predict(scaler.transform(test)).astype(np.int64)

@@ -80,13 +80,14 @@ def write_reports(run_dir: Path, summary: dict[str, Any]) -> None:
         f"| {c['epsilon']:.3f} | {c.get('max_epsilon') or '-'} |"
         for c in privacy["clients"]
     )
+    downstream = f"then central fine-tuning on {labels['labels_used']} labels " \
+        f"({labels['classes_in_labeled_set']} of {labels['classes_in_test_set']} test classes " \
+        f"have at least one label), evaluated on {labels['test_records']} test records" \
+        if summary["arms"] else "pretraining only (downstream = false)"
     text = f"""# fedssl run report
 
 Task `{summary['task']}`: {summary['clients']} clients, {summary['rounds']} federated rounds, \
-then central fine-tuning on {labels['labels_used']} labels \
-({labels['classes_in_labeled_set']} of {labels['classes_in_test_set']} test classes have at \
-least one label), evaluated on {labels['test_records']} test records. \
-Wall time {summary['wall_seconds']:.0f} s.
+{downstream}. Wall time {summary['wall_seconds']:.0f} s.
 
 ## Downstream results (test split)
 

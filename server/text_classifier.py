@@ -63,3 +63,18 @@ def build_classifier(
                 f"missing {missing}, unexpected {list(result.unexpected_keys)}"
             )
     return model
+
+
+def pooled_features(
+    model: MeanPoolClassifier, inputs: tuple[torch.Tensor, ...], batch_size: int = 512
+) -> torch.Tensor:
+    """Frozen mean-pooled encoder states `[N, H]` (eval mode, no grad) for linear probes."""
+    model.eval()
+    chunks = []
+    with torch.no_grad():
+        for start in range(0, len(inputs[0]), batch_size):
+            ids, mask = (t[start : start + batch_size] for t in inputs)
+            hidden = model.bert(input_ids=ids, attention_mask=mask).last_hidden_state
+            weights = mask.unsqueeze(-1).to(hidden.dtype)
+            chunks.append((hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0))
+    return torch.cat(chunks) if chunks else torch.zeros((0, model.config.hidden_size))

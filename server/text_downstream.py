@@ -13,12 +13,15 @@ from common.mlm_task import bert_config, encoder_state, tokenizer_path
 from common.run_config import RunConfig
 from common.tokenizer import encode_texts, load_tokenizer
 from server.downstream_stage import DownstreamKit, LabeledData
-from server.text_classifier import build_classifier
+from server.text_classifier import build_classifier, pooled_features
 from server.tfidf_baseline import tfidf_logreg
 
 
 def text_kit(config: RunConfig, pretrained: nn.Module) -> DownstreamKit:
-    """Labeled ICD-10 descriptions, a mean-pooled BERT classifier, TF-IDF + logistic regression."""
+    """Labeled ICD-10 descriptions, a mean-pooled BERT classifier, TF-IDF + logistic regression.
+
+    Probe features are the mean-pooled states of the (frozen) encoder.
+    """
     splits = demo_splits(config)
     num_classes = len(splits.label_names)
     tokenizer = load_tokenizer(tokenizer_path(config))
@@ -28,12 +31,19 @@ def text_kit(config: RunConfig, pretrained: nn.Module) -> DownstreamKit:
         test_inputs=encode_texts(tokenizer, splits.test_texts, config.max_length),
         test_labels=np.asarray(splits.test_labels),
         num_classes=num_classes,
+        train_raw=splits.labeled_texts,
+        test_raw=splits.test_texts,
     )
     bert_cfg = bert_config(config.model_shape, tokenizer.get_vocab_size(), num_classes)
 
-    def tfidf() -> np.ndarray:
-        return np.asarray(tfidf_logreg(splits.labeled_texts, splits.labeled_labels.tolist(),
-                                       splits.test_texts))
+    def tfidf(labeled: LabeledData, seed: int) -> np.ndarray:
+        return np.asarray(tfidf_logreg(labeled.train_raw, labeled.train_labels.tolist(),
+                                       labeled.test_raw))
+
+    def features(weights: dict[str, torch.Tensor] | None,
+                 inputs: tuple[torch.Tensor, ...]) -> np.ndarray:
+        encoder = build_classifier(bert_cfg, weights, seed=config.seed)
+        return pooled_features(encoder, inputs).numpy()
 
     def save_hf(model: nn.Module, models_dir: Path) -> None:
         model.save_pretrained(models_dir / "finetuned-hf")
@@ -43,5 +53,7 @@ def text_kit(config: RunConfig, pretrained: nn.Module) -> DownstreamKit:
         build_classifier=lambda weights: build_classifier(bert_cfg, weights, seed=config.seed),
         encoder_weights=encoder_state(pretrained),
         classical=("tfidf", "TF-IDF (1-2 grams) + logistic regression", tfidf),
+        features=features,
+        seed=config.seed,
         save_extra=save_hf,
     )

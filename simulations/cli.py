@@ -11,6 +11,7 @@ from pathlib import Path
 
 from common.run_config import ConfigError, RunConfig, parse_overrides
 from simulations.certs_command import add_certs_parser, certs_command
+from simulations.sweep_command import add_sweep_parser, sweep_command
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     check_data.add_argument("--task", default="mlm",
                             help="SSL task whose data kind to expect (default: mlm)")
     add_certs_parser(commands)
+    add_sweep_parser(commands)
     args = parser.parse_args(argv)
     # SIGTERM takes the same clean path as Ctrl-C: every started process gets stopped.
     signal.signal(signal.SIGTERM, _raise_interrupt)
@@ -64,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
             return check_data_command(args.data_dir, args.task)
         if args.command == "certs":
             return certs_command(args)
+        if args.command == "sweep":
+            return sweep_command(args)
     except ConfigError as err:
         print(f"fedssl: error: {err}", file=sys.stderr)
         return 2

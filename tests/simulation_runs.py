@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +22,26 @@ TINY_RUN = {
 }
 
 
+# Every process this test session starts inherits this mark (Ray's daemons and Flower's
+# detached processes too, which are not our descendants), so cleanup finds exactly ours and
+# never touches Flower processes of another session running on the same machine.
+SESSION_MARK = "FEDSSL_TEST_SESSION"
+os.environ.setdefault(SESSION_MARK, uuid.uuid4().hex)
+
+
 def flower_processes() -> set[int]:
-    """PIDs of every Flower/Ray process on the machine."""
+    """PIDs of the Flower/Ray processes started by this test session."""
     found = set()
+    mark = os.environ[SESSION_MARK]
     for proc in psutil.process_iter(["cmdline"]):
         cmdline = " ".join(proc.info["cmdline"] or [])
-        if any(name in cmdline for name in FLOWER_PROCESS_NAMES):
-            found.add(proc.pid)
+        if not any(name in cmdline for name in FLOWER_PROCESS_NAMES):
+            continue
+        try:
+            if proc.environ().get(SESSION_MARK) == mark:
+                found.add(proc.pid)
+        except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):
+            continue
     return found
 
 

@@ -1,0 +1,95 @@
+"""`fedssl sweep` end to end: a real (tiny) federated pretraining run, every arm on the same
+labels, one CSV row per cell, resume after an interruption, plots."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from simulation_runs import ROOT, TINY_RUN, flower_processes
+
+GRID = """
+task = "mlm"
+seeds = [0]
+label-budgets = ["2", "10%"]
+recipes = ["finetune", "probe"]
+headline-budget = "2"
+rounds = [1]
+
+[settings]
+{settings}
+num-clients = 2
+label-fraction = 0.2
+
+[pretraining.ssl]
+noise-multiplier = 0
+"""
+
+
+def _sweep(grid: Path, out: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "simulations.cli", "sweep", str(grid),
+                           "--out", str(out)], capture_output=True, text=True, cwd=ROOT,
+                          timeout=900, check=False)
+
+
+def _rows(out: Path) -> list[dict[str, str]]:
+    with open(out / "results.csv", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_sweep_runs_every_cell_once_and_resumes(tmp_path: Path):
+    settings = {k: v for k, v in TINY_RUN.items() if not k.startswith("prune")}
+    settings.pop("label-fraction")
+    grid = tmp_path / "grid.toml"
+    grid.write_text(GRID.format(settings="\n".join(f"{k} = {v}" for k, v in settings.items())))
+    out = tmp_path / "sweep"
+    before = flower_processes()
+
+    first = _sweep(grid, out)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    rows = _rows(out)
+    # 2 budgets x (classical + scratch x 2 recipes + ssl x 2 recipes)
+    assert len(rows) == 10
+    keys = {(r["budget"], r["arm"], r["recipe"]) for r in rows}
+    assert len(keys) == 10
+    for budget in ("2/class", "10%"):  # every arm of a cell saw the same labels
+        assert len({(r["n_labels"], r["classes_labeled"]) for r in rows
+                    if r["budget"] == budget}) == 1
+    assert all(0 <= float(r["macro_f1"]) <= 1 for r in rows)
+    ssl = [r for r in rows if r["arm"] == "ssl"]
+    assert all(r["epsilon"] == "inf" for r in ssl)  # no noise: honestly no finite ε
+    run_dir = out / "pretrain" / "ssl-r1-s0"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["arms"] == [] and summary["rounds"] == 1  # pretraining only
+    for name in ("labels.png", "epsilon.png", "steps.png", "results.md"):
+        assert (out / name).stat().st_size > 0
+    assert "random-init probe" in (out / "results.md").read_text()
+
+    # An interruption mid-write: the last rows are lost, the last line torn.
+    lines = (out / "results.csv").read_text().splitlines(keepends=True)
+    (out / "results.csv").write_text("".join(lines[:-3]) + lines[-3][:10])
+    second = _sweep(grid, out)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert "pretraining ssl" not in second.stdout  # its run was complete: not redone
+    assert "10 cells, 7 already done" in second.stdout
+    again = _rows(out)
+    assert len(again) == 10 and {(r["budget"], r["arm"], r["recipe"]) for r in again} == keys
+    assert again[:7] == rows[:7]
+
+    third = _sweep(grid, out)
+    assert "10 cells, 10 already done" in third.stdout and len(_rows(out)) == 10
+    assert not flower_processes() - before
+
+
+def test_sweep_rejects_a_bad_grid_in_one_line(tmp_path: Path):
+    grid = tmp_path / "grid.toml"
+    grid.write_text('seeds = [0]\n[pretraining.x]\nlabel-fraction = 0.5\n')
+    result = _sweep(grid, tmp_path / "out")
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith("fedssl: error: pretraining.x may not set")
+    assert "Traceback" not in result.stderr
+    missing = _sweep(tmp_path / "nope.toml", tmp_path / "out")
+    assert missing.returncode == 2 and "grid file not found" in missing.stderr
