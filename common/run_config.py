@@ -61,6 +61,9 @@ class RunConfig:
     noise_multiplier: str = AUTO
     target_epsilon: float = 8.0
     delta: float = 1e-5
+    # Public warm start: non-private SSL steps on the task's public corpus, on the server,
+    # before round 1 (server/public_warm_start.py); 0 = off
+    warm_start_steps: int = 0
     # Client update clipping (bounds each client's influence on the aggregate)
     update_clip_norm: float = 5.0
     # Client budgets: a cap every node applies on top of its own node-config max-epsilon
@@ -90,6 +93,7 @@ class RunConfig:
     finetune_epochs: int = 30
     finetune_batch_size: int = 32
     finetune_learning_rate: float = 5e-4
+    finetune_min_steps: int = 300  # tiny labeled sets train for more epochs to get this many
     prune_amount: float = 0.5
     prune_recover_epochs: int = 2
 
@@ -138,11 +142,17 @@ class RunConfig:
 
         get_task(self.task)
         _require("seed", self.seed >= 0, "must be >= 0")
-        for key in ("num-clients", "num-rounds", "local-steps", "batch-size", "hidden-size",
+        _require("num-rounds", self.num_rounds >= 0,
+                 "must be >= 0 (0: no federated rounds, e.g. a warm-start-only control)")
+        for key in ("num-clients", "local-steps", "batch-size", "hidden-size",
                     "num-layers", "num-heads", "intermediate-size", "finetune-epochs",
                     "finetune-batch-size"):
             _require(key, getattr(self, key.replace("-", "_")) >= 1, "must be >= 1")
+        _require("warm-start-steps", self.warm_start_steps >= 0, "must be >= 0 (0 = off)")
+        _require("warm-start-steps", self.warm_start_steps == 0 or self.task == "mlm",
+                 f"task '{self.task}' has no public corpus for a warm start; use 0")
         _require("max-records", self.max_records >= 0, "must be >= 0 (0 means all records)")
+        _require("finetune-min-steps", self.finetune_min_steps >= 0, "must be >= 0")
         _require("prune-recover-epochs", self.prune_recover_epochs >= 0, "must be >= 0")
         _require("max-length", self.max_length >= 8, "must be >= 8 tokens")
         _require("hidden-size", self.hidden_size % self.num_heads == 0,

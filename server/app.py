@@ -15,7 +15,9 @@ from common.tasks import SslTask, get_task
 from server.client_level_dp import ClientDpSettings
 from server.delta_fedavg import DeltaFedAvg
 from server.downstream_stage import run_downstream, skipped_downstream
-from server.run_checkpoint import find_checkpoint
+from server.public_warm_start import warm_start
+from server.run_checkpoint import GLOBAL_MODEL, find_checkpoint
+from server.safetensors_export import save_state
 from server.run_directory import RoundRecorder, prepare_run_dir, weighted_loss
 from server.run_ledger import open_run_ledger
 from server.run_report import build_summary, summary_table, write_reports
@@ -40,6 +42,8 @@ def main(grid: Grid, context: Context) -> None:
     model = task.build_model(config)
     ledger = open_run_ledger(run_dir)
     recorder = RoundRecorder(run_dir, config, ledger, str(context.run_id))
+    if checkpoint is None and config.warm_start_steps:
+        warm_start(config, task, model, run_dir)  # public data: no ledger entry
     if checkpoint is not None:
         model.load_state_dict(checkpoint.load_model())
         recorder.restore()
@@ -49,6 +53,7 @@ def main(grid: Grid, context: Context) -> None:
         wait_for_nodes(grid, config.num_clients)
         model.load_state_dict(federated_rounds(grid, config, task, model, recorder, run_dir,
                                                done))
+    save_state(model.state_dict(), run_dir / GLOBAL_MODEL)  # also with 0 rounds (warm start)
     downstream = run_downstream(config, model, run_dir) if config.downstream \
         else skipped_downstream(config)
     summary = build_summary(

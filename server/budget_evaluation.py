@@ -25,13 +25,12 @@ import torch
 from common.label_budgets import LabelBudget, select_labeled, validation_split
 from common.run_config import RunConfig
 from server.classifier_training import (
-    FinetuneRecipe,
     classification_metrics,
     predict,
     train_classifier,
     train_early_stopped,
 )
-from server.downstream_stage import DownstreamKit
+from server.downstream_stage import DownstreamKit, finetune_recipe
 
 RECIPES = ("finetune", "finetune-es", "probe")
 VALIDATION_FRACTION = 0.2
@@ -49,12 +48,6 @@ class BudgetResult:
     best_epoch: int = 0
     seconds: float = 0.0
     applicable: bool = True
-
-
-def finetune_recipe(config: RunConfig, seed: int) -> FinetuneRecipe:
-    """The run's fine-tuning recipe (the same for every arm of a seed)."""
-    return FinetuneRecipe(epochs=config.finetune_epochs, batch_size=config.finetune_batch_size,
-                          learning_rate=config.finetune_learning_rate, seed=seed)
 
 
 def evaluate_budget(
@@ -88,7 +81,7 @@ def evaluate_budget(
     if recipe not in RECIPES:
         raise ValueError(f"unknown recipe {recipe!r}; known: {', '.join(RECIPES)}, classical")
     model = kit.build_classifier(encoder_weights)
-    training = finetune_recipe(config, seed)
+    training = finetune_recipe(config)
     extra: dict[str, float | int] = {}
     if recipe == "finetune":
         train_classifier(model, data.train_inputs, data.train_labels, training)

@@ -30,6 +30,14 @@ class FinetuneRecipe:
     weight_decay: float = 0.01
     warmup_fraction: float = 0.1
     seed: int = 0
+    # Tiny labeled sets get this many optimizer steps at least (more epochs): 30 epochs of 22
+    # labels would be 30 steps, too few to fit even a linear head.
+    min_steps: int = 0
+
+    def epochs_for(self, num_labels: int) -> int:
+        """Epochs to run on `num_labels` records: `epochs`, or more to reach `min_steps`."""
+        steps_per_epoch = math.ceil(num_labels / self.batch_size)
+        return max(self.epochs, math.ceil(self.min_steps / max(steps_per_epoch, 1)))
 
 
 def _forward_logits(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
@@ -79,7 +87,8 @@ def train_classifier(
         lr=recipe.learning_rate,
     )
     steps_per_epoch = math.ceil(len(labels) / recipe.batch_size)
-    total_steps = max(recipe.epochs * steps_per_epoch, 1)
+    epochs = recipe.epochs_for(len(labels))
+    total_steps = max(epochs * steps_per_epoch, 1)
     warmup_steps = int(recipe.warmup_fraction * total_steps)
 
     def lr_factor(step: int) -> float:
@@ -94,7 +103,7 @@ def train_classifier(
     # fork_rng: dropout draws from the global RNG; seed it here without leaking to the caller.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(recipe.seed)
-        for epoch in range(recipe.epochs):
+        for epoch in range(epochs):
             order = torch.randperm(len(labels), generator=generator)
             loss_sum = 0.0
             for start in range(0, len(labels), recipe.batch_size):
@@ -108,7 +117,7 @@ def train_classifier(
                 loss_sum += loss.item() * len(batch)
             if progress is not None:
                 progress(
-                    f"epoch {epoch + 1}/{recipe.epochs} loss {loss_sum / len(labels):.4f} "
+                    f"epoch {epoch + 1}/{epochs} loss {loss_sum / len(labels):.4f} "
                     f"lr {scheduler.get_last_lr()[0]:.2e}"
                 )
             if after_epoch is not None:

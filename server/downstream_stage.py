@@ -112,6 +112,17 @@ def make_kit(config: RunConfig, pretrained: nn.Module) -> DownstreamKit:
     return task_kit(config, pretrained)
 
 
+def finetune_recipe(config: RunConfig) -> FinetuneRecipe:
+    """The run's fine-tuning recipe: the same for every arm, so only the start differs."""
+    return FinetuneRecipe(
+        epochs=config.finetune_epochs,
+        batch_size=config.finetune_batch_size,
+        learning_rate=config.finetune_learning_rate,
+        seed=config.seed,
+        min_steps=config.finetune_min_steps,
+    )
+
+
 def skipped_downstream(config: RunConfig) -> dict[str, Any]:
     """The results section of a pretraining-only run (`downstream = false`): no arms."""
     return {"arms": [], "labels": {"labels_used": 0, "classes_in_labeled_set": 0,
@@ -124,12 +135,7 @@ def run_downstream(
     """Fine-tune, baseline, prune and evaluate; save models; return the results section."""
     kit = make_kit(config, pretrained)
     data = kit.data
-    recipe = FinetuneRecipe(
-        epochs=config.finetune_epochs,
-        batch_size=config.finetune_batch_size,
-        learning_rate=config.finetune_learning_rate,
-        seed=config.seed,
-    )
+    recipe = finetune_recipe(config)
     models_dir = run_dir / "models"
     models_dir.mkdir(exist_ok=True)
 
@@ -142,7 +148,7 @@ def run_downstream(
     for (arm, _), weights in ((FINETUNED, kit.encoder_weights), (BASELINE, None)):
         start = time.monotonic()
         say(f"[fedssl] {arm}: training on {len(data.train_labels)} labels for "
-            f"{recipe.epochs} epochs")
+            f"{recipe.epochs_for(len(data.train_labels))} epochs")
         model = kit.build_classifier(weights)
         train_classifier(model, data.train_inputs, data.train_labels, recipe)
         results[arm] = {**evaluate(model), "seconds": round(time.monotonic() - start, 1)}

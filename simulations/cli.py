@@ -138,7 +138,8 @@ def simulate_command(out: str | None, settings: list[str], verbose: bool) -> int
         return 1
     summary = json.loads(summary_file.read_text())
     print(f"\nfedssl: done in {time.monotonic() - started:.0f}s; results in {run_dir}\n")
-    print(summary_table(summary))
+    if summary["arms"]:
+        print(summary_table(summary))
     privacy = summary["privacy"]
     print(f"\nrecord-level DP per client: max epsilon {privacy['max_epsilon']:.3f} "
           f"at delta {privacy['delta']:g} ({privacy['accountant'].upper()})")

@@ -15,6 +15,9 @@ label-fraction = 0.1       # the labeled pool every budget is drawn from
 noise-multiplier = 0       # 0: no noise (non-private); clipping still applies
 [pretraining.dp-eps8]
 target-epsilon = 8
+[pretraining.public-only]  # an arm may set its own `rounds`: 0 = no federated rounds
+warm-start-steps = 1000
+rounds = [0]
 ```
 Every arm of a seed shares the data split, so a pretraining arm may not change the settings
 that decide the split or the downstream recipe (seed, fractions, clients, finetune-*).
@@ -35,6 +38,7 @@ from server.budget_evaluation import RECIPES
 SHARED_ONLY = ("task", "seed", "run-dir", "num-rounds", "downstream", "test-fraction",
                "label-fraction", "num-clients", "dirichlet-alpha", "max-records",
                "finetune-epochs", "finetune-batch-size", "finetune-learning-rate",
+               "finetune-min-steps",
                "tokenizer", "hidden-size", "num-layers", "num-heads", "intermediate-size",
                "max-length")
 GRID_KEYS = ("task", "seeds", "label-budgets", "recipes", "headline-budget", "rounds",
@@ -51,6 +55,7 @@ class PretrainArm:
 
     name: str
     settings: dict[str, Any]
+    rounds: tuple[int, ...] | None = None  # its own pretraining budgets (None: the grid's)
 
 
 @dataclass(frozen=True)
@@ -65,6 +70,10 @@ class SweepGrid:
     rounds: tuple[int, ...]
     settings: dict[str, Any]
     arms: tuple[PretrainArm, ...]
+
+    def arm_rounds(self, arm: PretrainArm) -> tuple[int, ...]:
+        """The pretraining budgets (num-rounds) of `arm`."""
+        return self.rounds if arm.rounds is None else arm.rounds
 
     def run_config(self, seed: int, arm: PretrainArm | None = None, rounds: int = 1,
                    run_dir: str = "runs/latest") -> RunConfig:
@@ -112,11 +121,18 @@ def parse_grid(raw: dict[str, Any], overrides: dict[str, str]) -> SweepGrid:
     for name, values in raw.get("pretraining", {}).items():
         if not isinstance(values, dict):
             raise GridError(f"pretraining.{name} must be a table of run settings")
+        values = dict(values)
+        own_rounds = values.pop("rounds", None)
         shared = sorted(set(values) & set(SHARED_ONLY))
         if shared:
             raise GridError(f"pretraining.{name} may not set {', '.join(shared)}: every arm "
                             "of a seed must share the split and the downstream recipe")
-        arms.append(PretrainArm(name=name, settings=dict(values)))
+        if own_rounds is not None:
+            if not isinstance(own_rounds, list) or not own_rounds or min(own_rounds) < 0:
+                raise GridError(f"pretraining.{name}.rounds must be a non-empty list of "
+                                "rounds >= 0")
+            own_rounds = tuple(sorted({int(r) for r in own_rounds}))
+        arms.append(PretrainArm(name=name, settings=values, rounds=own_rounds))
     if not arms:
         raise GridError("the grid needs at least one [pretraining.NAME] table")
     grid = SweepGrid(task=str(raw.get("task", "mlm")), seeds=seeds, budgets=budgets,
@@ -124,7 +140,7 @@ def parse_grid(raw: dict[str, Any], overrides: dict[str, str]) -> SweepGrid:
                      settings=settings, arms=tuple(arms))
     for arm in grid.arms:  # every cell's run config must validate before anything runs
         try:
-            grid.run_config(grid.seeds[0], arm, grid.rounds[-1])
+            grid.run_config(grid.seeds[0], arm, grid.arm_rounds(arm)[-1])
         except ConfigError as err:
             raise GridError(f"pretraining.{arm.name}: {err}") from None
     return grid

@@ -39,11 +39,19 @@ def aggregate(rows: list[Row], metric: str) -> dict[tuple[Line, str], tuple[floa
     return {k: (float(np.mean(v)), float(np.std(v)), len(v)) for k, v in values.items()}
 
 
-def _lines_for(rows: list[Row], recipe: str, rounds: str) -> list[Line]:
+def largest_rounds(rows: list[Row]) -> dict[str, str]:
+    """Each pretraining arm's largest pretraining budget (what the headline plots show)."""
+    found: dict[str, int] = {}
+    for r in rows:
+        if r["pretraining"]:
+            found[r["arm"]] = max(found.get(r["arm"], 0), int(r["rounds"]))
+    return {arm: str(n) for arm, n in found.items()}
+
+
+def _lines_for(rows: list[Row], recipe: str, rounds: dict[str, str]) -> list[Line]:
     """Baselines first (classical, scratch/random probe), then the pretraining arms."""
     lines: list[Line] = [("classical", "0", "classical"), ("scratch", "0", recipe)]
-    arms = sorted({r["arm"] for r in rows if r["pretraining"]})
-    return lines + [(a, rounds, recipe) for a in arms]
+    return lines + [(a, rounds[a], recipe) for a in sorted(rounds)]
 
 
 def _label(line: Line) -> str:
@@ -59,7 +67,7 @@ def write_plots(results: Path, budgets: list[str], recipes: list[str], headline:
                 out: Path) -> list[Path]:
     """Write labels.png, epsilon.png, steps.png and results.md next to the CSV."""
     rows = read_rows(results)
-    rounds = str(max((int(r["rounds"]) for r in rows if r["pretraining"]), default=0))
+    rounds = largest_rounds(rows)
     written = [_labels_plot(rows, budgets, recipes, rounds, out / "labels.png"),
                _epsilon_plot(rows, recipes, headline, rounds, out / "epsilon.png"),
                _steps_plot(rows, recipes, headline, out / "steps.png")]
@@ -67,7 +75,8 @@ def write_plots(results: Path, budgets: list[str], recipes: list[str], headline:
     return [*written, out / "results.md"]
 
 
-def _labels_plot(rows: list[Row], budgets: list[str], recipes: list[str], rounds: str,
+def _labels_plot(rows: list[Row], budgets: list[str], recipes: list[str],
+                 rounds: dict[str, str],
                  path: Path) -> Path:
     fig, axes = plt.subplots(2, len(recipes), figsize=(5 * len(recipes), 8), squeeze=False)
     for row, metric in enumerate(("macro_f1", "accuracy")):
@@ -92,12 +101,13 @@ def _labels_plot(rows: list[Row], budgets: list[str], recipes: list[str], rounds
     return path
 
 
-def _epsilon_plot(rows: list[Row], recipes: list[str], headline: str, rounds: str,
+def _epsilon_plot(rows: list[Row], recipes: list[str], headline: str, rounds: dict[str, str],
                   path: Path) -> Path:
     fig, axes = plt.subplots(1, len(recipes), figsize=(5 * len(recipes), 4), squeeze=False)
     for col, recipe in enumerate(recipes):
         ax = axes[0][col]
-        picked = [r for r in rows if r["budget"] == headline and r["rounds"] in ("0", rounds)
+        picked = [r for r in rows if r["budget"] == headline
+                  and r["rounds"] == rounds.get(r["arm"], "0")
                   and r["recipe"] in (recipe, "classical")]
         by_arm: dict[str, list[Row]] = defaultdict(list)
         for r in picked:
@@ -110,9 +120,9 @@ def _epsilon_plot(rows: list[Row], recipes: list[str], headline: str, rounds: st
             if math.isfinite(eps):
                 points.append((eps, f1, arm))
             else:  # baselines and non-private arms: no finite ε to place them at
-                ax.axhline(f1, linestyle="--", alpha=0.7,
-                           label=_label((arm, rounds, recipe)) + ("" if arm in (
-                               "classical", "scratch") else " (no DP)"))
+                line = (arm, rounds.get(arm, "0"), recipe)
+                ax.axhline(f1, linestyle="--", alpha=0.7, label=_label(line) + (
+                    "" if arm in ("classical", "scratch") else " (no finite ε)"))
         for eps, f1, arm in sorted(points):
             ax.plot(eps, f1, "o")
             ax.annotate(arm, (eps, f1), fontsize=8)
@@ -151,7 +161,8 @@ def _steps_plot(rows: list[Row], recipes: list[str], headline: str, path: Path) 
     return path
 
 
-def results_tables(rows: list[Row], budgets: list[str], recipes: list[str], rounds: str) -> str:
+def results_tables(rows: list[Row], budgets: list[str], recipes: list[str],
+                   rounds: dict[str, str]) -> str:
     """Markdown: one table per metric, one row per (arm, recipe), one column per budget."""
     parts = []
     for metric in ("macro_f1", "accuracy"):

@@ -16,12 +16,14 @@ import dataclasses
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import IO
 
 import torch
 
@@ -41,7 +43,7 @@ Say = Callable[[str], None]
 
 
 class SweepError(RuntimeError):
-    """A pretraining run failed; the message says where its log is."""
+    """The sweep cannot go on (a failed pretraining run, another grid's SWEEP_DIR)."""
 
 
 @dataclass(frozen=True)
@@ -68,7 +70,12 @@ def run_sweep(grid: SweepGrid, out: Path, say: Say = print) -> Path:
     results = out / "results.csv"
     repair_tail(results)
     done = completed_keys(results)
-    (out / "grid.json").write_text(json.dumps(_grid_record(grid), indent=2))
+    record = _grid_record(grid)
+    existing = out / "grid.json"
+    if existing.exists() and json.loads(existing.read_text()) != record:
+        raise SweepError(f"{out} holds results of a different grid (see {existing}); use a new "
+                         "--out, or the same grid and settings to resume")
+    existing.write_text(json.dumps(record, indent=2))
     total = sum(1 for _ in planned_cells(grid))
     say(f"[sweep] {total} cells, {len(done)} already done; results in {results}")
     started, measured = time.monotonic(), 0
@@ -79,7 +86,7 @@ def run_sweep(grid: SweepGrid, out: Path, say: Say = print) -> Path:
             kit = make_kit(base_config, get_task(grid.task).build_model(base_config))
             measured += _measure(kit, None, baselines, base_config, results, say)
         for arm in grid.arms:
-            for rounds in grid.rounds:
+            for rounds in grid.arm_rounds(arm):
                 cells = [c for c in _arm_cells(grid, seed, arm, rounds) if c.key() not in done]
                 if not cells:
                     continue
@@ -97,7 +104,7 @@ def planned_cells(grid: SweepGrid) -> Iterator[Cell]:
     for seed in grid.seeds:
         yield from _baseline_cells(grid, seed)
         for arm in grid.arms:
-            for rounds in grid.rounds:
+            for rounds in grid.arm_rounds(arm):
                 yield from _arm_cells(grid, seed, arm, rounds)
 
 
@@ -130,14 +137,30 @@ def pretrain(grid: SweepGrid, seed: int, arm: PretrainArm, rounds: int, out: Pat
         log = run_dir.parent / f"{run_dir.name}.log"
         run_dir.parent.mkdir(parents=True, exist_ok=True)
         with open(log, "w") as handle:
-            code = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, check=False,
-                                  env=os.environ.copy()).returncode
+            code = _run_to_end(command, handle)
         if code != 0 or not summary_file.exists():
             raise SweepError(f"pretraining run {run_dir} failed (exit {code}); see {log}")
     summary = json.loads(summary_file.read_text())
     model = get_task(config.task).build_model(config)
     model.load_state_dict(load_state(run_dir / "global_model.safetensors"))
     return config, model, float(summary["privacy"]["max_epsilon"])
+
+
+def _run_to_end(command: list[str], log: IO[str]) -> int:
+    """Run `fedssl simulate`; if the sweep is interrupted, let it stop its processes first.
+
+    (subprocess.run would SIGKILL it, leaving its SuperLink and Ray processes orphaned.)
+    """
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        return process.wait()
+    except BaseException:
+        process.send_signal(signal.SIGTERM)  # fedssl simulate stops everything it started
+        try:
+            process.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        raise
 
 
 def _measure(kit: DownstreamKit, weights: dict[str, torch.Tensor] | None, cells: list[Cell],
@@ -191,4 +214,5 @@ def _grid_record(grid: SweepGrid) -> dict[str, object]:
             "budgets": [b.name for b in grid.budgets], "recipes": list(grid.recipes),
             "headline_budget": grid.headline_budget.name, "rounds": list(grid.rounds),
             "settings": grid.settings,
-            "pretraining": {a.name: a.settings for a in grid.arms}}
+            "pretraining": {a.name: {**a.settings, "rounds": list(grid.arm_rounds(a))}
+                            for a in grid.arms}}

@@ -34,7 +34,7 @@ def test_pyproject_defaults_equal_runconfig_defaults():
         ("label-fraction", 1.5),
         ("test-fraction", 1.0),
         ("num-clients", 0),
-        ("num-rounds", 0),
+        ("num-rounds", -1),
         ("batch-size", 0),
         ("target-epsilon", 0),
         ("target-epsilon", float("inf")),
@@ -114,3 +114,12 @@ def test_reliability_and_client_dp_settings_are_checked(values, key):
     with pytest.raises(ConfigError) as info:
         RunConfig.from_mapping(values)
     assert info.value.key == key
+
+
+def test_new_study_settings_validate():
+    assert RunConfig.from_mapping({"num-rounds": 0}).num_rounds == 0  # warm-start-only control
+    assert RunConfig.from_mapping({"warm-start-steps": 10}).warm_start_steps == 10
+    with pytest.raises(ConfigError, match="warm-start-steps.*no public corpus"):
+        RunConfig.from_mapping({"task": "mae", "warm-start-steps": 10})
+    with pytest.raises(ConfigError, match="finetune-min-steps"):
+        RunConfig.from_mapping({"finetune-min-steps": -1})

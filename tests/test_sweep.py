@@ -26,6 +26,10 @@ label-fraction = 0.2
 
 [pretraining.ssl]
 noise-multiplier = 0
+
+[pretraining.public]  # the warm-start-only control: public data, no federated rounds
+warm-start-steps = 5
+rounds = [0]
 """
 
 
@@ -51,10 +55,10 @@ def test_sweep_runs_every_cell_once_and_resumes(tmp_path: Path):
     first = _sweep(grid, out)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     rows = _rows(out)
-    # 2 budgets x (classical + scratch x 2 recipes + ssl x 2 recipes)
-    assert len(rows) == 10
+    # 2 budgets x (classical + 2 recipes x (scratch, ssl, public))
+    assert len(rows) == 14
     keys = {(r["budget"], r["arm"], r["recipe"]) for r in rows}
-    assert len(keys) == 10
+    assert len(keys) == 14
     for budget in ("2/class", "10%"):  # every arm of a cell saw the same labels
         assert len({(r["n_labels"], r["classes_labeled"]) for r in rows
                     if r["budget"] == budget}) == 1
@@ -64,6 +68,10 @@ def test_sweep_runs_every_cell_once_and_resumes(tmp_path: Path):
     run_dir = out / "pretrain" / "ssl-r1-s0"
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["arms"] == [] and summary["rounds"] == 1  # pretraining only
+    public = out / "pretrain" / "public-r0-s0"
+    assert json.loads((public / "warm_start.json").read_text())["steps"] == 5
+    assert json.loads((public / "summary.json").read_text())["rounds"] == 0
+    assert {r["epsilon"] for r in rows if r["arm"] == "public"} == {"0.0"}  # no private data
     for name in ("labels.png", "epsilon.png", "steps.png", "results.md"):
         assert (out / name).stat().st_size > 0
     assert "random-init probe" in (out / "results.md").read_text()
@@ -74,14 +82,19 @@ def test_sweep_runs_every_cell_once_and_resumes(tmp_path: Path):
     second = _sweep(grid, out)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     assert "pretraining ssl" not in second.stdout  # its run was complete: not redone
-    assert "10 cells, 7 already done" in second.stdout
+    assert "14 cells, 11 already done" in second.stdout
     again = _rows(out)
-    assert len(again) == 10 and {(r["budget"], r["arm"], r["recipe"]) for r in again} == keys
-    assert again[:7] == rows[:7]
+    assert len(again) == 14 and {(r["budget"], r["arm"], r["recipe"]) for r in again} == keys
+    assert again[:11] == rows[:11]
 
     third = _sweep(grid, out)
-    assert "10 cells, 10 already done" in third.stdout and len(_rows(out)) == 10
+    assert "14 cells, 14 already done" in third.stdout and len(_rows(out)) == 14
     assert not flower_processes() - before
+
+    other = tmp_path / "other.toml"  # a different grid may not mix into these results
+    other.write_text(grid.read_text().replace('"2", "10%"', '"3", "10%"'))
+    refused = _sweep(other, out)
+    assert refused.returncode == 1 and "different grid" in refused.stderr
 
 
 def test_sweep_rejects_a_bad_grid_in_one_line(tmp_path: Path):

@@ -1,0 +1,97 @@
+"""Public first, private second: the server pretrains on a public corpus before round 1.
+
+DP training works best as adaptation (DESIGN.md): whatever can be learned from public data
+costs no privacy, so the server learns it first, non-privately, and the clients spend their
+budget only on what their private records add. The public corpus is an explicit run input,
+never derived from a client's records:
+
+* `mlm`: the non-leaf ICD-10-CM headings (chapters, blocks, categories) that ship in the
+  `simple-icd-10-cm` package, 23,420 texts, the same public corpus the shipped vocabulary is
+  trained on. They are public (published with the classification) and disjoint from the
+  billable code descriptions that play the clients' private records: headings that repeat a
+  description word for word are excluded (`common.icd10_corpus.load_public_headings`).
+* `mae`: no public image corpus is wired yet (`warm-start-steps` must stay 0).
+
+The warm start writes no ledger entry (it reads no client record); `warm_start.json` in RUN_DIR
+records the corpus, its SHA-256, the steps and the loss curve, so a reader can check it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from common.run_config import ConfigError, RunConfig
+from common.tasks import SslTask
+
+WARM_START_FILE = "warm_start.json"
+PUBLIC_CORPORA = {"mlm": "ICD-10-CM non-leaf headings (simple-icd-10-cm package)"}
+
+
+def public_corpus(config: RunConfig) -> tuple[tuple[torch.Tensor, ...], str]:
+    """The task's public records as model inputs, and the SHA-256 of the raw corpus."""
+    if config.task != "mlm":
+        raise ConfigError("warm-start-steps", f"task '{config.task}' has no public corpus "
+                          "for a warm start; use warm-start-steps=0")
+    from common.icd10_corpus import load_public_headings
+    from common.mlm_task import tokenizer_path
+    from common.tokenizer import encode_texts, load_tokenizer
+
+    texts = load_public_headings()
+    digest = hashlib.sha256("\n".join(texts).encode()).hexdigest()
+    return encode_texts(load_tokenizer(tokenizer_path(config)), texts, config.max_length), digest
+
+
+def warm_start(
+    config: RunConfig, task: SslTask, model: nn.Module, run_dir: Path,
+    say: Callable[[str], None] = print,
+) -> dict[str, object]:
+    """Train `model` in place for `warm-start-steps` non-private steps on the public corpus.
+
+    Adam at the run's learning rate, batches of `batch-size` drawn uniformly, seeded from the
+    run seed; the objective is the task's own SSL loss (mean of the per-record terms).
+    Writes and returns the `warm_start.json` record.
+    """
+    records, digest = public_corpus(config)
+    generator = torch.Generator().manual_seed(config.seed + 7919)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
+    steps, losses, started = config.warm_start_steps, [], time.monotonic()
+    report_every = max(1, steps // 10)
+    model.train()
+    for step in range(steps):
+        rows = torch.randint(len(records[0]), (config.batch_size,), generator=generator)
+        loss = task.per_record_loss(model, tuple(t[rows] for t in records), generator).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss))
+        if (step + 1) % report_every == 0 or step + 1 == steps:
+            recent = losses[-report_every:]
+            say(f"[fedssl] public warm start: step {step + 1}/{steps}, loss "
+                f"{sum(recent) / len(recent):.3f}")
+    window = max(1, min(100, steps // 10))
+    record = {
+        "corpus": PUBLIC_CORPORA[config.task],
+        "records": len(records[0]),
+        "corpus_sha256": digest,
+        "steps": steps,
+        "batch_size": config.batch_size,
+        "learning_rate": config.learning_rate,
+        "loss_first": _mean(losses[:window]),
+        "loss_last": _mean(losses[-window:]),
+        "seconds": round(time.monotonic() - started, 1),
+        "privacy": "public data: no privacy cost, no ledger entry",
+    }
+    (run_dir / WARM_START_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    return record
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else math.nan
