@@ -7,6 +7,7 @@ holds each node's complete, verifiable chain.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
@@ -44,10 +45,11 @@ def train(msg: Message, context: Context) -> Message:
             sigma = choose_noise_multiplier(config, len(records[0]))
             save_noise_multiplier(context.state, sigma)
     server_round = int(round_config["server-round"])
-    with timing.phase("round"):  # accounting, model build, DP-SGD ("train"), update clipping
+    # "round": ledger and accounting, model build ("build"), DP-SGD ("train"), update clipping
+    with timing.phase("round"):
         output = run_client_round(
             config=config,
-            task=task,
+            task=dataclasses.replace(task, build_model=timing.timed("build", task.build_model)),
             global_state=msg.content["arrays"].to_torch_state_dict(),
             records=records,
             node=node,
