@@ -7,13 +7,17 @@ holds each node's complete, verifiable chain.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.common import log
 
+from client import worker_cache
+from client.dp_training import train_locally
 from client.local_round import RoundOutput, choose_noise_multiplier, run_client_round
+from client.message_timing import MessageTiming
 from client.node_settings import NodeSettings, node_settings
 from client.privacy_state import load_noise_multiplier, save_noise_multiplier
 from common.local_data import DataFolderError
@@ -28,6 +32,49 @@ REPLY_KEY = "fedssl"
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """One federated round on this node's records (or a refusal / error status)."""
+    timing = MessageTiming()
+    round_config = msg.content["config"]
+    with timing.phase("setup"):
+        ready = _setup_or_error(msg, context)
+    if isinstance(ready, Message):
+        return ready
+    config, node, ledger, task, records = ready
+    with timing.phase("sigma"):
+        sigma = load_noise_multiplier(context.state)
+        if sigma is None:
+            sigma = choose_noise_multiplier(config, len(records[0]))
+            save_noise_multiplier(context.state, sigma)
+    server_round = int(round_config["server-round"])
+    # "round": ledger and accounting, model build ("build"), DP-SGD ("train"), update clipping
+    with timing.phase("round"):
+        output = run_client_round(
+            config=config,
+            task=dataclasses.replace(task, build_model=timing.timed("build", task.build_model)),
+            global_state=msg.content["arrays"].to_torch_state_dict(),
+            records=records,
+            node=node,
+            ledger=ledger,
+            noise_multiplier=sigma,
+            run_id=str(context.run_id),
+            server_round=server_round,
+            seed=config.seed * 1_000_003 + server_round * 1_009 + (node.partition_id or 0),
+            train=timing.timed("train", train_locally),
+        )
+    if output.refusal:
+        log(30, "fedssl node %s refuses round %d: %s", node.node_id, server_round,
+            output.refusal)
+    with timing.phase("reply"):
+        reply_msg = _reply(msg, status="refused" if output.refusal else "trained",
+                           reason=output.refusal, node=node, ledger=ledger, output=output)
+    timing.write(node=node.node_id, round=server_round, records=len(records[0]),
+                 local_steps=config.local_steps)
+    return reply_msg
+
+
+def _setup_or_error(
+    msg: Message, context: Context
+) -> Message | tuple[RunConfig, NodeSettings, PrivacyLedger, SslTask, tuple[Any, ...]]:
+    """The node's settings, ledger, task and records; or the "error" reply when unusable."""
     round_config = msg.content["config"]
     node: NodeSettings | None = None
     try:
@@ -42,28 +89,7 @@ def train(msg: Message, context: Context) -> Message:
         reason = f"data-dir {err.kind}: {err}" if isinstance(err, DataFolderError) else str(err)
         log(40, "fedssl node cannot take part: %s", reason)
         return _reply(msg, status="error", reason=reason, node=node)
-    sigma = load_noise_multiplier(context.state)
-    if sigma is None:
-        sigma = choose_noise_multiplier(config, len(records[0]))
-        save_noise_multiplier(context.state, sigma)
-    server_round = int(round_config["server-round"])
-    output = run_client_round(
-        config=config,
-        task=task,
-        global_state=msg.content["arrays"].to_torch_state_dict(),
-        records=records,
-        node=node,
-        ledger=ledger,
-        noise_multiplier=sigma,
-        run_id=str(context.run_id),
-        server_round=server_round,
-        seed=config.seed * 1_000_003 + server_round * 1_009 + (node.partition_id or 0),
-    )
-    if output.refusal:
-        log(30, "fedssl node %s refuses round %d: %s", node.node_id, server_round,
-            output.refusal)
-    return _reply(msg, status="refused" if output.refusal else "trained",
-                  reason=output.refusal, node=node, ledger=ledger, output=output)
+    return config, node, ledger, task, records
 
 
 def _reply(
@@ -100,4 +126,4 @@ def _node_records(task: SslTask, config: RunConfig, node: NodeSettings) -> tuple
     if node.data_dir is not None:
         return task.folder_tensors(config, node.data_dir)
     assert node.partition_id is not None  # node_settings requires one of the two
-    return task.client_tensors(config, node.partition_id)
+    return worker_cache.partition_records(task, config, node.partition_id)

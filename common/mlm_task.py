@@ -73,7 +73,9 @@ class MaskedLmModel(nn.Module):
         hidden = self.mlm.bert(
             input_ids=input_ids,
             attention_mask=attention_mask,
-            position_ids=torch.arange(length, device=input_ids.device).expand(batch, length),
+            # Contiguous: Opacus' ghost-clipping norm sampler for embeddings `view`s its input.
+            position_ids=torch.arange(length, device=input_ids.device)
+            .expand(batch, length).contiguous(),
             token_type_ids=torch.zeros_like(input_ids),
         ).last_hidden_state
         index = positions.unsqueeze(-1).expand(-1, -1, hidden.shape[-1])

@@ -8,6 +8,7 @@ import warnings
 import pytest
 import torch
 from opacus import GradSampleModule
+from opacus.grad_sample.gsm_exp_weights import GradSampleModuleExpandedWeights
 from opacus.optimizers import DPOptimizer
 
 from common.mlm_task import mask_tokens, per_sequence_loss
@@ -49,15 +50,19 @@ def test_masking_is_bert_style_and_never_empty(icd_batch, tokenizer):
     assert torch.equal(torch.gather(big, 1, positions)[chosen], labels[chosen])
 
 
-@pytest.mark.parametrize("mode", ["hooks", "functorch"])
+@pytest.mark.parametrize("mode", ["hooks", "functorch", "ew"])
 def test_per_sample_gradients_equal_brute_force(tiny_mlm, icd_batch, tokenizer, mode):
     inputs = _masked(icd_batch, tokenizer.get_vocab_size())
     batch = len(inputs[0])
     reference = copy.deepcopy(tiny_mlm)  # plain autograd, no Opacus hooks
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        gsm = GradSampleModule(tiny_mlm, batch_first=True, loss_reduction="mean",
-                               force_functorch=(mode == "functorch"))
+        if mode == "ew":  # benchmarks/mlm_step_time.md: measured, not the default
+            gsm = GradSampleModuleExpandedWeights(tiny_mlm, batch_first=True,
+                                                  loss_reduction="mean")
+        else:
+            gsm = GradSampleModule(tiny_mlm, batch_first=True, loss_reduction="mean",
+                                   force_functorch=(mode == "functorch"))
         _loss(gsm, list(range(batch)), inputs).backward()
     params = [p for p in gsm.parameters() if p.requires_grad]
     assert all(p.grad_sample is not None for p in params), "a parameter has no per-sample grad"

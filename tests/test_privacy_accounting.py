@@ -42,3 +42,34 @@ def test_rdp_matches_reference_mnist_point():
 def test_merge_history_combines_consecutive_equal_entries():
     merged = merge_history([(1.0, 0.1, 2), (1.0, 0.1, 3), (0.8, 0.1, 1), (1.0, 0.1, 1)])
     assert merged == [(1.0, 0.1, 5), (0.8, 0.1, 1), (1.0, 0.1, 1)]
+
+
+def test_cached_epsilon_is_bit_for_bit_opacus_rdp_accountant():
+    """The per-(σ, q) cache changes nothing: same ε as a fresh RDPAccountant, to the bit."""
+    from opacus.accountants import RDPAccountant
+
+    from common.privacy_accounting import RDP_ORDERS, rdp_per_step
+
+    histories = [[(1.0, 0.1, 20)], [(0.7, 0.05, 13), (1.3, 0.5, 2), (0.7, 0.05, 40)],
+                 [(0.55, 1.0, 3), (2.0, 0.002, 1000)]]
+    for _ in range(2):  # second pass: every (σ, q) now comes from the cache
+        for history in histories:
+            accountant = RDPAccountant()
+            accountant.history = list(history)
+            expected = accountant.get_epsilon(DELTA, alphas=list(RDP_ORDERS))
+            assert epsilon_of(history, DELTA) == expected
+    with pytest.raises(ValueError):  # callers cannot corrupt the shared cached array
+        rdp_per_step(1.0, 0.1)[0] = 0.0
+
+
+def test_cached_calibration_equals_opacus_bisection():
+    from opacus.accountants.utils import get_noise_multiplier
+
+    from common.privacy_accounting import RDP_ORDERS
+
+    rate, steps = 1 / 7, 60
+    expected = get_noise_multiplier(target_epsilon=8.0, target_delta=DELTA, sample_rate=rate,
+                                    steps=steps, accountant="rdp", epsilon_tolerance=0.005,
+                                    alphas=RDP_ORDERS)
+    assert calibrate_noise_multiplier(8.0, DELTA, rate, steps) == expected
+    assert calibrate_noise_multiplier(8.0, DELTA, rate, steps) == expected  # cached

@@ -1,0 +1,111 @@
+"""Per-worker caches leak nothing between simulated nodes (client/worker_cache.py).
+
+A Ray actor serves many simulated nodes one after another in one process. The proof: node B's
+reply (update, metrics, ledger entries) and the torch RNG state it leaves behind are identical
+whether B is served by a process that already served B and node A (every cache warm, B's own
+records cached) or by a fresh process (every cache cold). And cached objects cannot be changed
+by a caller.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+SETTINGS = {"max-records": 2000, "num-clients": 4, "local-steps": 3, "batch-size": 8,
+            "hidden-size": 32, "num-layers": 1, "intermediate-size": 64, "max-length": 32,
+            "noise-multiplier": "auto", "target-epsilon": 4.0}
+
+
+def serve(partition_id: int, state_dir: Path, node_id: int) -> dict:
+    """Run the real ClientApp `train` for one simulated node's round 1; a digest of its reply."""
+    from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+    from flwr.supercore.task_identity import TaskIdentity
+
+    import client.app as client_app
+    from common.run_config import RunConfig
+    from common.tasks import get_task
+
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 1, 1
+    config = RunConfig.from_mapping(SETTINGS)
+    task = get_task(config.task)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        arrays = ArrayRecord(task.build_model(config).state_dict())
+    context = Context(run_id=5, node_id=node_id, state=RecordDict(),
+                      node_config={"partition-id": partition_id, "num-partitions": 4},
+                      run_config=config.to_mapping())
+    instruction = Message(RecordDict({"arrays": arrays, "config": ConfigRecord({
+        "server-round": 1, "sim-state-dir": str(state_dir),
+        "public-inputs-sha256": task.public_inputs_sha256(config)})}),
+        dst_node_id=node_id, message_type="train")
+    reply = client_app.train(instruction, context)
+    info = reply.content["fedssl"]
+    ledger = [{k: v for k, v in json.loads(e).items() if k not in ("timestamp", "hash")}
+              for e in info["ledger"]]
+    update = reply.content["arrays"].to_torch_state_dict()
+    return {
+        "status": info["status"],
+        "update": {k: hashlib.sha256(v.numpy().tobytes()).hexdigest() for k, v in update.items()},
+        "metrics": dict(reply.content["metrics"]),
+        "ledger": ledger,
+        "rng_after": torch.rand(4).tolist(),
+    }
+
+
+def test_node_reply_is_the_same_after_other_nodes_as_in_a_fresh_process(tmp_path):
+    from client import worker_cache
+
+    worker_cache.clear()
+    first_b = serve(1, tmp_path / "warm-1", node_id=11)
+    serve(0, tmp_path / "warm-2", node_id=10)  # another node in between, with other records
+    torch.manual_seed(1234)  # and a different global RNG state left behind
+    warm_b = serve(1, tmp_path / "warm-3", node_id=11)
+    assert warm_b["status"] == "trained"
+    assert len(worker_cache._records) == 2  # B's records really came from the cache
+
+    out = tmp_path / "fresh.json"
+    done = subprocess.run([sys.executable, __file__, str(out), str(tmp_path / "fresh")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    fresh_b = json.loads(out.read_text())
+    assert warm_b == fresh_b
+    assert first_b == fresh_b
+
+
+def test_cached_records_cannot_be_changed_by_a_caller():
+    from client import worker_cache
+    from common.run_config import RunConfig
+    from common.tasks import get_task
+
+    config = RunConfig.from_mapping(SETTINGS)
+    task = get_task(config.task)
+    original = [t.clone() for t in worker_cache.partition_records(task, config, 2)]
+    handed_out = worker_cache.partition_records(task, config, 2)
+    for tensor in handed_out:
+        tensor.fill_(0)  # a careless caller
+    again = worker_cache.partition_records(task, config, 2)
+    assert all(torch.equal(a, b) for a, b in zip(again, original, strict=True))
+    assert all(a.data_ptr() != b.data_ptr() for a, b in zip(again, handed_out, strict=True))
+
+
+def test_cached_rdp_curve_is_read_only():
+    from common.privacy_accounting import rdp_per_step
+
+    curve = rdp_per_step(1.0, 0.125)
+    try:
+        curve[0] = 0.0
+    except ValueError:
+        return
+    raise AssertionError("the cached RDP curve was writable")
+
+
+if __name__ == "__main__":  # the fresh process: serve node B only, write its digest
+    sys.path.insert(0, str(ROOT))
+    Path(sys.argv[1]).write_text(json.dumps(serve(1, Path(sys.argv[2]), node_id=11)))
