@@ -15,6 +15,7 @@ from common.tasks import SslTask, get_task
 from server.client_level_dp import ClientDpSettings
 from server.delta_fedavg import DeltaFedAvg
 from server.downstream_stage import run_downstream
+from server.round_progress import ProgressGrid
 from server.run_checkpoint import find_checkpoint
 from server.run_directory import RoundRecorder, prepare_run_dir, weighted_loss
 from server.run_ledger import open_run_ledger
@@ -47,8 +48,9 @@ def main(grid: Grid, context: Context) -> None:
               f"{checkpoint.model_sha256[:16]})", flush=True)
     if done < config.num_rounds:
         wait_for_nodes(grid, config.num_clients)
-        model.load_state_dict(federated_rounds(grid, config, task, model, recorder, run_dir,
-                                               done))
+        # ProgressGrid: per-round progress (clients done, elapsed, ETA) as replies arrive.
+        model.load_state_dict(federated_rounds(ProgressGrid(grid, config.num_rounds), config,
+                                               task, model, recorder, run_dir, done))
     downstream = run_downstream(config, model, run_dir)
     summary = build_summary(
         config,

@@ -16,7 +16,6 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 from torch import nn
 
-from common.image_data import demo_image_splits
 from common.mae_task import (
     DATASET,
     ImageEncoder,
@@ -24,6 +23,7 @@ from common.mae_task import (
     encode_features,
     encoder_state,
 )
+from common.own_data import image_splits
 from common.run_config import RunConfig
 from server.classifier_training import classification_metrics
 from server.downstream_stage import DownstreamKit, LabeledData
@@ -33,7 +33,7 @@ LOGREG_MAX_ITER = 2000
 
 def image_kit(config: RunConfig, pretrained: nn.Module) -> DownstreamKit:
     """Labeled MNIST-5k images, the CNN classifier, pixel logistic regression, two probes."""
-    splits = demo_image_splits(config, DATASET)
+    splits = image_splits(config, DATASET)
     num_classes = len(splits.label_names)
     data = LabeledData(
         train_inputs=(torch.tensor(splits.labeled_images),),
