@@ -18,7 +18,7 @@ from flwr.serverapp import Grid
 
 PULL_INTERVAL_S = 0.5  # Flower's HTTP grid waits 3 s between pulls; a local pull is cheap
 PROGRESS_INTERVAL_S = 10.0
-RECENT_ROUNDS = 3  # ETA from the mean of the last few rounds (round 1 includes start-up)
+RECENT_ROUNDS = 3  # ETA from the mean duration of the last few rounds
 
 
 def duration(seconds: float) -> str:
@@ -49,24 +49,25 @@ class RoundProgress:
         """A round's replies are all in (or its timeout passed)."""
         self.durations.append(self.clock() - self.round_started)
 
-    def eta(self, server_round: int, done: int, sampled: int, finished: bool) -> float | None:
-        """Seconds until the last round's replies are in, or None while nothing is known."""
+    def eta(self, server_round: int, finished: bool) -> float | None:
+        """Seconds until the last round's replies are in; None before a round has finished.
+
+        From the mean of the last few rounds, leaving out the first once there are others:
+        it includes Ray's and the ClientApps' start-up, so replies within it say little.
+        """
         rounds_after = self.num_rounds - server_round
-        recent = self.durations[-RECENT_ROUNDS:]
-        if finished:
-            return rounds_after * (sum(recent) / len(recent)) if recent else None
-        in_round = self.clock() - self.round_started
-        if recent:
-            per_round = sum(recent) / len(recent)
-        elif done > 0 and sampled > 0:
-            per_round = in_round * sampled / done  # first round: extrapolate its replies
-        else:
+        recent = (self.durations[1:] or self.durations)[-RECENT_ROUNDS:]
+        if not recent:
             return None
+        per_round = sum(recent) / len(recent)
+        if finished:
+            return rounds_after * per_round
+        in_round = self.clock() - self.round_started
         return max(per_round - in_round, 0.0) + rounds_after * per_round
 
     def line(self, server_round: int, done: int, sampled: int, finished: bool) -> str:
         """`[fedssl] round r/N | clients done k/n | elapsed | ETA`."""
-        eta = self.eta(server_round, done, sampled, finished)
+        eta = self.eta(server_round, finished)
         return (f"[fedssl] round {server_round}/{self.num_rounds} | clients done "
                 f"{done}/{sampled} | elapsed {duration(self.clock() - self.started)} | "
                 f"ETA {'?' if eta is None else duration(eta)}")
