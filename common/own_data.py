@@ -19,9 +19,9 @@ or `tokenizer=PATH` (DESIGN.md, "Public first, private second").
 from __future__ import annotations
 
 import functools
-from typing import TYPE_CHECKING
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
 import numpy as np
 

@@ -1,4 +1,4 @@
-"""`data=PATH`: a user's own folder (deployment formats + optional label/client) split like the demo."""
+"""`data=PATH`: a user's own folder (deployment formats, optional label/client), split."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ import sys
 import numpy as np
 import pytest
 from PIL import Image
+from simulation_runs import ROOT
 
 from common.local_data import DataFolderError, load_text_folder
 from common.own_data import image_splits, load_own_records, text_splits
 from common.run_config import ConfigError, RunConfig
 from common.tasks import check_run_data
-from simulation_runs import ROOT
 
 TOPICS = {"cardio": "heart artery chest", "neuro": "brain nerve seizure",
           "resp": "lung cough asthma"}

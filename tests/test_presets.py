@@ -6,11 +6,11 @@ import subprocess
 import sys
 
 import pytest
+from simulation_runs import ROOT
 
 from common.run_config import ConfigError, RunConfig
 from common.tasks import check_run_data
 from server.round_progress import RoundProgress, duration
-from simulation_runs import ROOT
 from simulations.presets import PRESETS, preset_settings
 from simulations.simulate_command import resolve_config
 
