@@ -49,11 +49,13 @@ class RoundProgress:
         """A round's replies are all in (or its timeout passed)."""
         self.durations.append(self.clock() - self.round_started)
 
-    def eta(self, server_round: int, finished: bool) -> float | None:
+    def eta(self, server_round: int, done: int, sampled: int, finished: bool
+            ) -> float | None:
         """Seconds until the last round's replies are in; None before a round has finished.
 
-        From the mean of the last few rounds, leaving out the first once there are others:
-        it includes Ray's and the ClientApps' start-up, so replies within it say little.
+        Later rounds take the mean of the last few rounds, leaving out the first once there
+        are others (it includes Ray's and the ClientApps' start-up). The running round takes
+        the larger of what that mean leaves and what its own reply rate needs.
         """
         rounds_after = self.num_rounds - server_round
         recent = (self.durations[1:] or self.durations)[-RECENT_ROUNDS:]
@@ -63,11 +65,14 @@ class RoundProgress:
         if finished:
             return rounds_after * per_round
         in_round = self.clock() - self.round_started
-        return max(per_round - in_round, 0.0) + rounds_after * per_round
+        left = per_round - in_round
+        if done > 0:
+            left = max(left, in_round * (sampled - done) / done)
+        return max(left, 0.0) + rounds_after * per_round
 
     def line(self, server_round: int, done: int, sampled: int, finished: bool) -> str:
         """`[fedssl] round r/N | clients done k/n | elapsed | ETA`."""
-        eta = self.eta(server_round, finished)
+        eta = self.eta(server_round, done, sampled, finished)
         return (f"[fedssl] round {server_round}/{self.num_rounds} | clients done "
                 f"{done}/{sampled} | elapsed {duration(self.clock() - self.started)} | "
                 f"ETA {'?' if eta is None else duration(eta)}")

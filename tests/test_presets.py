@@ -71,23 +71,26 @@ def test_round_progress_eta():
     progress = RoundProgress(num_rounds=5, clock=lambda: now[0])
     progress.start_round()
     now[0] += 10
-    assert progress.eta(1, finished=False) is None  # no round finished: nothing known
+    assert progress.eta(1, 0, 20, finished=False) is None  # no round finished: nothing known
     assert progress.line(1, 3, 20, finished=False).endswith("clients done 3/20 | "
                                                             "elapsed 10s | ETA ?")
     now[0] += 90  # round 1 (with start-up): 100 s
     progress.finish_round()
-    assert progress.eta(1, finished=True) == pytest.approx(4 * 100)
+    assert progress.eta(1, 20, 20, finished=True) == pytest.approx(4 * 100)
     progress.start_round()
     now[0] += 40
     progress.finish_round()
     # Round 1's start-up no longer counts once another round finished.
-    assert progress.eta(2, finished=True) == pytest.approx(3 * 40)
+    assert progress.eta(2, 20, 20, finished=True) == pytest.approx(3 * 40)
     progress.start_round()
     now[0] += 10
-    assert progress.eta(3, finished=False) == pytest.approx(30 + 2 * 40)
-    now[0] += 10
+    assert progress.eta(3, 10, 20, finished=False) == pytest.approx(30 + 2 * 40)
+    now[0] += 50  # longer than the mean (40 s): the round's own reply rate takes over
+    assert progress.eta(3, 15, 20, finished=False) == pytest.approx(60 / 15 * 5 + 2 * 40)
+    assert progress.eta(3, 0, 20, finished=False) == pytest.approx(2 * 40)
+    now[0] += 20
     progress.finish_round()
-    assert progress.eta(3, finished=True) == pytest.approx(2 * 30)  # mean(40, 20)
+    assert progress.eta(3, 20, 20, finished=True) == pytest.approx(2 * 60)  # mean(40, 80)
     assert progress.line(3, 20, 20, finished=True) == (
-        "[fedssl] round 3/5 | clients done 20/20 | elapsed 2m40s | ETA 1m00s")
+        "[fedssl] round 3/5 | clients done 20/20 | elapsed 3m40s | ETA 2m00s")
     assert (duration(3725), duration(59.6), duration(61)) == ("1h02m", "1m00s", "1m01s")
