@@ -70,11 +70,13 @@ def load_own_records(data_dir: str | Path, data_kind: str) -> OwnRecords:
 
 def _codes(values: list[str | None]) -> tuple[np.ndarray, list[str]]:
     """Integer codes of string values (None -> -1), in a stable order: numeric if all are."""
-    distinct = {v for v in values if v is not None}
+    # Sorted as strings first: set order differs between processes (hash seeds), and the
+    # server and every client must give each label the same code, ties ("1", "1.0") included.
+    names = sorted({v for v in values if v is not None})
     try:
-        names = sorted(distinct, key=float)
+        names = sorted(names, key=float)
     except ValueError:
-        names = sorted(distinct)
+        pass
     index = {name: code for code, name in enumerate(names)}
     codes = np.array([-1 if v is None else index[v] for v in values], dtype=np.int64)
     return codes, names
