@@ -18,7 +18,8 @@ from server.tfidf_baseline import tfidf_logreg
 
 
 def text_kit(config: RunConfig, pretrained: nn.Module) -> DownstreamKit:
-    """Labeled texts (ICD-10 or the run's own data), a mean-pooled BERT classifier, TF-IDF + logistic regression."""
+    """Labeled texts (ICD-10 or the run's own `data`), a mean-pooled BERT classifier, TF-IDF
+    + logistic regression."""
     splits = text_splits(config)
     num_classes = len(splits.label_names)
     tokenizer = load_tokenizer(tokenizer_path(config))
