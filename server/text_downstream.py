@@ -8,8 +8,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from common.own_data import text_splits
 from common.mlm_task import bert_config, encoder_state, tokenizer_path
+from common.own_data import text_splits
 from common.run_config import RunConfig
 from common.tokenizer import encode_texts, load_tokenizer
 from server.downstream_stage import DownstreamKit, LabeledData
