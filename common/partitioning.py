@@ -30,37 +30,52 @@ class SplitSettings:
     num_clients: int
     dirichlet_alpha: float
     max_records: int = 0
+    partition: str = "dirichlet"  # "dirichlet", "iid" or "column" (needs `groups`)
 
     @classmethod
     def from_config(cls, config: RunConfig) -> SplitSettings:
         """The split-relevant part of a run config."""
         return cls(seed=config.seed, test_fraction=config.test_fraction,
                    label_fraction=config.label_fraction, num_clients=config.num_clients,
-                   dirichlet_alpha=config.dirichlet_alpha, max_records=config.max_records)
+                   dirichlet_alpha=config.dirichlet_alpha, max_records=config.max_records,
+                   partition=config.partition)
 
 
-def plan_splits(labels: np.ndarray, settings: SplitSettings) -> SplitPlan:
-    """The demo split of any labelled dataset, seeded: every task splits the same way.
+def plan_splits(
+    labels: np.ndarray, settings: SplitSettings, groups: np.ndarray | None = None
+) -> SplitPlan:
+    """The demo split of any dataset, seeded: every task and data source splits the same way.
 
-    Optionally a seeded subset of `max_records`; then a stratified test split; a stratified
-    `label_fraction` of the rest for the server; the remaining unlabeled records spread over
-    the clients non-IID (Dirichlet over labels). Raises ConfigError ("label-fraction" or
-    "num-clients") when the split is impossible.
+    Optionally a seeded subset of `max_records`; then a stratified test split of the labelled
+    records; a stratified `label_fraction` of the rest for the server; the remaining records
+    (with every unlabelled one: label -1) spread over the clients by `settings.partition`:
+    Dirichlet over labels (unlabelled records count as one more class), IID, or "column":
+    one client per distinct value of `groups` (int codes, -1 = none). Raises ConfigError
+    ("label-fraction", "num-clients" or "partition") when the split is impossible.
     """
     seed, max_records = settings.seed, settings.max_records
     test_fraction, label_fraction = settings.test_fraction, settings.label_fraction
-    num_clients, dirichlet_alpha = settings.num_clients, settings.dirichlet_alpha
+    num_clients = settings.num_clients
     labels = np.asarray(labels)
     rng = np.random.default_rng(seed)
     kept = np.arange(len(labels))
     if max_records and max_records < len(labels):
         kept = np.sort(rng.choice(len(labels), size=max_records, replace=False))
     labels = labels[kept]
-    test_idx, train_idx = stratified_split(labels, test_fraction, rng)
+    # Only labelled records can be test or server records; with every record labelled (the
+    # demo data) `have` is arange(n) and the draws are exactly those of the original plan.
+    have = np.flatnonzero(labels >= 0)
+    test_sub, train_sub = stratified_split(labels[have], test_fraction, rng)
+    test_idx, train_idx = have[test_sub], have[train_sub]
     taken, pool = stratified_split(labels[train_idx], label_fraction, rng)
-    labeled_idx, unlabeled_idx = train_idx[taken], train_idx[pool]
+    labeled_idx = train_idx[taken]
+    unlabeled_idx = np.union1d(train_idx[pool], np.flatnonzero(labels < 0))
+    if len(test_idx) == 0:
+        raise ConfigError("test-fraction", f"{test_fraction} of {len(have)} labelled records "
+                          "leaves no test records (label more records)")
     if len(labeled_idx) == 0:
-        raise ConfigError("label-fraction", f"{label_fraction} leaves no labeled records")
+        raise ConfigError("label-fraction", f"{label_fraction} leaves no labeled records "
+                          f"({len(train_idx)} labelled records outside the test split)")
     needed = num_clients * MIN_RECORDS_PER_CLIENT
     if len(unlabeled_idx) < needed:
         raise ConfigError(
@@ -68,14 +83,43 @@ def plan_splits(labels: np.ndarray, settings: SplitSettings) -> SplitPlan:
             f"{num_clients} clients need at least {needed} unlabeled records, "
             f"only {len(unlabeled_idx)} remain after the test and labeled splits",
         )
-    try:
-        parts = dirichlet_partition(
-            labels[unlabeled_idx], num_clients, dirichlet_alpha, rng, MIN_RECORDS_PER_CLIENT
-        )
-    except ValueError as err:
-        raise ConfigError("num-clients", str(err)) from None
+    parts = _client_parts(labels[unlabeled_idx], settings, rng,
+                          None if groups is None else np.asarray(groups)[kept][unlabeled_idx])
     return SplitPlan(test=kept[test_idx], labeled=kept[labeled_idx],
                      clients=[kept[unlabeled_idx[p]] for p in parts])
+
+
+def _client_parts(
+    labels: np.ndarray, settings: SplitSettings, rng: np.random.Generator,
+    groups: np.ndarray | None,
+) -> list[np.ndarray]:
+    """Positions into the client pool, one array per client, by the settings' partition."""
+    num_clients = settings.num_clients
+    if settings.partition == "iid":
+        return [np.sort(p) for p in np.array_split(rng.permutation(len(labels)), num_clients)]
+    if settings.partition == "column":
+        if groups is None:
+            raise ConfigError("partition", "'column' needs data with a `client` field")
+        missing = int(np.count_nonzero(groups < 0))
+        if missing:
+            raise ConfigError("partition", f"{missing} record(s) of the client pool have no "
+                              "`client` value; give every unlabelled record one")
+        names = np.unique(groups)
+        if len(names) != num_clients:
+            raise ConfigError("num-clients", f"the data's `client` field names {len(names)} "
+                              f"clients; set num-clients={len(names)}")
+        parts = [np.flatnonzero(groups == name) for name in names]
+        small = [i for i, p in enumerate(parts) if len(p) < MIN_RECORDS_PER_CLIENT]
+        if small:
+            raise ConfigError("partition", f"{len(small)} client(s) keep fewer than "
+                              f"{MIN_RECORDS_PER_CLIENT} records after the test and labeled "
+                              "splits")
+        return parts
+    try:
+        return dirichlet_partition(labels, num_clients, settings.dirichlet_alpha, rng,
+                                   MIN_RECORDS_PER_CLIENT)
+    except ValueError as err:
+        raise ConfigError("num-clients", str(err)) from None
 
 
 def stratified_split(

@@ -19,9 +19,8 @@ import warnings
 from collections.abc import Sequence
 
 import numpy as np
-from opacus.accountants.analysis import rdp as rdp_analysis
-
 from opacus.accountants import RDPAccountant
+from opacus.accountants.analysis import rdp as rdp_analysis
 from opacus.accountants.utils import get_noise_multiplier
 
 ACCOUNTANT = "rdp"

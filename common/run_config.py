@@ -17,6 +17,7 @@ from typing import Any
 AUTO = "auto"
 CLIENT_SAMPLING = ("fixed", "poisson")
 AGGREGATORS = ("mean", "median", "trimmed-mean")
+PARTITIONS = ("dirichlet", "iid", "column")  # how simulated clients split the unlabeled pool
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,8 @@ class RunConfig:
     client_noise_multiplier: float = 1.0
     client_sampling: str = "fixed"  # "fixed" (fraction-train, no amplification) or "poisson"
     # Data
+    data: str = ""  # simulation: "" = the embedded demo data; or a folder of the user's own
+    partition: str = "dirichlet"  # "dirichlet" (over labels), "iid", "column" (`client` field)
     label_fraction: float = 0.01
     test_fraction: float = 0.2
     dirichlet_alpha: float = 0.5
@@ -185,6 +188,10 @@ class RunConfig:
                  "aggregate has a different sensitivity")
         _require("client-sampling", self.client_sampling in CLIENT_SAMPLING,
                  f"must be one of {', '.join(CLIENT_SAMPLING)}")
+        _require("partition", self.partition in PARTITIONS,
+                 f"must be one of {', '.join(PARTITIONS)}")
+        _require("partition", self.partition != "column" or bool(self.data),
+                 "'column' splits by the `client` field of your own data: set data=PATH too")
         noise = self.fixed_noise_multiplier if self._noise_is_number() else None
         _require("noise-multiplier", self.noise_multiplier == AUTO or noise is not None,
                  f"must be '{AUTO}' or a number >= 0, got '{self.noise_multiplier}'")

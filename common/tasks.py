@@ -60,20 +60,24 @@ TASKS: dict[str, SslTask] = {
 }
 
 
-def check_demo_data(config: RunConfig) -> None:
-    """Build the embedded data's split plan now, so impossible splits fail before a run starts.
+def check_run_data(config: RunConfig) -> None:
+    """Build the run's split plan now (embedded data, or the user's `data` folder), so bad
+    data and impossible splits fail before a run starts.
 
-    Raises ConfigError (e.g. more clients than records, a label fraction that leaves a class
-    empty). The plan is cached, so the run itself reuses it.
+    Raises DataFolderError for an unusable folder (the messages of `fedssl check-data`) and
+    ConfigError for an impossible split (e.g. more clients than records, no labelled records).
+    The plan is cached, so the run itself reuses it.
     """
+    from common.own_data import image_splits, text_splits
+
     if get_task(config.task).data_kind == "text":
-        from common.demo_data import demo_splits
-
-        demo_splits(config)
+        text_splits(config)
     else:
-        from common.image_data import demo_image_splits
+        splits = image_splits(config, mae_task.DATASET)
+        mae_task.images_to_tensors(splits.test_images[:1])  # the task's image shape
 
-        demo_image_splits(config, mae_task.DATASET)
+
+check_demo_data = check_run_data  # the name before own data existed
 
 
 def get_task(name: str) -> SslTask:

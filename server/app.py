@@ -16,11 +16,12 @@ from server.client_level_dp import ClientDpSettings
 from server.delta_fedavg import DeltaFedAvg
 from server.downstream_stage import run_downstream, skipped_downstream
 from server.public_warm_start import warm_start
+from server.round_progress import ProgressGrid
 from server.run_checkpoint import GLOBAL_MODEL, find_checkpoint
-from server.safetensors_export import save_state
 from server.run_directory import RoundRecorder, prepare_run_dir, weighted_loss
 from server.run_ledger import open_run_ledger
 from server.run_report import build_summary, summary_table, write_reports
+from server.safetensors_export import save_state
 
 app = ServerApp()
 NODE_WAIT_S = 300.0
@@ -51,8 +52,9 @@ def main(grid: Grid, context: Context) -> None:
               f"{checkpoint.model_sha256[:16]})", flush=True)
     if done < config.num_rounds:
         wait_for_nodes(grid, config.num_clients)
-        model.load_state_dict(federated_rounds(grid, config, task, model, recorder, run_dir,
-                                               done))
+        # ProgressGrid: per-round progress (clients done, elapsed, ETA) as replies arrive.
+        model.load_state_dict(federated_rounds(ProgressGrid(grid, config.num_rounds), config,
+                                               task, model, recorder, run_dir, done))
     save_state(model.state_dict(), run_dir / GLOBAL_MODEL)  # also with 0 rounds (warm start)
     downstream = run_downstream(config, model, run_dir) if config.downstream \
         else skipped_downstream(config)

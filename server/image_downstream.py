@@ -10,7 +10,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from common.image_data import demo_image_splits
 from common.mae_task import (
     DATASET,
     ImageEncoder,
@@ -18,14 +17,16 @@ from common.mae_task import (
     encode_features,
     encoder_state,
 )
+from common.own_data import image_splits
 from common.run_config import RunConfig
 from server.downstream_stage import DownstreamKit, LabeledData
 from server.linear_probe import logreg_predict
 
 
 def image_kit(config: RunConfig, pretrained: nn.Module) -> DownstreamKit:
-    """Labeled MNIST-5k images, the CNN classifier, pixel logistic regression, probe features."""
-    splits = demo_image_splits(config, DATASET)
+    """Labeled images (MNIST-5k or the run's own `data`), the CNN classifier, pixel logistic
+    regression, probe features."""
+    splits = image_splits(config, DATASET)
     num_classes = len(splits.label_names)
     data = LabeledData(
         train_inputs=(torch.tensor(splits.labeled_images),),

@@ -8,8 +8,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from common.demo_data import demo_splits
 from common.mlm_task import bert_config, encoder_state, tokenizer_path
+from common.own_data import text_splits
 from common.run_config import RunConfig
 from common.tokenizer import encode_texts, load_tokenizer
 from server.downstream_stage import DownstreamKit, LabeledData
@@ -18,11 +18,10 @@ from server.tfidf_baseline import tfidf_logreg
 
 
 def text_kit(config: RunConfig, pretrained: nn.Module) -> DownstreamKit:
-    """Labeled ICD-10 descriptions, a mean-pooled BERT classifier, TF-IDF + logistic regression.
-
-    Probe features are the mean-pooled states of the (frozen) encoder.
+    """Labeled texts (ICD-10 or the run's own `data`), a mean-pooled BERT classifier, TF-IDF
+    + logistic regression. Probe features are the mean-pooled states of the frozen encoder.
     """
-    splits = demo_splits(config)
+    splits = text_splits(config)
     num_classes = len(splits.label_names)
     tokenizer = load_tokenizer(tokenizer_path(config))
     data = LabeledData(

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 import signal
 import sys
-import time
-from pathlib import Path
 
-from common.run_config import ConfigError, RunConfig, parse_overrides
+from common.run_config import ConfigError
 from simulations.certs_command import add_certs_parser, certs_command
+from simulations.presets import preset_listing
 from simulations.sweep_command import add_sweep_parser, sweep_command
 
 
@@ -23,7 +21,13 @@ def main(argv: list[str] | None = None) -> int:
     simulate = commands.add_parser(
         "simulate", help="run the whole pipeline in Flower's simulation engine"
     )
-    simulate.add_argument("--out", help="RUN_DIR for all outputs (default: runs/latest)")
+    simulate.add_argument("--out", help="RUN_DIR for all outputs (default: runs/latest, or "
+                          "runs/PRESET with --preset)")
+    simulate.add_argument("--preset", metavar="NAME",
+                          help="start from a ready-made setup (see --list-presets); "
+                          "--set overrides its settings key by key")
+    simulate.add_argument("--list-presets", action="store_true",
+                          help="show the presets and their settings, then exit")
     simulate.add_argument(
         "--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
         help="override a run setting (repeatable), e.g. --set num-rounds=5",
@@ -51,10 +55,16 @@ def main(argv: list[str] | None = None) -> int:
     add_sweep_parser(commands)
     args = parser.parse_args(argv)
     # SIGTERM takes the same clean path as Ctrl-C: every started process gets stopped.
-    signal.signal(signal.SIGTERM, _raise_interrupt)
+    signal.signal(signal.SIGTERM, _interrupt_once)
     try:
         if args.command == "simulate":
-            return simulate_command(args.out, args.settings, args.verbose)
+            signal.signal(signal.SIGINT, _interrupt_once)
+            if args.list_presets:
+                print(preset_listing())
+                return 0
+            from simulations.simulate_command import simulate_command
+
+            return simulate_command(args.out, args.settings, args.verbose, args.preset)
         if args.command == "audit":
             # Imported here: the audit loads opacus/dp-accounting, `--help` should not.
             from simulations.audit_command import audit_command
@@ -78,72 +88,12 @@ def main(argv: list[str] | None = None) -> int:
     return 2
 
 
-def _raise_interrupt(signum: int, frame: object) -> None:
+def _interrupt_once(signum: int, frame: object) -> None:
+    """First Ctrl-C/SIGTERM: unwind (stopping every started process); ignore repeats, so a
+    second Ctrl-C cannot cut that cleanup short and leave processes behind."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise KeyboardInterrupt
-
-
-def simulate_command(out: str | None, settings: list[str], verbose: bool) -> int:
-    """Validate the settings, run the simulation, print the summary table."""
-    # Imported here so `fedssl --help` and config errors answer without loading torch/Flower.
-    from common.tasks import check_demo_data
-    from server.run_checkpoint import ResumeError, find_checkpoint
-    from server.run_report import summary_table
-    from simulations.flower_launcher import SimulationError, run_app, simulation_superlink
-
-    values = parse_overrides(settings)
-    if out:
-        values["run-dir"] = out
-    config = RunConfig.from_mapping({**RunConfig().to_mapping(), **values})
-    run_dir = Path(config.run_dir).expanduser().resolve()
-    config = config.replace(run_dir=str(run_dir))
-    check_demo_data(config)  # fail fast on impossible splits (more clients than records...)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    state_dir = Path(config.sim_state_dir).expanduser() if config.sim_state_dir \
-        else run_dir / "nodes"
-    try:
-        checkpoint = find_checkpoint(run_dir, config)  # a different run there: ConfigError
-    except ResumeError as err:
-        print(f"fedssl: error: {err}", file=sys.stderr)
-        return 2
-    if checkpoint is not None:
-        print(f"fedssl: {run_dir} holds this run up to round {checkpoint.round}/"
-              f"{config.num_rounds}; continuing it (use a new --out for a new run)", flush=True)
-    elif any(state_dir.glob("*/ledger.sqlite")):
-        print(f"fedssl: note: the simulated nodes in {state_dir} already spent privacy in "
-              "earlier runs; their ledgers continue, so their ε starts from there (use a new "
-              "--out for a fresh federation)", flush=True)
-    summary_file = run_dir / "summary.json"
-    summary_file.unlink(missing_ok=True)
-    log_file = run_dir / "simulation.log"
-    log_file.unlink(missing_ok=True)
-
-    def echo(line: str) -> None:
-        if verbose or "[fedssl]" in line or "ERROR" in line:
-            print(line, flush=True)
-
-    started = time.monotonic()
-    print(f"fedssl: simulating {config.num_clients} clients x {config.num_rounds} rounds; "
-          f"RUN_DIR {run_dir}; full log in {log_file}", flush=True)
-    try:
-        with simulation_superlink(run_dir / "superlink.log") as env:
-            code = run_app(env, config.to_mapping(), config.num_clients, log_file, echo)
-    except SimulationError as err:
-        print(f"fedssl: error: {err}", file=sys.stderr)
-        return 1
-    # `flwr run --stream` exits 0 even when the run failed: the summary is the proof.
-    if code != 0 or not summary_file.exists():
-        print(f"fedssl: error: the run did not finish (flwr exit code {code}); "
-              f"last lines of {log_file}:", file=sys.stderr)
-        print("\n".join(log_file.read_text().splitlines()[-30:]), file=sys.stderr)
-        return 1
-    summary = json.loads(summary_file.read_text())
-    print(f"\nfedssl: done in {time.monotonic() - started:.0f}s; results in {run_dir}\n")
-    if summary["arms"]:
-        print(summary_table(summary))
-    privacy = summary["privacy"]
-    print(f"\nrecord-level DP per client: max epsilon {privacy['max_epsilon']:.3f} "
-          f"at delta {privacy['delta']:g} ({privacy['accountant'].upper()})")
-    return 0
 
 
 if __name__ == "__main__":

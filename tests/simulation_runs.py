@@ -12,6 +12,7 @@ from typing import Any
 import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
+MARK = "FEDSSL_TEST_RUN"  # environment marker of the processes one test run started
 FLOWER_PROCESS_NAMES = ("flower-superlink", "flower-superexec", "flwr-serverapp",
                         "flwr-simulation", "flwr-clientapp", "raylet", "gcs_server")
 # A tiny model and few records: the whole pipeline in about a minute.
@@ -45,17 +46,45 @@ def flower_processes() -> set[int]:
     return found
 
 
+def marked_processes(token: str) -> set[int]:
+    """PIDs of every process whose environment carries `token` (see `marked_env`)."""
+    found = set()
+    for proc in psutil.process_iter():
+        try:
+            if proc.environ().get(MARK) == token:
+                found.add(proc.pid)
+        except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):
+            continue
+    return found
+
+
+def marked_env() -> tuple[dict[str, str], str]:
+    """An environment whose every descendant process can be found again (Flower's detached
+    ones and Ray's workers too: they inherit it), without touching anyone else's processes."""
+    token = uuid.uuid4().hex
+    return {**os.environ, MARK: token}, token
+
+
 def simulate(
-    run_dir: Path, settings: dict[str, Any], timeout: int = 900
+    run_dir: Path, settings: dict[str, Any], timeout: int = 900,
+    extra_args: list[str] | None = None,
 ) -> tuple[subprocess.CompletedProcess[str], set[int]]:
-    """Run `fedssl simulate` to completion; kill (and return) anything it left running."""
-    before = flower_processes()
+    """Run `fedssl simulate` to completion; kill (and return) anything it left running.
+
+    Only processes this run started count (found by an environment marker): other Flower
+    runs on the same machine are neither reported nor killed.
+    """
+    env, token = marked_env()
     args = [arg for k, v in settings.items() for arg in ("--set", f"{k}={v}")]
+    args += extra_args or []
     result = subprocess.run(
         [sys.executable, "-m", "simulations.cli", "simulate", "--out", str(run_dir), *args],
-        capture_output=True, text=True, cwd=ROOT, timeout=timeout, check=False,
+        capture_output=True, text=True, cwd=ROOT, timeout=timeout, check=False, env=env,
     )
-    leftovers = flower_processes() - before
+    leftovers = marked_processes(token)
     for pid in leftovers:  # never leave processes behind, even when an assertion fails
-        psutil.Process(pid).kill()
+        try:
+            psutil.Process(pid).kill()
+        except psutil.NoSuchProcess:
+            pass
     return result, leftovers

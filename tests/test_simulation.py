@@ -10,7 +10,7 @@ from pathlib import Path
 import psutil
 import pytest
 from safetensors.torch import load_file
-from simulation_runs import ROOT, TINY_RUN, flower_processes, simulate
+from simulation_runs import ROOT, TINY_RUN, marked_env, marked_processes, simulate
 
 from common.privacy_accounting import epsilon_of
 
@@ -80,12 +80,12 @@ def test_epsilon_accumulates_across_rounds_in_real_clients(finished_run):
 
 def test_sigterm_mid_run_stops_every_process(tmp_path):
     """Interrupting `fedssl simulate` (SIGTERM, as Ctrl-C) leaves no Flower or Ray process."""
-    before = flower_processes()
+    env, token = marked_env()  # finds only this run's processes, never another run's
     process = subprocess.Popen(
         [sys.executable, "-m", "simulations.cli", "simulate", "--out", str(tmp_path / "run"),
          "--set", "num-clients=2", "--set", "num-rounds=50", "--set", "max-records=2000",
          "--set", "hidden-size=32", "--set", "num-layers=1", "--set", "intermediate-size=64"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT, env=env,
     )
     try:
         assert process.stdout is not None
@@ -101,7 +101,7 @@ def test_sigterm_mid_run_stops_every_process(tmp_path):
     finally:
         if process.poll() is None:
             process.kill()
-        leftovers = flower_processes() - before
+        leftovers = marked_processes(token) - {process.pid}
         for pid in leftovers:
             psutil.Process(pid).kill()
     assert not leftovers, f"processes left running: {leftovers}"

@@ -1,0 +1,128 @@
+"""`fedssl simulate`: resolve the settings (preset, then --set), check the data, run, report.
+
+Everything that can be wrong with the settings or the data is found here, before any process
+starts: a bad setting exits 2, a bad data folder exits 1 with the message `fedssl check-data`
+gives. Ctrl-C (or SIGTERM) stops every started process and exits 130, saying which round
+RUN_DIR holds, so the same command continues the run.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+from common.local_data import DataFolderError
+from common.run_config import RunConfig, parse_overrides
+from simulations.presets import preset_settings
+
+PROG = "fedssl simulate"
+
+
+def resolve_config(preset: str | None, settings: list[str], out: str | None) -> RunConfig:
+    """Defaults, then the preset's settings, then each `--set`, then `--out`; validated.
+
+    Paths (`run-dir`, `data`, `tokenizer`) become absolute: Flower resolves relative paths
+    where the SuperLink started. Raises ConfigError naming the first bad setting.
+    """
+    values = RunConfig().to_mapping()
+    if preset is not None:
+        values.update(preset_settings(preset))
+    values.update(parse_overrides(settings))
+    if out:
+        values["run-dir"] = out
+    config = RunConfig.from_mapping(values)
+    absolute = {key: str(Path(value).expanduser().resolve())
+                for key, value in (("run_dir", config.run_dir), ("data", config.data),
+                                   ("tokenizer", config.tokenizer)) if value}
+    return config.replace(**absolute)
+
+
+def simulate_command(
+    out: str | None, settings: list[str], verbose: bool, preset: str | None = None
+) -> int:
+    """Validate the settings and data, run the simulation, print the summary table.
+
+    Raises ConfigError for a bad setting (the caller prints it and exits 2).
+    """
+    # Imported here so `fedssl --help` and config errors answer without loading torch/Flower.
+    from common.tasks import check_run_data
+    from server.run_checkpoint import ResumeError, find_checkpoint
+    from server.run_report import summary_table
+    from simulations.flower_launcher import SimulationError, run_app, simulation_superlink
+
+    config = resolve_config(preset, settings, out)
+    run_dir = Path(config.run_dir)
+    try:
+        check_run_data(config)  # bad folder or impossible split: fail before anything starts
+    except DataFolderError as err:
+        print(f"{PROG}: {err.kind}: {err}", file=sys.stderr)
+        return 1
+    run_dir.mkdir(parents=True, exist_ok=True)
+    state_dir = Path(config.sim_state_dir).expanduser() if config.sim_state_dir \
+        else run_dir / "nodes"
+    try:
+        checkpoint = find_checkpoint(run_dir, config)  # a different run there: ConfigError
+    except ResumeError as err:
+        print(f"fedssl: error: {err}", file=sys.stderr)
+        return 2
+    if checkpoint is not None:
+        print(f"fedssl: {run_dir} holds this run up to round {checkpoint.round}/"
+              f"{config.num_rounds}; continuing it (use a new --out for a new run)", flush=True)
+    elif any(state_dir.glob("*/ledger.sqlite")):
+        print(f"fedssl: note: the simulated nodes in {state_dir} already spent privacy in "
+              "earlier runs; their ledgers continue, so their ε starts from there (use a new "
+              "--out for a fresh federation)", flush=True)
+    summary_file = run_dir / "summary.json"
+    summary_file.unlink(missing_ok=True)
+    log_file = run_dir / "simulation.log"
+    log_file.unlink(missing_ok=True)
+
+    def echo(line: str) -> None:
+        if verbose or "[fedssl]" in line or "ERROR" in line:
+            print(line, flush=True)
+
+    started = time.monotonic()
+    data = f"data {config.data}" if config.data else "embedded demo data"
+    print(f"fedssl: simulating {config.num_clients} clients x {config.num_rounds} rounds on "
+          f"{data}; RUN_DIR {run_dir}; full log in {log_file}", flush=True)
+    try:
+        with simulation_superlink(run_dir / "superlink.log") as env:
+            code = run_app(env, config.to_mapping(), config.num_clients, log_file, echo)
+    except SimulationError as err:
+        print(f"fedssl: error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        # The launcher's cleanup has run by now: every started process is stopped.
+        print(interrupted_message(run_dir, config), file=sys.stderr, flush=True)
+        return 130
+    # `flwr run --stream` exits 0 even when the run failed: the summary is the proof.
+    if code != 0 or not summary_file.exists():
+        print(f"fedssl: error: the run did not finish (flwr exit code {code}); "
+              f"last lines of {log_file}:", file=sys.stderr)
+        print("\n".join(log_file.read_text().splitlines()[-30:]), file=sys.stderr)
+        return 1
+    summary = json.loads(summary_file.read_text())
+    print(f"\nfedssl: done in {time.monotonic() - started:.0f}s; results in {run_dir}\n")
+    if summary["arms"]:  # none when downstream=false (pretraining only)
+        print(summary_table(summary))
+    privacy = summary["privacy"]
+    print(f"\nrecord-level DP per client: max epsilon {privacy['max_epsilon']:.3f} "
+          f"at delta {privacy['delta']:g} ({privacy['accountant'].upper()})")
+    return 0
+
+
+def interrupted_message(run_dir: Path, config: RunConfig) -> str:
+    """What an interrupted run left in RUN_DIR, and how to continue it."""
+    from server.run_checkpoint import ResumeError, find_checkpoint
+
+    try:
+        checkpoint = find_checkpoint(run_dir, config)
+    except (ResumeError, ValueError):
+        checkpoint = None
+    head = "fedssl: interrupted; all processes stopped"
+    if checkpoint is None:
+        return f"{head}; no round was committed in {run_dir}"
+    return (f"{head}; {run_dir} holds rounds 1-{checkpoint.round} of {config.num_rounds}: "
+            "run the same command again to continue")
