@@ -40,7 +40,7 @@ SHARED_ONLY = ("task", "seed", "run-dir", "num-rounds", "downstream", "test-frac
                "finetune-epochs", "finetune-batch-size", "finetune-learning-rate",
                "finetune-min-steps",
                "tokenizer", "hidden-size", "num-layers", "num-heads", "intermediate-size",
-               "max-length")
+               "max-length", "data", "partition")
 GRID_KEYS = ("task", "seeds", "label-budgets", "recipes", "headline-budget", "rounds",
              "settings", "pretraining")
 
