@@ -20,7 +20,7 @@ import dataclasses
 import hashlib
 import json
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -210,6 +210,21 @@ class PrivacyLedger:
                 return False
             self._insert(conn, entry)
         return True
+
+    def add_many(self, entries: Iterable[LedgerEntry]) -> int:
+        """`add` for many entries in one durable transaction; returns how many were new.
+
+        The server stores every node's whole ledger every round: one fsync per round instead
+        of one per entry (at 100 nodes the per-entry commits dominated the round's overhead).
+        """
+        added = 0
+        with self._transaction() as conn:
+            for entry in entries:
+                if conn.execute("SELECT 1 FROM entries WHERE hash=?", (entry.hash,)).fetchone():
+                    continue
+                self._insert(conn, entry)
+                added += 1
+        return added
 
     def _insert(self, conn: sqlite3.Connection, entry: LedgerEntry) -> None:
         last = conn.execute("SELECT row_hash FROM entries ORDER BY seq DESC LIMIT 1").fetchone()

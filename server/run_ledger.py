@@ -38,7 +38,7 @@ def record_round(
             # Kept anyway (the audit names it); dropping it could hide a node's spend.
             log(30, "node %s sent a ledger entry whose hash does not match its content",
                 entry.node_id)
-        ledger.add(entry)
+    ledger.add_many(record.ledger)
     dp = record.client_dp
     if dp is None:
         return None
