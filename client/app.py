@@ -47,6 +47,9 @@ def train(msg: Message, context: Context) -> Message:
         sigma = choose_noise_multiplier(config, len(records[0]))
         save_noise_multiplier(context.state, sigma)
     server_round = int(round_config["server-round"])
+    # A retried attempt of a short round (short-round=retry) is a new release: fresh batches
+    # and noise, and a new ledger entry for the same round.
+    attempt = int(round_config.get("attempt", 1))
     output = run_client_round(
         config=config,
         task=task,
@@ -57,7 +60,8 @@ def train(msg: Message, context: Context) -> Message:
         noise_multiplier=sigma,
         run_id=str(context.run_id),
         server_round=server_round,
-        seed=config.seed * 1_000_003 + server_round * 1_009 + (node.partition_id or 0),
+        seed=(config.seed * 1_000_003 + server_round * 1_009 + (attempt - 1) * 100_003
+              + (node.partition_id or 0)),
     )
     if output.refusal:
         log(30, "fedssl node %s refuses round %d: %s", node.node_id, server_round,

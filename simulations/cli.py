@@ -81,6 +81,7 @@ def _raise_interrupt(signum: int, frame: object) -> None:
 def simulate_command(out: str | None, settings: list[str], verbose: bool) -> int:
     """Validate the settings, run the simulation, print the summary table."""
     # Imported here so `fedssl --help` and config errors answer without loading torch/Flower.
+    from common.privacy_ledger import LedgerError
     from common.tasks import check_demo_data
     from server.run_checkpoint import ResumeError, find_checkpoint
     from server.run_report import summary_table
@@ -98,7 +99,10 @@ def simulate_command(out: str | None, settings: list[str], verbose: bool) -> int
         else run_dir / "nodes"
     try:
         checkpoint = find_checkpoint(run_dir, config)  # a different run there: ConfigError
-    except ResumeError as err:
+        if checkpoint is not None:
+            checkpoint.verify()  # a truncated model file: say so now, not inside Flower
+        _check_run_ledger(run_dir)
+    except (ResumeError, LedgerError) as err:
         print(f"fedssl: error: {err}", file=sys.stderr)
         return 2
     if checkpoint is not None:
@@ -139,6 +143,24 @@ def simulate_command(out: str | None, settings: list[str], verbose: bool) -> int
     print(f"\nrecord-level DP per client: max epsilon {privacy['max_epsilon']:.3f} "
           f"at delta {privacy['delta']:g} ({privacy['accountant'].upper()})")
     return 0
+
+
+def _check_run_ledger(run_dir: Path) -> None:
+    """LedgerError (one line) if RUN_DIR already holds a ledger that cannot be read.
+
+    The run ledger is never reset, so a corrupt one must stop the run before any privacy is
+    spent: the server could not record the clients' entries.
+    """
+    from common.privacy_ledger import LedgerError, read_ledger
+    from server.run_ledger import RUN_LEDGER, RUN_OWNER
+
+    path = run_dir / RUN_LEDGER
+    if not path.exists():
+        return
+    ledger = read_ledger(path)
+    if ledger.owner != RUN_OWNER:
+        raise LedgerError(f"{path} is a node's ledger (owner '{ledger.owner}'), not a run's")
+    ledger.rows()
 
 
 if __name__ == "__main__":

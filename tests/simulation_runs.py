@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -20,13 +21,24 @@ TINY_RUN = {
 }
 
 
+# Every process this test session starts inherits this marker, so "our" Flower processes are
+# told apart from those of other test sessions on the same machine (never touch theirs).
+MARKER_KEY = "FEDSSL_TEST_SESSION"
+os.environ.setdefault(MARKER_KEY, f"pytest-{os.getpid()}")
+
+
 def flower_processes() -> set[int]:
-    """PIDs of every Flower/Ray process on the machine."""
+    """PIDs of every Flower/Ray process started by this test session."""
     found = set()
     for proc in psutil.process_iter(["cmdline"]):
         cmdline = " ".join(proc.info["cmdline"] or [])
-        if any(name in cmdline for name in FLOWER_PROCESS_NAMES):
-            found.add(proc.pid)
+        if not any(name in cmdline for name in FLOWER_PROCESS_NAMES):
+            continue
+        try:
+            if proc.environ().get(MARKER_KEY) == os.environ[MARKER_KEY]:
+                found.add(proc.pid)
+        except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):
+            continue
     return found
 
 
