@@ -184,6 +184,8 @@ class DeltaFedAvg(FedAvg):
         """Record what the reply says (ledger, spend, status); True if its Δ is usable."""
         flower_id = msg.metadata.src_node_id
         if msg.has_error():
+            log(30, "round %d: node-%d failed: %s", record.server_round, flower_id,
+                msg.error.reason)
             record.rejected.append({"node": f"node-{flower_id}", "reason": msg.error.reason,
                                     "attempt": record.attempts})
             return False
