@@ -45,6 +45,9 @@ def train(msg: Message, context: Context) -> Message:
             sigma = choose_noise_multiplier(config, len(records[0]))
             save_noise_multiplier(context.state, sigma)
     server_round = int(round_config["server-round"])
+    # A retried attempt of a short round (short-round=retry) is a new release: fresh batches
+    # and noise, and a new ledger entry for the same round.
+    attempt = int(round_config.get("attempt", 1))
     # "round": ledger and accounting, model build ("build"), DP-SGD ("train"), update clipping
     with timing.phase("round"):
         output = run_client_round(
@@ -57,7 +60,8 @@ def train(msg: Message, context: Context) -> Message:
             noise_multiplier=sigma,
             run_id=str(context.run_id),
             server_round=server_round,
-            seed=config.seed * 1_000_003 + server_round * 1_009 + (node.partition_id or 0),
+            seed=(config.seed * 1_000_003 + server_round * 1_009 + (attempt - 1) * 100_003
+                  + (node.partition_id or 0)),
             train=timing.timed("train", train_locally),
         )
     if output.refusal:

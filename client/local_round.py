@@ -5,7 +5,10 @@ The order is the privacy contract:
 2. project the node's ε after this round from its durable ledger; past its budget, refuse;
 3. append the round's spend to the ledger (durable) *before* touching the data, so a crash
    during training can only over-count, never under-count;
-4. train with DP-SGD, then build the clipped update that leaves the node.
+4. train with DP-SGD, then build the clipped update that leaves the node;
+5. confirm the write-ahead entry (durable) before the reply leaves. An entry without its
+   confirmation is a round that crashed: still counted in full (an over-count), and reported
+   as such by `fedssl audit`.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from flwr.common import log
 
 from client.dp_training import DpSettings, LocalResult, poisson_sample_rate, train_locally
 from client.node_settings import NodeSettings
@@ -97,6 +101,11 @@ def run_client_round(
     update, raw_norm = clip_update(
         compute_update(model.state_dict(), global_state), config.update_clip_norm
     )
+    if ledger.confirm(entry) is None:
+        # Another entry was appended since ours (two processes sharing one state dir): the
+        # round stays unconfirmed, i.e. over-counted in reports; the spend is recorded either way.
+        log(30, "fedssl node %s: round %d's ledger entry is no longer the node's latest; "
+            "left unconfirmed (reported as a crashed round)", node.node_id, server_round)
     # Δ (and its norm) is post-processing of DP-SGD output. The record count and the mean
     # training loss are not: they are released outside the DP guarantee (README, "Privacy").
     return RoundOutput(

@@ -10,6 +10,7 @@ record-level DP per client and client-level DP for the federation are separate r
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 from collections.abc import Mapping, Sequence
@@ -23,9 +24,11 @@ from common.privacy_ledger import (
     CLIENT_LEVEL,
     FEDERATION_NODE,
     GENESIS,
+    RECORD_LEVEL,
     LedgerError,
     LedgerRow,
     read_ledger,
+    unconfirmed,
 )
 
 __all__ = [
@@ -69,6 +72,22 @@ class NodeAudit:
     budget: float | None  # max_epsilon at the latest event; None = no budget
     status: str
     reasons: tuple[str, ...]
+    # Write-ahead entries with no confirmation: crashed (or still running) rounds, counted in
+    # full. `confirmations` = 0 means the ledger holds none for this node (see `legacy`).
+    unconfirmed: tuple[LedgerRow, ...] = ()
+    confirmations: int = 0
+
+    @property
+    def legacy(self) -> bool:
+        """A node's record-level chain with no confirmation at all: written before fedssl
+        confirmed rounds (or every round crashed); its entries cannot be told apart."""
+        return (self.guarantee == RECORD_LEVEL and self.node_id != FEDERATION_NODE
+                and self.confirmations == 0)
+
+    @property
+    def crashed_rounds(self) -> tuple[LedgerRow, ...]:
+        """Unconfirmed entries of a node that does confirm: rounds that crashed mid-way."""
+        return () if self.legacy else self.unconfirmed
 
     @property
     def ok(self) -> bool:
@@ -210,9 +229,15 @@ def audit(path: Path | str, delta: float | None = None) -> AuditReport:
     chain_problems = verify_chain(rows)
     broken = {p.seq for p in chain_problems if p.check in ("type", "value")}
     groups: dict[tuple[str, str], list[LedgerRow]] = {}
+    confirmations: dict[tuple[str, str], int] = {}
     for row in rows:
-        if row.seq not in broken:
-            groups.setdefault((row.entry.node_id, row.entry.guarantee), []).append(row)
+        key = (row.entry.node_id, row.entry.guarantee)
+        if row.seq in broken:
+            continue
+        if row.entry.is_confirmation:  # never spend: not in the ε recomputation
+            confirmations[key] = confirmations.get(key, 0) + 1
+        else:
+            groups.setdefault(key, []).append(row)
     if broken:
         notes.append(f"{len(broken)} row(s) with invalid values are left out of the ε "
                      "recomputation (see the integrity problems)")
@@ -227,9 +252,33 @@ def audit(path: Path | str, delta: float | None = None) -> AuditReport:
         if len({r.entry.delta for r in group}) > 1:
             notes.append(f"node '{node}' ({guarantee}) changed δ between events; each claim "
                          "is checked at its own δ")
-    nodes = tuple(audit_node(group, delta) for group in groups.values())
+    open_hashes = {e.hash for e in unconfirmed([r.entry for r in rows if r.seq not in broken])}
+    nodes = tuple(
+        dataclasses.replace(audit_node(group, delta),
+                            unconfirmed=tuple(r for r in group if r.entry.hash in open_hashes),
+                            confirmations=confirmations.get(key, 0))
+        for key, group in groups.items())
+    notes += _confirmation_notes(nodes)
     return AuditReport(ledger_path, summary_path, owner, len(rows), head["head"], anchor, delta,
                        tuple(chain_problems), tuple(anchor_problems), nodes, tuple(notes))
+
+
+def _confirmation_notes(nodes: Sequence[NodeAudit]) -> list[str]:
+    """One note per node with crashed rounds; one for nodes whose ledger predates confirmations."""
+    notes = []
+    for node in nodes:
+        if node.crashed_rounds:
+            where = ", ".join(f"round {r.entry.round} of run {r.entry.run_id} (row {r.seq})"
+                              for r in node.crashed_rounds)
+            notes.append(f"node '{node.node_id}': {len(node.crashed_rounds)} crashed round(s) "
+                         f"(write-ahead entry never confirmed): {where}; counted in full — an "
+                         "over-count, never an under-count")
+    legacy = sorted(n.node_id for n in nodes if n.legacy)
+    if legacy:
+        notes.append(f"no confirmations recorded for {', '.join(legacy)}: their entries were "
+                     "written before fedssl confirmed completed rounds (or every round "
+                     "crashed); all are counted in full, as always")
+    return notes
 
 
 def _summary_anchor(

@@ -16,6 +16,7 @@ from typing import Any
 from common.privacy_accounting import ACCOUNTANT
 from common.privacy_ledger import (
     CLIENT_LEVEL,
+    CONFIRMATION,
     GAUSSIAN_NO_AMPLIFICATION,
     GENESIS,
     POISSON_GAUSSIAN,
@@ -26,7 +27,10 @@ from common.privacy_ledger import (
 )
 
 _GUARANTEES = {RECORD_LEVEL, CLIENT_LEVEL}
-_MECHANISMS = {POISSON_GAUSSIAN, GAUSSIAN_NO_AMPLIFICATION}
+_MECHANISMS = {POISSON_GAUSSIAN, GAUSSIAN_NO_AMPLIFICATION, CONFIRMATION}
+# What a confirmation must repeat from the write-ahead entry it confirms.
+_CONFIRMED_FIELDS = ("run_id", "round", "guarantee", "noise_multiplier", "sample_rate", "delta",
+                     "accountant", "epsilon", "max_epsilon")
 _FIELD_TYPES = {f.name: str(f.type) for f in fields(LedgerEntry)}
 
 
@@ -34,7 +38,8 @@ _FIELD_TYPES = {f.name: str(f.type) for f in fields(LedgerEntry)}
 class Problem:
     """One failed check, in plain words; `seq`/`node_id`/`round` name the entry when known."""
 
-    check: str  # entry-hash, row-seq, row-chain, row-hash, node-chain, type, value, anchor
+    check: str  # entry-hash, row-seq, row-chain, row-hash, node-chain, type, value, anchor,
+    # confirmation
     message: str
     seq: int | None = None
     node_id: str | None = None
@@ -85,6 +90,10 @@ def verify_chain(rows: Sequence[LedgerRow]) -> list[Problem]:
         if not type_errors:
             for text in _value_errors(entry):
                 flag("value", text)
+            if entry.is_confirmation:
+                text = _confirmation_error(entry, node_previous)
+                if text:
+                    flag("confirmation", text)
         previous = row
         last_of_node[entry.node_id] = row
     return problems
@@ -153,6 +162,19 @@ def _node_link_text(row: LedgerRow, node_previous: LedgerRow | None,
             "is missing (deleted), or the link was altered")
 
 
+def _confirmation_error(entry: LedgerEntry, node_previous: LedgerRow | None) -> str:
+    """Why a confirmation does not confirm the node's entry right before it ('' if it does)."""
+    if node_previous is None or node_previous.entry.is_confirmation:
+        return ("a confirmation that follows no write-ahead entry of its node: it confirms "
+                "nothing (inserted, or the entry it confirmed was deleted)")
+    confirmed = node_previous.entry
+    differ = [f for f in _CONFIRMED_FIELDS if getattr(entry, f) != getattr(confirmed, f)]
+    if differ:
+        return (f"the confirmation differs from the entry it confirms (row {node_previous.seq}) "
+                f"in {', '.join(differ)}")
+    return ""
+
+
 def _type_errors(row: LedgerRow) -> list[str]:
     errors = []
     for name, kind in _FIELD_TYPES.items():
@@ -182,6 +204,8 @@ def _value_errors(entry: LedgerEntry) -> list[str]:
         (0 <= entry.noise_multiplier < math.inf,
          f"noise multiplier σ={entry.noise_multiplier} is not a finite number ≥ 0"),
         (entry.steps >= 0, f"steps={entry.steps} is negative"),
+        (not entry.is_confirmation or entry.steps == 0,
+         f"a confirmation must have 0 steps, not {entry.steps} (it is never spend)"),
         (entry.round >= 0, f"round={entry.round} is negative"),
         (entry.epsilon >= 0, f"claimed ε={entry.epsilon} is not ≥ 0"),
         (entry.max_epsilon >= 0, f"max_epsilon={entry.max_epsilon} is not ≥ 0"),

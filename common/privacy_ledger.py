@@ -12,6 +12,15 @@ DP events, in RUN_DIR/ledger.sqlite. Two chains make tampering evident:
 
 A chain cannot reveal a cut-off *tail* by itself; the server records the head (row count and
 last row hash) in summary.json, and the audit checks it when present.
+
+**Write-ahead entries and confirmations.** A node appends its round's spend *before* it
+trains (the write-ahead entry) and, once training finished and before its reply leaves, a
+*confirmation*: an entry with mechanism CONFIRMATION, zero steps, the same run, round, σ, q,
+δ and claimed ε, chained directly after the entry it confirms (its `prev_hash` is that entry's
+hash). A confirmation is never spend: `history()` leaves it out, and so does the audit's ε
+recomputation. A write-ahead entry without a confirmation is a round that crashed (or is still
+running): it is counted in full, an over-count, never an under-count. Confirmations live in
+the same chains as spend, so deleting, inserting or editing one is as evident as for spend.
 """
 
 from __future__ import annotations
@@ -36,6 +45,9 @@ CLIENT_LEVEL = "client-level"
 POISSON_GAUSSIAN = "poisson-subsampled-gaussian"
 GAUSSIAN_NO_AMPLIFICATION = "gaussian-no-amplification"
 FEDERATION_NODE = "federation"  # node id of the server's client-level DP events
+# Mechanism of a confirmation entry: "the write-ahead entry before me completed". Not a
+# privacy mechanism; it never spends (history() and the audit leave it out).
+CONFIRMATION = "write-ahead-confirmed"
 
 
 class LedgerError(RuntimeError):
@@ -66,6 +78,11 @@ class LedgerEntry:
     timestamp: str
     prev_hash: str
     hash: str = ""
+
+    @property
+    def is_confirmation(self) -> bool:
+        """True for a confirmation entry (never spend), False for a privacy-consuming event."""
+        return self.mechanism == CONFIRMATION
 
     def body(self) -> dict[str, Any]:
         """Every field except `hash`: what the hash covers."""
@@ -171,13 +188,21 @@ class PrivacyLedger:
             ]
 
     def entries(self, node_id: str | None = None) -> list[LedgerEntry]:
-        """Entries in order, optionally only one node's."""
+        """Entries in order (confirmations included), optionally only one node's."""
         return [r.entry for r in self.rows() if node_id is None or r.entry.node_id == node_id]
 
+    def spends(self, node_id: str | None = None) -> list[LedgerEntry]:
+        """Privacy-consuming entries in order (no confirmations), optionally one node's."""
+        return [e for e in self.entries(node_id) if not e.is_confirmation]
+
     def history(self, node_id: str, guarantee: str) -> list[HistoryEntry]:
-        """A node's spend as an accountant history [(σ, q, steps), ...]."""
+        """A node's spend as an accountant history [(σ, q, steps), ...].
+
+        Every write-ahead entry counts, confirmed or not (a crashed round over-counts);
+        confirmations are not spend and never count.
+        """
         return [(e.noise_multiplier, e.sample_rate, e.steps)
-                for e in self.entries(node_id) if e.guarantee == guarantee]
+                for e in self.spends(node_id) if e.guarantee == guarantee]
 
     def head(self) -> dict[str, Any]:
         """Row count and last row hash: an anchor that reveals a cut-off tail."""
@@ -202,6 +227,26 @@ class PrivacyLedger:
             entry = dataclasses.replace(draft, hash=draft.computed_hash())
             self._insert(conn, entry)
         return entry
+
+    def confirm(self, entry: LedgerEntry) -> LedgerEntry | None:
+        """Record that write-ahead `entry` completed; returns the confirmation, or None.
+
+        Only the node's latest entry can be confirmed (the confirmation chains right after
+        it). If something else was appended since, nothing is written: the round then reads
+        as crashed, an over-count, which is the safe side of being wrong.
+        """
+        with self._transaction() as conn:
+            last = conn.execute(
+                "SELECT hash FROM entries WHERE node_id=? ORDER BY seq DESC LIMIT 1",
+                (entry.node_id,),
+            ).fetchone()
+            if entry.is_confirmation or last is None or last[0] != entry.hash:
+                return None
+            draft = dataclasses.replace(entry, mechanism=CONFIRMATION, steps=0,
+                                        timestamp=utc_now(), prev_hash=entry.hash, hash="")
+            confirmation = dataclasses.replace(draft, hash=draft.computed_hash())
+            self._insert(conn, confirmation)
+        return confirmation
 
     def add(self, entry: LedgerEntry) -> bool:
         """Store an entry written elsewhere (verbatim); False if this exact entry is present."""
@@ -255,6 +300,18 @@ class PrivacyLedger:
                 yield conn
         except sqlite3.DatabaseError as err:
             raise LedgerError(f"cannot use privacy ledger {self.path}: {err}") from None
+
+
+def unconfirmed(entries: list[LedgerEntry]) -> list[LedgerEntry]:
+    """Nodes' record-level write-ahead entries that no confirmation follows (crashed rounds).
+
+    The server's client-level events are written in one step after the release, so they
+    have no write-ahead phase and are never "unconfirmed".
+    """
+    confirmed = {e.prev_hash for e in entries if e.is_confirmation}
+    return [e for e in entries
+            if not e.is_confirmation and e.guarantee == RECORD_LEVEL
+            and e.node_id != FEDERATION_NODE and e.hash not in confirmed]
 
 
 def read_ledger(path: Path | str) -> PrivacyLedger:

@@ -18,6 +18,7 @@ AUTO = "auto"
 CLIENT_SAMPLING = ("fixed", "poisson")
 AGGREGATORS = ("mean", "median", "trimmed-mean")
 PARTITIONS = ("dirichlet", "iid", "column")  # how simulated clients split the unlabeled pool
+SHORT_ROUND = ("skip", "retry")
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,8 @@ class RunConfig:
     fraction_train: float = 1.0
     min_clients: int = 1  # fewer usable updates than this: the round is skipped
     round_timeout: float = 3600.0  # seconds to wait for replies; late ones are dropouts
+    short_round: str = "skip"  # too few usable updates: "skip" at once, or "retry" first
+    round_retries: int = 1  # short-round=retry: re-runs (fresh sample) before a skip
     aggregator: str = "mean"  # "mean" (FedAvg), or robust: "median", "trimmed-mean"
     trim_fraction: float = 0.2  # trimmed-mean: share cut from each end, per coordinate
     # Local DP-SGD (record-level DP)
@@ -177,6 +180,13 @@ class RunConfig:
         _require("min-clients", 1 <= self.min_clients <= self.num_clients,
                  f"must be between 1 and num-clients ({self.num_clients})")
         _require("round-timeout", 0 < self.round_timeout < math.inf, "must be > 0 seconds")
+        _require("short-round", self.short_round in SHORT_ROUND,
+                 f"must be one of {', '.join(SHORT_ROUND)}")
+        _require("round-retries", self.round_retries >= 0, "must be >= 0")
+        _require("short-round", not (self.client_dp and self.short_round == "retry"),
+                 "client-level DP releases (and accounts) a noisy aggregate on every attempt; "
+                 "re-running a round because few clients took part would reveal "
+                 "participation: use short-round=skip with client-dp")
         _require("aggregator", self.aggregator in AGGREGATORS,
                  f"must be one of {', '.join(AGGREGATORS)}")
         _require("trim-fraction", 0 <= self.trim_fraction < 0.5, "must be in [0, 0.5)")

@@ -90,6 +90,8 @@ def federated_rounds(
         seed=config.seed,
         round_offset=done,
         min_clients=config.min_clients,
+        round_retries=config.round_retries if config.short_round == "retry" else 0,
+        round_timeout=config.round_timeout,
         robust=robust_aggregator(config),
         fraction_train=config.fraction_train,
         fraction_evaluate=0.0,
@@ -110,6 +112,8 @@ def federated_rounds(
             "public-inputs-sha256": task.public_inputs_sha256(config),
         }),
     )
+    if len(result.arrays) == 0:  # every round was skipped: Flower reports no arrays at all
+        return model.state_dict()
     return result.arrays.to_torch_state_dict()
 
 

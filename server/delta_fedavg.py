@@ -43,6 +43,8 @@ class RoundRecord:
     skipped: bool = False  # fewer than min-clients usable updates: model unchanged
     dropouts: list[str] = field(default_factory=list)  # sampled, no reply before the timeout
     seconds: float = 0.0
+    attempts: int = 1  # > 1 when a short round was re-run (short-round=retry)
+    attempt_log: list[dict[str, object]] = field(default_factory=list)  # per attempt
 
 
 class DeltaFedAvg(FedAvg):
@@ -52,7 +54,8 @@ class DeltaFedAvg(FedAvg):
         self, *, update_clip_norm: float, on_round: Callable[[RoundRecord, State], None],
         client_dp: ClientDpSettings | None = None, poisson_rate: float | None = None,
         expected_clients: int = 1, seed: int = 0, round_offset: int = 0,
-        min_clients: int = 1, robust: FedAvg | None = None, **fedavg_kwargs: object,
+        min_clients: int = 1, robust: FedAvg | None = None, round_retries: int = 0,
+        round_timeout: float = 3600.0, **fedavg_kwargs: object,
     ) -> None:
         super().__init__(**fedavg_kwargs)  # type: ignore[arg-type]
         self.update_clip_norm = update_clip_norm
@@ -64,6 +67,9 @@ class DeltaFedAvg(FedAvg):
         # its sampling and noise streams, so a restart never replays a finished round's draws.
         self.round_offset = round_offset
         self.min_clients = min_clients
+        self.round_retries = round_retries  # short rounds re-run this often before a skip
+        self.round_timeout = round_timeout  # also the wait of a retried attempt
+        self._round_inputs: tuple[ArrayRecord, ConfigRecord, Grid] | None = None
         # Flower's FedMedian / FedTrimmedAvg aggregate whatever arrays replies carry; ours
         # are updates Δ, so their robust statistic of the Δ is applied like the mean.
         self.robust = robust
@@ -81,6 +87,14 @@ class DeltaFedAvg(FedAvg):
         server_round += self.round_offset
         self._global = arrays.to_torch_state_dict()
         self._started = time.monotonic()
+        self._round_inputs = (arrays, config, grid)  # a retried attempt re-samples with these
+        return self._sample(server_round, attempt=1)
+
+    def _sample(self, server_round: int, attempt: int) -> list[Message]:
+        """One attempt's messages: fresh sample, the round's weights and config + attempt."""
+        assert self._round_inputs is not None, "configure_train starts every round"
+        arrays, config, grid = self._round_inputs
+        config = ConfigRecord({**dict(config), "attempt": attempt})  # clients seed by it
         if self.poisson_rate is None:
             messages = list(super().configure_train(server_round, arrays, config, grid))
         else:
@@ -95,16 +109,35 @@ class DeltaFedAvg(FedAvg):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Check every reply, keep its ledger, and apply the mean of the valid updates."""
+        """Check every reply, keep its ledger, and apply the mean of the valid updates.
+
+        A round with fewer than min-clients usable updates is re-run with a fresh sample up
+        to `round_retries` times (short-round=retry), then skipped with the model unchanged.
+        Updates of a short attempt are discarded; the spend of every attempt is kept (its
+        clients recorded it in their own ledgers, and their entries go into the run ledger).
+        """
         server_round += self.round_offset
         record = RoundRecord(server_round=server_round, sampled=self._sampled)
-        replies = list(replies)
-        valid = [msg for msg in replies if self._accept(msg, record)]
-        replied = {msg.metadata.src_node_id for msg in replies}
-        record.dropouts = sorted(f"node-{n}" for n in self._sampled_nodes - replied)
-        if record.dropouts:
-            log(30, "round %d: no reply within round-timeout from %s", server_round,
-                ", ".join(record.dropouts))
+        valid = self._collect(list(replies), record)
+        # With client-level DP there is never a retry: DP-FedAvg releases (and the ledger
+        # accounts) a noisy aggregate on the first attempt whatever the participation, and
+        # choosing to re-run by the count of usable updates would itself depend on who took
+        # part. RunConfig refuses short-round=retry with client-dp; the check here keeps a
+        # misconfigured strategy from releasing twice while accounting once.
+        while (self.client_dp is None and len(valid) < self.min_clients
+               and record.attempts <= self.round_retries):
+            log(30, "round %d: attempt %d had only %d usable update(s), min-clients is %d: "
+                "retrying with a fresh sample (%d of %d retries)", server_round,
+                record.attempts, len(valid), self.min_clients, record.attempts,
+                self.round_retries)
+            messages = self._sample(server_round, attempt=record.attempts + 1)
+            grid = self._round_inputs[2] if self._round_inputs else None
+            assert grid is not None
+            replies = grid.send_and_receive(messages, timeout=self.round_timeout)
+            record.attempts += 1
+            record.sampled = self._sampled
+            record.clients = []  # a short attempt's updates are discarded, never averaged
+            valid = self._collect(list(replies), record)
         metrics = None
         if valid:
             metrics = self.train_metrics_aggr_fn(
@@ -121,8 +154,9 @@ class DeltaFedAvg(FedAvg):
                                      self._noise)
             record.client_dp = self.client_dp
         elif len(valid) < self.min_clients:
-            log(30, "round %d: only %d usable update(s), min-clients is %d: round skipped, "
-                "model unchanged", server_round, len(valid), self.min_clients)
+            log(30, "round %d: only %d usable update(s) after %d attempt(s), min-clients is "
+                "%d: round skipped, model unchanged", server_round, len(valid),
+                record.attempts, self.min_clients)
             record.skipped = True
         else:
             aggregate = self.robust.aggregate_train if self.robust else super().aggregate_train
@@ -133,15 +167,31 @@ class DeltaFedAvg(FedAvg):
         self.on_round(record, new_state)  # ledger first, then the model leaves this method
         return (ArrayRecord(new_state) if mean is not None else None), metrics
 
+    def _collect(self, replies: list[Message], record: RoundRecord) -> list[Message]:
+        """One attempt's replies into `record` (ledgers, statuses, dropouts); the usable ones."""
+        valid = [msg for msg in replies if self._accept(msg, record)]
+        replied = {msg.metadata.src_node_id for msg in replies}
+        dropouts = sorted(f"node-{n}" for n in self._sampled_nodes - replied)
+        if dropouts:
+            log(30, "round %d: no reply within round-timeout from %s", record.server_round,
+                ", ".join(dropouts))
+        record.dropouts += dropouts
+        record.attempt_log.append({"attempt": record.attempts, "sampled": self._sampled,
+                                   "usable": len(valid), "dropouts": dropouts})
+        return valid
+
     def _accept(self, msg: Message, record: RoundRecord) -> bool:
         """Record what the reply says (ledger, spend, status); True if its Δ is usable."""
         flower_id = msg.metadata.src_node_id
         if msg.has_error():
-            record.rejected.append({"node": f"node-{flower_id}", "reason": msg.error.reason})
+            log(30, "round %d: node-%d failed: %s", record.server_round, flower_id,
+                msg.error.reason)
+            record.rejected.append({"node": f"node-{flower_id}", "reason": msg.error.reason,
+                                    "attempt": record.attempts})
             return False
         info = msg.content.config_records.get(REPLY_KEY)
         if info is None:
-            record.rejected.append({"node": f"node-{flower_id}",
+            record.rejected.append({"node": f"node-{flower_id}", "attempt": record.attempts,
                                     "reason": "not a fedssl reply (no ledger)"})
             return False
         node = str(info["node"]) or f"node-{flower_id}"
@@ -149,23 +199,27 @@ class DeltaFedAvg(FedAvg):
         status, reason = str(info["status"]), str(info["reason"])
         if status == "refused":
             log(30, "round %d: node %s refused: %s", record.server_round, node, reason)
-            record.refused.append({"node": node, "reason": reason})
+            record.refused.append({"node": node, "reason": reason, "attempt": record.attempts})
             return False
         if status != "trained":
             log(30, "round %d: node %s failed: %s", record.server_round, node, reason)
-            record.rejected.append({"node": node, "reason": reason or status})
+            record.rejected.append({"node": node, "reason": reason or status,
+                                    "attempt": record.attempts})
             return False
-        metrics = {**dict(msg.content.get("metrics", {})), "node": node}
+        metrics = {**dict(msg.content.get("metrics", {})), "node": node,
+                   "attempt": record.attempts}
         record.spend.append(metrics)  # spent whether or not its update is used
         if "arrays" not in msg.content or "metrics" not in msg.content:
-            record.rejected.append({"node": node, "reason": "reply lacks arrays/metrics"})
+            record.rejected.append({"node": node, "reason": "reply lacks arrays/metrics",
+                                    "attempt": record.attempts})
             return False
         update = msg.content["arrays"].to_torch_state_dict()
         problem = update_problem(update, self._global, self.update_clip_norm)
         if problem:
             log(30, "round %d: rejected update from node %s: %s", record.server_round, node,
                 problem)
-            record.rejected.append({"node": node, "reason": problem})
+            record.rejected.append({"node": node, "reason": problem,
+                                    "attempt": record.attempts})
             return False
         record.clients.append({**metrics, "received-norm": update_norm(update)})
         return True

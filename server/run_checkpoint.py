@@ -37,11 +37,16 @@ class Checkpoint:
     model_file: Path
     model_sha256: str
 
-    def load_model(self) -> State:
-        """The global model after `round` (ResumeError if the file does not match)."""
+    def verify(self) -> None:
+        """ResumeError unless the round's model file is there and matches its SHA-256."""
         if not self.model_file.is_file() or _sha256(self.model_file) != self.model_sha256:
             raise ResumeError(f"the checkpointed model {self.model_file} is missing or does "
-                              "not match checkpoint.json (corrupt or truncated)")
+                              "not match checkpoint.json (corrupt or truncated); move RUN_DIR "
+                              "aside to start a new run")
+
+    def load_model(self) -> State:
+        """The global model after `round` (ResumeError if the file does not match)."""
+        self.verify()
         return load_state(self.model_file)
 
 

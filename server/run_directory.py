@@ -100,6 +100,7 @@ class RoundRecorder:
             "refused": record.refused,
             "dropouts": record.dropouts,
             "skipped": record.skipped,
+            "attempts": record.attempt_log,
             "client_level_epsilon": None if federation is None else federation.epsilon,
             "train_loss": weighted_loss(record.clients),
             "max_epsilon": max(eps, default=None),
@@ -160,6 +161,7 @@ def _progress_line(line: dict[str, Any], num_rounds: int) -> str:
         f"/{line['clients_sampled']}"
         + (f" ({len(line['refused'])} refused: budget)" if line["refused"] else "")
         + (f" ({len(line['dropouts'])} no reply)" if line["dropouts"] else "")
+        + (f" ({len(line['attempts'])} attempts)" if len(line.get("attempts", [])) > 1 else "")
         + (" SKIPPED: too few updates, model unchanged" if line["skipped"] else "")
         + f" | ssl loss {fmt(line['train_loss'], '.3f')}"
         f" | eps max {fmt(line['max_epsilon'], '.2f')} mean {fmt(line['mean_epsilon'], '.2f')}"

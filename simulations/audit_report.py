@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from common.ledger_audit import ACCOUNTANTS, AuditReport, NodeAudit, Problem
-from common.privacy_ledger import RECORD_LEVEL
+from common.privacy_ledger import FEDERATION_NODE, RECORD_LEVEL
 
 MARKDOWN_FILE = "audit.md"
 PLOT_FILE = "epsilon.png"
 _HEADERS = ["node", "events", "steps", "rounds", "δ", "claimed ε", "ε RDP", "ε PLD",
-            "budget", "status"]
+            "budget", "crashed", "status"]
 _LEGEND_MAX_NODES = 12  # beyond this a per-node legend hides the plot
 
 
@@ -151,7 +151,20 @@ def _cells(node: NodeAudit) -> list[str]:
         f"{node.delta:g} (claims at {node.claim_delta:g})")
     return [node.node_id, str(len(node.events)), str(node.total_steps), span, delta,
             _number(node.claimed_epsilon), _number(node.epsilon_rdp), _number(node.epsilon_pld),
-            "none" if node.budget is None else f"{node.budget:g}", node.status]
+            "none" if node.budget is None else f"{node.budget:g}", _crashed_cell(node),
+            node.status]
+
+
+def _crashed_cell(node: NodeAudit) -> str:
+    """Unconfirmed write-ahead entries: '0', 'rounds 2, 5 (over-counted)', 'legacy' or '-'."""
+    if node.guarantee != RECORD_LEVEL or node.node_id == FEDERATION_NODE:
+        return "-"  # written in one step after the release: nothing to confirm
+    if node.legacy:
+        return "legacy"
+    if not node.crashed_rounds:
+        return "0"
+    return ("round" + ("s " if len(node.crashed_rounds) > 1 else " ")
+            + ", ".join(str(r.entry.round) for r in node.crashed_rounds) + " (over-counted)")
 
 
 def _accountant_line(nodes: list[NodeAudit]) -> str:
@@ -208,9 +221,11 @@ def _problem(problem: Problem) -> dict[str, Any]:
 
 def _node_document(node: NodeAudit, delta: float | None) -> dict[str, Any]:
     events = []
+    open_seqs = {r.seq for r in node.unconfirmed}
     for event in node.events:
         raw = dataclasses.asdict(event.row.entry)
-        events.append({"seq": event.row.seq, **raw, "row_prev": event.row.row_prev,
+        events.append({"seq": event.row.seq, **raw, "confirmed": event.row.seq not in open_seqs,
+                       "row_prev": event.row.row_prev,
                        "row_hash": event.row.row_hash,
                        "recomputed": {"delta": event.row.entry.delta if delta is None
                                       else delta,
@@ -223,7 +238,12 @@ def _node_document(node: NodeAudit, delta: float | None) -> dict[str, Any]:
             "events_count": len(node.events), "total_steps": node.total_steps,
             "rounds": list(node.rounds), "delta": node.delta, "claim_delta": node.claim_delta,
             "claimed_epsilon": node.claimed_epsilon, "epsilon_rdp": node.epsilon_rdp,
-            "epsilon_pld": node.epsilon_pld, "budget": node.budget, "events": events}
+            "epsilon_pld": node.epsilon_pld, "budget": node.budget,
+            "confirmations": node.confirmations, "legacy": node.legacy,
+            "crashed_rounds": [{"seq": r.seq, "run_id": r.entry.run_id, "round": r.entry.round,
+                                "counted": "in full (an over-count, never an under-count)"}
+                               for r in node.crashed_rounds],
+            "events": events}
 
 
 def _finite(value: Any) -> Any:

@@ -42,6 +42,21 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def require_free_port(port: int, what: str) -> None:
+    """SimulationError naming `port` if 127.0.0.1:`port` cannot be bound right now.
+
+    Flower would otherwise start, fail to bind, and exit with its own traceback in a log.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC/uvicorn bind
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError as err:
+            raise SimulationError(f"port {port} on 127.0.0.1 (for the {what}) is already in "
+                                  f"use ({err.strerror}): stop what holds it, or choose "
+                                  "another port") from None
+
+
 def flower_env(flwr_home: Path, http_port: int, control_port: int) -> dict[str, str]:
     """Environment for Flower commands: private FLWR_HOME and ports, no downloads."""
     env = dict(os.environ)
@@ -65,6 +80,8 @@ def simulation_superlink(log_file: Path) -> Iterator[dict[str, str]]:
     """A private simulation SuperLink; yields the env for `flwr` commands; kills it on exit."""
     flwr_home = Path(tempfile.mkdtemp(prefix="fedssl-flwr-home-"))
     http_port, control_port = free_port(), free_port()
+    require_free_port(http_port, "simulation SuperLink")
+    require_free_port(control_port, "simulation SuperLink's Control API")
     env = flower_env(flwr_home, http_port, control_port)
     command = [
         console_script("flower-superlink"), "--insecure", "--simulation", "--isolation", "subprocess",

@@ -22,6 +22,7 @@ from simulations.flower_launcher import (
     console_script,
     flower_env,
     free_port,
+    require_free_port,
     run_config_toml,
     stop_process_tree,
     wait_healthy,
@@ -65,6 +66,7 @@ class LocalDeployment:
     def start_superlink(self) -> None:
         """TLS on Fleet, Control and runtime APIs; only registered node keys may connect."""
         creds = self.credentials
+        require_free_port(self.port, "SuperLink")
         log = self.logs / "superlink.log"
         process = self._spawn("superlink", [
             console_script("flower-superlink"),
@@ -88,11 +90,13 @@ class LocalDeployment:
     ) -> subprocess.Popen[Any]:
         """A SuperNode that trusts only the run's CA and authenticates with `private_key`."""
         config = " ".join(f"{k}={json.dumps(v)}" for k, v in node_config.items())
+        port = free_port()
+        require_free_port(port, f"SuperNode {name}")
         return self._spawn(f"supernode-{name}", [
             console_script("flower-supernode"),
             "--root-certificates", str(self.credentials.ca_cert),
             "--auth-supernode-private-key", str(private_key),
-            "--superlink", f"127.0.0.1:{self.port}", "--port", str(free_port()),
+            "--superlink", f"127.0.0.1:{self.port}", "--port", str(port),
             "--isolation", self.isolation, "--node-config", config,
         ], self.logs / f"supernode-{name}.log")
 

@@ -48,6 +48,7 @@ def simulate_command(
     """
     # Imported here so `fedssl --help` and config errors answer without loading torch/Flower.
     from common.tasks import check_run_data
+    from common.privacy_ledger import LedgerError
     from server.run_checkpoint import ResumeError, find_checkpoint
     from server.run_report import summary_table
     from simulations.flower_launcher import SimulationError, run_app, simulation_superlink
@@ -64,7 +65,10 @@ def simulate_command(
         else run_dir / "nodes"
     try:
         checkpoint = find_checkpoint(run_dir, config)  # a different run there: ConfigError
-    except ResumeError as err:
+        if checkpoint is not None:
+            checkpoint.verify()  # a truncated model file: say so now, not inside Flower
+        _check_run_ledger(run_dir)
+    except (ResumeError, LedgerError) as err:
         print(f"fedssl: error: {err}", file=sys.stderr)
         return 2
     if checkpoint is not None:
@@ -126,3 +130,21 @@ def interrupted_message(run_dir: Path, config: RunConfig) -> str:
         return f"{head}; no round was committed in {run_dir}"
     return (f"{head}; {run_dir} holds rounds 1-{checkpoint.round} of {config.num_rounds}: "
             "run the same command again to continue")
+
+
+def _check_run_ledger(run_dir: Path) -> None:
+    """LedgerError (one line) if RUN_DIR already holds a ledger that cannot be read.
+
+    The run ledger is never reset, so a corrupt one must stop the run before any privacy is
+    spent: the server could not record the clients' entries.
+    """
+    from common.privacy_ledger import LedgerError, read_ledger
+    from server.run_ledger import RUN_LEDGER, RUN_OWNER
+
+    path = run_dir / RUN_LEDGER
+    if not path.exists():
+        return
+    ledger = read_ledger(path)
+    if ledger.owner != RUN_OWNER:
+        raise LedgerError(f"{path} is a node's ledger (owner '{ledger.owner}'), not a run's")
+    ledger.rows()

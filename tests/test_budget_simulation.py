@@ -26,6 +26,7 @@ from common.privacy_ledger import (
     GENESIS,
     POISSON_GAUSSIAN,
     PrivacyLedger,
+    unconfirmed,
 )
 from common.run_config import RunConfig
 
@@ -91,7 +92,7 @@ def test_refusal_happens_exactly_where_the_projection_crosses_the_budget(two_run
     assert summary["privacy"]["budget_refusals"] == refusals
     for node in NODES:
         entries = PrivacyLedger.open(root / "node-state" / node / "ledger.sqlite",
-                                     node).entries()
+                                     node).spends()
         run_a = [e for e in entries if e.run_id == entries[0].run_id]  # run B came later
         trained = sum(projected[r][node] <= budget for r in (1, 2, 3))
         assert [e.round for e in run_a] == list(range(1, trained + 1))
@@ -118,8 +119,9 @@ def test_node_ledgers_accumulate_across_runs(two_runs):
     for node in NODES:
         trained_in_a = sum(projected[r][node] <= budget for r in (1, 2, 3))
         ledger = PrivacyLedger.open(root / "node-state" / node / "ledger.sqlite", node)
-        entries = ledger.entries()
-        assert len(entries) == trained_in_a + 1
+        entries = ledger.entries()  # spends and their confirmations, one chain
+        assert len(ledger.spends()) == trained_in_a + 1
+        assert not unconfirmed(entries)  # every round that trained completed
         assert len({e.run_id for e in entries}) == 2
         assert entries[0].prev_hash == GENESIS
         assert all(b.prev_hash == a.hash for a, b in itertools.pairwise(entries))

@@ -17,7 +17,7 @@ from client.local_round import run_client_round
 from client.node_settings import NodeSettings, node_settings
 from client.privacy_state import load_noise_multiplier, save_noise_multiplier
 from common.privacy_accounting import RDP_ORDERS, epsilon_of
-from common.privacy_ledger import RECORD_LEVEL, PrivacyLedger
+from common.privacy_ledger import RECORD_LEVEL, PrivacyLedger, unconfirmed
 from common.run_config import ConfigError, RunConfig
 from common.tasks import get_task
 
@@ -61,10 +61,15 @@ def test_ledger_history_across_rounds_and_runs_equals_one_accountant(tmp_path, r
     last = outputs[-1]
     assert last.metrics["epsilon"] == pytest.approx(expected, rel=1e-12)
     assert last.metrics["total-steps"] == 6 * CONFIG.local_steps
-    entries = PrivacyLedger.open(node.ledger_path, "hospital-a").entries()
+    ledger = PrivacyLedger.open(node.ledger_path, "hospital-a")
+    entries = ledger.spends()
     assert [(e.run_id, e.round) for e in entries] == [(r, n) for r in "12" for n in (1, 2, 3)]
     assert [e.epsilon for e in entries] == [o.metrics["epsilon"] for o in outputs]
-    assert all(e.prev_hash == p.hash for p, e in itertools.pairwise(entries))
+    # Each write-ahead entry is followed by its confirmation, all in one chain.
+    chain = ledger.entries()
+    assert [e.is_confirmation for e in chain] == [False, True] * 6
+    assert all(e.prev_hash == p.hash for p, e in itertools.pairwise(chain))
+    assert all(c.epsilon == w.epsilon and c.steps == 0 for w, c in zip(chain[::2], chain[1::2]))
     # Forgetting earlier rounds (a fresh accountant per round) would under-count:
     assert epsilon_of([(SIGMA, rate, CONFIG.local_steps)], 1e-5) < 0.6 * expected
 
@@ -77,11 +82,15 @@ def test_spend_is_recorded_before_training_so_a_crash_over_counts(tmp_path, reco
 
     with pytest.raises(KeyboardInterrupt):
         _round(node, records, 1, train=crash)
-    history = PrivacyLedger.open(node.ledger_path, "hospital-a").history(
-        "hospital-a", RECORD_LEVEL)
+    ledger = PrivacyLedger.open(node.ledger_path, "hospital-a")
+    history = ledger.history("hospital-a", RECORD_LEVEL)
     assert history == [(SIGMA, poisson_sample_rate(32, CONFIG.batch_size), 3)]
+    assert not any(e.is_confirmation for e in ledger.entries())  # the crash: never confirmed
+    crashed = ledger.entries()[-1]
     after_restart = _round(node, records, 2)  # the accountant continues from the ledger
     assert after_restart.metrics["total-steps"] == 6
+    assert after_restart.metrics["epsilon"] > crashed.epsilon  # never lower than the crash
+    assert [e.round for e in unconfirmed(ledger.entries())] == [1]  # round 2 was confirmed
 
 
 def test_node_refuses_exactly_the_round_that_would_cross_its_budget(tmp_path, records):
@@ -94,7 +103,7 @@ def test_node_refuses_exactly_the_round_that_would_cross_its_budget(tmp_path, re
     assert outputs[2].update is None and "max-epsilon" in outputs[2].refusal
     assert outputs[2].metrics["projected-epsilon"] == pytest.approx(per_round[2])
     ledger = PrivacyLedger.open(node.ledger_path, "hospital-a")
-    assert len(ledger.entries()) == 2  # a refusal spends (and records) nothing
+    assert len(ledger.spends()) == 2  # a refusal spends (and records) nothing
     assert epsilon_of(ledger.history("hospital-a", RECORD_LEVEL), 1e-5) <= budget
 
 

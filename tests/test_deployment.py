@@ -122,9 +122,10 @@ def test_two_rounds_ran_with_local_data_and_a_bad_folder_did_not_stop_them(deplo
 def test_each_node_kept_its_own_ledger_and_the_run_audits_clean(deployment_run):
     root, run_dir = deployment_run["root"], deployment_run["run_dir"]
     for name in "ab":
-        entries = PrivacyLedger.open(root / f"state-{name}" / "ledger.sqlite",
-                                     f"hospital-{name}").entries()
-        assert [e.round for e in entries] == [1, 2]
+        ledger = PrivacyLedger.open(root / f"state-{name}" / "ledger.sqlite",
+                                    f"hospital-{name}")
+        assert [e.round for e in ledger.spends()] == [1, 2]
+        assert [e.round for e in ledger.entries() if e.is_confirmation] == [1, 2]
     assert not (root / "state-c" / "ledger.sqlite").exists() or not PrivacyLedger.open(
         root / "state-c" / "ledger.sqlite", "hospital-c").entries()
     audit = subprocess.run([sys.executable, "-m", "simulations.cli", "audit", str(run_dir)],

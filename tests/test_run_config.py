@@ -108,6 +108,10 @@ def test_cli_rejects_bad_settings_without_traceback(args, key, tmp_path):
         ({"client-dp": "true", "aggregator": "median"}, "aggregator"),
         ({"client-dp": "true", "min-clients": 2}, "min-clients"),
         ({"client-dp": "maybe"}, "client-dp"),
+        ({"short-round": "wait"}, "short-round"),
+        ({"round-retries": -1}, "round-retries"),
+        ({"round-retries": 1.5}, "round-retries"),
+        ({"client-dp": "true", "short-round": "retry"}, "short-round"),
     ],
 )
 def test_reliability_and_client_dp_settings_are_checked(values, key):

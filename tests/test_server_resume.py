@@ -81,7 +81,7 @@ def test_restart_continues_after_the_last_committed_round(killed_and_resumed):
 def test_no_spend_was_lost_and_the_ledger_audits_clean(killed_and_resumed):
     run_dir = killed_and_resumed["run_dir"]
     for node in ("partition-0", "partition-1"):
-        entries = PrivacyLedger.open(run_dir / "nodes" / node / "ledger.sqlite", node).entries()
+        entries = PrivacyLedger.open(run_dir / "nodes" / node / "ledger.sqlite", node).spends()
         # Every trained round is there; a round the kill interrupted may appear twice
         # (written before training, then trained again): over-counted, never under-counted.
         assert {e.round for e in entries} == {1, 2, 3}
