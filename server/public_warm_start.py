@@ -71,7 +71,7 @@ def warm_start(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
         if (step + 1) % report_every == 0 or step + 1 == steps:
             recent = losses[-report_every:]
             say(f"[fedssl] public warm start: step {step + 1}/{steps}, loss "

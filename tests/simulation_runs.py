@@ -39,7 +39,7 @@ def flower_processes() -> set[int]:
         if not any(name in cmdline for name in FLOWER_PROCESS_NAMES):
             continue
         try:
-            if proc.environ().get(SESSION_MARK) == mark:
+            if proc.status() != psutil.STATUS_ZOMBIE and proc.environ().get(SESSION_MARK) == mark:
                 found.add(proc.pid)
         except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):
             continue

@@ -3,6 +3,7 @@ the last committed round with the same model, round counter, metrics and ledger.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import subprocess
@@ -36,20 +37,25 @@ def killed_and_resumed(tmp_path_factory):
     try:
         assert first.stdout is not None
         for line in first.stdout:
-            if "[fedssl] round 2/3" in line:  # round 2 committed; round 3 starting
+            # The commit line (not the in-round "clients done" progress): round 2 committed.
+            if line.startswith("[fedssl] round 2/3 | clients ") and "clients done" not in line:
                 break
         # In simulation the ServerApp runs inside the flwr-simulation process: kill it hard.
         for pid in flower_processes() - before:
-            proc = psutil.Process(pid)
-            if "flwr-simulation" in " ".join(proc.cmdline()):
-                proc.send_signal(signal.SIGKILL)
-                killed.append(pid)
+            try:
+                proc = psutil.Process(pid)
+                if "flwr-simulation" in " ".join(proc.cmdline()):
+                    proc.send_signal(signal.SIGKILL)
+                    killed.append(pid)
+            except (psutil.NoSuchProcess, psutil.ZombieProcess):
+                continue
         first.communicate(timeout=300)
     finally:
         if first.poll() is None:
             first.kill()
         for pid in flower_processes() - before:
-            psutil.Process(pid).kill()
+            with contextlib.suppress(psutil.NoSuchProcess):
+                psutil.Process(pid).kill()
     after_kill = _metrics(run_dir)
     checkpoint_after_kill = json.loads((run_dir / "checkpoint.json").read_text())
     resumed, leftovers = simulate(run_dir, SETTINGS)

@@ -47,7 +47,7 @@ def serve(partition_id: int, state_dir: Path, node_id: int) -> dict:
         dst_node_id=node_id, message_type="train")
     reply = client_app.train(instruction, context)
     info = reply.content["fedssl"]
-    ledger = [{k: v for k, v in json.loads(e).items() if k not in ("timestamp", "hash")}
+    ledger = [{k: v for k, v in json.loads(e).items() if k not in ("timestamp", "hash", "prev_hash")}
               for e in info["ledger"]]
     update = reply.content["arrays"].to_torch_state_dict()
     return {
