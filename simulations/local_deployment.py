@@ -39,6 +39,13 @@ class Credentials:
     server_cert: Path
     server_key: Path
 
+    @classmethod
+    def from_certs_dir(cls, certs: Path) -> Credentials:
+        """The files in the layout `fedssl certs all --out CERTS` writes."""
+        return cls(ca_cert=certs / "ca" / "ca.crt",
+                   server_cert=certs / "superlink" / "server.pem",
+                   server_key=certs / "superlink" / "server.key")
+
 
 @dataclass
 class LocalDeployment:

@@ -95,10 +95,7 @@ def _labels_plot(rows: list[Row], budgets: list[str], recipes: list[str],
             ax.set_xlabel("labels (per class, or share of the pool)")
             ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def _epsilon_plot(rows: list[Row], recipes: list[str], headline: str, rounds: dict[str, str],
@@ -126,15 +123,8 @@ def _epsilon_plot(rows: list[Row], recipes: list[str], headline: str, rounds: di
         for eps, f1, arm in sorted(points):
             ax.plot(eps, f1, "o")
             ax.annotate(arm, (eps, f1), fontsize=8)
-        ax.set_xlabel("ε spent per client (RDP, max over clients)")
-        ax.set_ylabel(f"macro-F1 at {headline}")
-        ax.set_title(recipe)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+        _label_panel(ax, "ε spent per client (RDP, max over clients)", headline, recipe)
+    return _save(fig, path)
 
 
 def _steps_plot(rows: list[Row], recipes: list[str], headline: str, path: Path) -> Path:
@@ -150,11 +140,19 @@ def _steps_plot(rows: list[Row], recipes: list[str], headline: str, path: Path) 
                          if line[0] == arm and line[2] == recipe and b == headline)
             if pts:
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=arm)
-        ax.set_xlabel("pretraining rounds")
-        ax.set_ylabel(f"macro-F1 at {headline}")
-        ax.set_title(recipe)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        _label_panel(ax, "pretraining rounds", headline, recipe)
+    return _save(fig, path)
+
+
+def _label_panel(ax: plt.Axes, xlabel: str, headline: str, recipe: str) -> None:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(f"macro-F1 at {headline}")
+    ax.set_title(recipe)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+
+
+def _save(fig: plt.Figure, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

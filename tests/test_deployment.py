@@ -57,9 +57,7 @@ def deployment_run(tmp_path_factory):
     certs = root / "certs"
     assert fedssl(["certs", "all", "--out", str(certs), "--host", "127.0.0.1",
                    "--nodes", "4"]) == 0
-    credentials = Credentials(ca_cert=certs / "ca" / "ca.crt",
-                              server_cert=certs / "superlink" / "server.pem",
-                              server_key=certs / "superlink" / "server.key")
+    credentials = Credentials.from_certs_dir(certs)
     node_key = {name: certs / "nodes" / f"node-{i}" for i, name in enumerate("abcx", start=1)}
     folders = _write_data_folders(root)
     outcome: dict = {"root": root}

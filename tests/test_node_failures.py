@@ -96,9 +96,7 @@ def failures(tmp_path_factory):
     certs = root / "certs"
     assert fedssl(["certs", "all", "--out", str(certs), "--host", "127.0.0.1",
                    "--nodes", "3"]) == 0
-    credentials = Credentials(ca_cert=certs / "ca" / "ca.crt",
-                              server_cert=certs / "superlink" / "server.pem",
-                              server_key=certs / "superlink" / "server.key")
+    credentials = Credentials.from_certs_dir(certs)
     config = RunConfig.from_mapping({**RunConfig().to_mapping(), **SETTINGS})
     texts = demo_splits(config).client_texts
     state = {n: root / f"state-{n}" for n in NODES}
