@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 from opacus import PrivacyEngine
+from opacus.utils.fast_gradient_clipping_utils import DPTensorFastGradientClipping
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -29,6 +30,11 @@ class DpSettings:
     batch_size: int  # expected batch size under Poisson sampling
     local_steps: int
     learning_rate: float
+    # Opacus per-sample clipping: "hooks" materialises per-sample gradients; "ghost" computes
+    # only their norms, then backpropagates the clipped-weighted loss (same clipped sum, about
+    # half the cost for the text model: benchmarks/mlm_step_time.md). Ghost has no Conv2d/
+    # GroupNorm support in Opacus 1.6, so each task names its mode (common/tasks.py).
+    grad_sample_mode: str = "hooks"
 
 
 @dataclass(frozen=True)
@@ -74,14 +80,19 @@ def train_locally(
         warnings.filterwarnings("ignore", message=".*[Ss]ecure RNG.*")
         engine = PrivacyEngine(accountant="rdp")
         engine.accountant = make_accountant(history)  # continue, never restart, the spend
-        private_model, optimizer, loader = engine.make_private(
+        private = engine.make_private(
             module=model,
             optimizer=optimizer,
             data_loader=loader,
             noise_multiplier=settings.noise_multiplier,
             max_grad_norm=settings.clip_norm,
             poisson_sampling=True,
+            grad_sample_mode=settings.grad_sample_mode,
         )
+    ghost = settings.grad_sample_mode == "ghost"
+    # Ghost mode also returns a loss wrapper built for (output, target) criteria; the tasks
+    # give per-record losses, which are wrapped directly below instead.
+    private_model, optimizer, loader = (private[0], private[1], private[-1])
     private_model.train()
     losses: list[float] = []
     steps = 0
@@ -94,9 +105,13 @@ def train_locally(
             continue
         optimizer.zero_grad(set_to_none=True)
         if len(batch[0]) == 0:
-            _mark_empty_batch(model)
+            _mark_empty_batch(model, ghost)
         else:
-            loss = per_record_loss(private_model, tuple(batch), task_rng).mean()
+            per_record = per_record_loss(private_model, tuple(batch), task_rng)
+            # Ghost: backward runs twice (norms, then the loss re-weighted by each record's
+            # clipping factor), leaving the sum of clipped per-record gradients in p.grad.
+            loss = DPTensorFastGradientClipping(private_model, optimizer, per_record, "mean") \
+                if ghost else per_record.mean()
             with warnings.catch_warnings():
                 # Opacus' hooks on the embedding see integer inputs; the warning is harmless.
                 warnings.filterwarnings("ignore", message=".*Full backward hook.*")
@@ -113,8 +128,15 @@ def train_locally(
     )
 
 
-def _mark_empty_batch(model: torch.nn.Module) -> None:
-    """Give every parameter an empty per-sample gradient, as a backward on 0 records would."""
+def _mark_empty_batch(model: torch.nn.Module, ghost: bool) -> None:
+    """Make an empty Poisson batch a step of pure noise, as a backward on 0 records would.
+
+    Hooks mode clips per-sample gradients: give it zero of them. Ghost mode reads the clipped
+    sum from `p.grad`: make it zero.
+    """
     for param in model.parameters():
         if param.requires_grad:
-            param.grad_sample = torch.zeros((0, *param.shape), dtype=param.dtype)
+            if ghost:
+                param.grad = torch.zeros_like(param)
+            else:
+                param.grad_sample = torch.zeros((0, *param.shape), dtype=param.dtype)

@@ -105,3 +105,48 @@ def test_removing_one_record_moves_clipped_sum_by_at_most_clip_norm(
         # ... so its norm is bounded by the clip norm, and here the bound is attained.
         assert change.norm() <= CLIP * (1 + 1e-6)
         assert change.norm() > 0.99 * CLIP
+
+
+def _private(model, mode: str, batch: int):
+    """`make_private` as client/dp_training.py calls it (σ = 0: only the clipping remains)."""
+    from opacus import PrivacyEngine
+    from torch.utils.data import DataLoader, TensorDataset
+
+    loader = DataLoader(TensorDataset(torch.zeros(batch)), batch_size=batch)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        private = PrivacyEngine(accountant="rdp").make_private(
+            module=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.0),
+            data_loader=loader, noise_multiplier=0.0, max_grad_norm=CLIP,
+            poisson_sampling=False, grad_sample_mode=mode)
+    return private[0], private[1]
+
+
+def _ghost_clipped_sum(optimizer, model, rows, inputs) -> torch.Tensor:
+    from opacus.utils.fast_gradient_clipping_utils import DPTensorFastGradientClipping
+
+    corrupted, mask, positions, labels = (t[rows] for t in inputs)
+    optimizer.zero_grad(set_to_none=True)
+    per_record = per_sequence_loss(model(corrupted, mask, positions), labels)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        DPTensorFastGradientClipping(model, optimizer, per_record, "mean").backward()
+    return torch.cat([p.grad.flatten() for p in optimizer.params])
+
+
+def test_ghost_clipping_gives_the_same_clipped_sum_as_hooks(tiny_mlm, icd_batch, tokenizer):
+    """The client's mlm mode (ghost) clips exactly like hooks, whose bound is proven above."""
+    inputs = _masked(icd_batch, tokenizer.get_vocab_size())
+    batch = len(inputs[0])
+    everyone = list(range(batch))
+    hooks_model, hooks_opt = _private(copy.deepcopy(tiny_mlm), "hooks", batch)
+    ghost_model, ghost_opt = _private(copy.deepcopy(tiny_mlm), "ghost", batch)
+    reference = _clipped_sum(hooks_opt, hooks_model, everyone, inputs)
+    ghost = _ghost_clipped_sum(ghost_opt, ghost_model, everyone, inputs)
+    torch.testing.assert_close(ghost, reference, rtol=1e-6, atol=1e-10)
+    for removed in (0, batch - 1):  # and one record still moves it by exactly its own share
+        rest = [r for r in everyone if r != removed]
+        change = ghost - _ghost_clipped_sum(ghost_opt, ghost_model, rest, inputs)
+        alone = _ghost_clipped_sum(ghost_opt, ghost_model, [removed], inputs)
+        torch.testing.assert_close(change, alone, rtol=1e-6, atol=1e-10)
+        assert 0.99 * CLIP < change.norm() <= CLIP * (1 + 1e-6)
