@@ -41,7 +41,7 @@ STEPS = 20  # enough DP-SGD steps that training outlasts the poll that catches i
 # A healthy round of 3 subprocess ClientApps takes ~20 s on 2 quiet cores (up to ~100 s when
 # other work shares them); the straggler's round lasts exactly this long, and Flower's own
 # liveness check (2 x 30 s) must fit inside it.
-ROUND_TIMEOUT = 90.0
+ROUND_TIMEOUT = 75.0
 SETTINGS = {**TINY_RUN, "num-clients": 3, "num-rounds": 2, "local-steps": STEPS,
             "noise-multiplier": 1.0, "round-timeout": ROUND_TIMEOUT, "min-clients": 1}
 POLL_S = 0.02
