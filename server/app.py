@@ -57,7 +57,7 @@ def main(grid: Grid, context: Context) -> None:
                                                task, model, recorder, run_dir, done))
     save_state(model.state_dict(), run_dir / GLOBAL_MODEL)  # also with 0 rounds (warm start)
     downstream = run_downstream(config, model, run_dir) if config.downstream \
-        else skipped_downstream(config)
+        else skipped_downstream()
     summary = build_summary(
         config,
         downstream,

@@ -123,7 +123,7 @@ def finetune_recipe(config: RunConfig) -> FinetuneRecipe:
     )
 
 
-def skipped_downstream(config: RunConfig) -> dict[str, Any]:
+def skipped_downstream() -> dict[str, Any]:
     """The results section of a pretraining-only run (`downstream = false`): no arms."""
     return {"arms": [], "labels": {"labels_used": 0, "classes_in_labeled_set": 0,
                                    "classes_in_test_set": 0, "test_records": 0}}

@@ -167,7 +167,7 @@ def _measure(kit: DownstreamKit, weights: dict[str, torch.Tensor] | None, cells:
              config: RunConfig, results: Path, say: Say) -> int:
     for cell in cells:
         result = evaluate_budget(kit, None if cell.arm == "scratch" else weights, cell.budget,
-                                 cell.recipe, config.replace(seed=cell.seed))
+                                 cell.recipe, config)  # config.seed == cell.seed
         append_row(results, cell, result, config.task)
         shown = "n/a" if not result.applicable else f"macro-F1 {result.macro_f1:.3f}"
         say(f"[sweep] seed {cell.seed} {cell.budget.name:>8} {cell.arm:>12} "
