@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 import subprocess
 import sys
+import threading
+import time
 
 import psutil
 import pytest
@@ -18,6 +21,24 @@ from common.run_config import ConfigError, RunConfig
 from server.run_checkpoint import ResumeError, find_checkpoint
 
 SETTINGS = {**TINY_RUN, "num-clients": 2, "num-rounds": 3, "target-epsilon": 4.0}
+
+
+def _committed_round(run_dir) -> int:
+    """The round checkpoint.json says is committed (0 before the first commit)."""
+    try:
+        return int(json.loads((run_dir / "checkpoint.json").read_text())["round"])
+    except (FileNotFoundError, ValueError, KeyError):
+        return 0
+
+
+def _simulation_pids(before: set[int]) -> list[int]:
+    """The flwr-simulation process(es) this test started: the ServerApp runs inside it."""
+    pids = []
+    for pid in flower_processes() - before:
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.ZombieProcess):
+            if "flwr-simulation" in " ".join(psutil.Process(pid).cmdline()):
+                pids.append(pid)
+    return pids
 
 
 def _metrics(run_dir) -> list[dict]:
@@ -33,23 +54,29 @@ def killed_and_resumed(tmp_path_factory):
         [sys.executable, "-m", "simulations.cli", "simulate", "--out", str(run_dir), *args],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
     )
-    killed = []
+    killed: list[int] = []
     try:
         assert first.stdout is not None
-        for line in first.stdout:
-            # The commit line (not the in-round "clients done" progress): round 2 committed.
-            if line.startswith("[fedssl] round 2/3 | clients ") and "clients done" not in line:
+        # Drain the output in the background; the kill is driven by checkpoint.json, which
+        # the server rewrites atomically at each commit. Waiting for the relayed log line
+        # instead was too slow under load: round 3 sometimes committed before the kill.
+        drain = threading.Thread(target=first.stdout.read, daemon=True)
+        drain.start()
+        target: list[int] = []
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline and first.poll() is None:
+            committed = _committed_round(run_dir)
+            if committed >= 1 and not target:
+                # Found once round 1 committed, so the kill itself is a single syscall.
+                target = _simulation_pids(before)
+            if committed >= 2:
+                for pid in target:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                        killed.append(pid)
                 break
-        # In simulation the ServerApp runs inside the flwr-simulation process: kill it hard.
-        for pid in flower_processes() - before:
-            try:
-                proc = psutil.Process(pid)
-                if "flwr-simulation" in " ".join(proc.cmdline()):
-                    proc.send_signal(signal.SIGKILL)
-                    killed.append(pid)
-            except (psutil.NoSuchProcess, psutil.ZombieProcess):
-                continue
-        first.communicate(timeout=300)
+            time.sleep(0.01)
+        first.wait(timeout=300)
     finally:
         if first.poll() is None:
             first.kill()
