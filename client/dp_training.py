@@ -74,7 +74,9 @@ def train_locally(
     torch.manual_seed(seed)  # Opacus draws noise and Poisson masks from torch's global RNG
     task_rng = torch.Generator().manual_seed(seed + 1)  # the task's masks / augmentations
     loader = DataLoader(TensorDataset(*records), batch_size=settings.batch_size)
-    optimizer = torch.optim.Adam(model.parameters(), lr=settings.learning_rate)
+    # Only trainable parameters: frozen ones (`freeze-embeddings`) get neither clipping nor noise.
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad],
+                                 lr=settings.learning_rate)
     with warnings.catch_warnings():
         # secure_mode needs torchcsprng, which has no wheel here (REFERENCE.md).
         warnings.filterwarnings("ignore", message=".*[Ss]ecure RNG.*")

@@ -25,7 +25,7 @@ from common.model_updates import State, clip_update, compute_update
 from common.privacy_accounting import ACCOUNTANT, calibrate_noise_multiplier, epsilon_of
 from common.privacy_ledger import POISSON_GAUSSIAN, RECORD_LEVEL, LedgerEntry, PrivacyLedger
 from common.run_config import RunConfig
-from common.tasks import SslTask
+from common.tasks import SslTask, freeze_vocabulary
 
 
 @dataclass(frozen=True)
@@ -86,6 +86,8 @@ def run_client_round(
     )
     model = task.build_model(config)
     model.load_state_dict(global_state)
+    if config.freeze_embeddings:
+        freeze_vocabulary(task, model)
     settings = DpSettings(
         noise_multiplier=noise_multiplier,
         clip_norm=config.clip_norm,

@@ -134,7 +134,7 @@ def stratified_split(
     taken: list[np.ndarray] = []
     for label in np.unique(labels):
         members = rng.permutation(np.flatnonzero(labels == label))
-        taken.append(members[: int(round(fraction * len(members)))])
+        taken.append(members[: round(fraction * len(members))])
     chosen = np.sort(np.concatenate(taken)) if taken else np.array([], dtype=int)
     rest = np.setdiff1d(np.arange(len(labels)), chosen)
     return chosen, rest

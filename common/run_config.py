@@ -68,6 +68,10 @@ class RunConfig:
     # Public warm start: non-private SSL steps on the task's public corpus, on the server,
     # before round 1 (server/public_warm_start.py); 0 = off
     warm_start_steps: int = 0
+    # Clients' DP-SGD leaves the task's vocabulary matrices as the server sent them (text:
+    # word embeddings and MLM decoder, 78% of the default model): the noise is spread over
+    # fewer coordinates. Meant after a public warm start, which trains those matrices.
+    freeze_embeddings: bool = False
     # Client update clipping (bounds each client's influence on the aggregate)
     update_clip_norm: float = 5.0
     # Client budgets: a cap every node applies on top of its own node-config max-epsilon
@@ -164,6 +168,8 @@ class RunConfig:
         _require("hidden-size", self.hidden_size % self.num_heads == 0,
                  f"must be divisible by num-heads ({self.num_heads})")
         _require("fraction-train", 0 < self.fraction_train <= 1, "must be in (0, 1]")
+        _require("freeze-embeddings", not self.freeze_embeddings or self.task == "mlm",
+                 "only the text task (mlm) has vocabulary matrices to freeze")
         _require("learning-rate", self.learning_rate > 0, "must be > 0")
         _require("finetune-learning-rate", self.finetune_learning_rate > 0, "must be > 0")
         _require("clip-norm", self.clip_norm > 0, "must be > 0 (per-record gradient clip norm)")
