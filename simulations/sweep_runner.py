@@ -72,9 +72,10 @@ def run_sweep(grid: SweepGrid, out: Path, say: Say = print) -> Path:
     done = completed_keys(results)
     record = _grid_record(grid)
     existing = out / "grid.json"
-    if existing.exists() and json.loads(existing.read_text()) != record:
+    if existing.exists() and not grid_extends(record, json.loads(existing.read_text())):
         raise SweepError(f"{out} holds results of a different grid (see {existing}); use a new "
-                         "--out, or the same grid and settings to resume")
+                         "--out, or the same grid and settings to resume (adding seeds or "
+                         "pretraining arms is allowed)")
     existing.write_text(json.dumps(record, indent=2))
     total = sum(1 for _ in planned_cells(grid))
     say(f"[sweep] {total} cells, {len(done)} already done; results in {results}")
@@ -216,3 +217,13 @@ def _grid_record(grid: SweepGrid) -> dict[str, object]:
             "settings": grid.settings,
             "pretraining": {a.name: {**a.settings, "rounds": list(grid.arm_rounds(a))}
                             for a in grid.arms}}
+
+
+def grid_extends(record: dict[str, object], recorded: dict[str, object]) -> bool:
+    """True when `record` is the recorded grid, possibly with more seeds or arms: the cells
+    already measured stay valid (same split, budgets, recipes and shared settings)."""
+    shared = [k for k in record if k not in ("seeds", "pretraining")]
+    old_arms, new_arms = recorded.get("pretraining", {}), record["pretraining"]
+    return (all(record[k] == recorded.get(k) for k in shared)
+            and set(recorded.get("seeds", [])) <= set(record["seeds"])  # type: ignore[arg-type]
+            and all(new_arms.get(name) == arm for name, arm in old_arms.items()))  # type: ignore[union-attr]

@@ -104,3 +104,21 @@ def test_sweep_rejects_a_bad_grid_in_one_line(tmp_path: Path):
     assert "Traceback" not in result.stderr
     missing = _sweep(tmp_path / "nope.toml", tmp_path / "out")
     assert missing.returncode == 2 and "grid file not found" in missing.stderr
+
+
+def test_a_sweep_dir_accepts_more_seeds_or_arms_but_no_other_change():
+    from simulations.sweep_runner import grid_extends
+
+    recorded = {"task": "mlm", "seeds": [0, 1], "budgets": ["1", "5"], "recipes": ["probe"],
+                "headline_budget": "5", "rounds": [3], "settings": {"batch-size": 128},
+                "pretraining": {"ssl": {"noise-multiplier": 0, "rounds": [3]}}}
+    assert grid_extends(recorded, recorded)
+    more = {**recorded, "seeds": [0, 1, 2],
+            "pretraining": {**recorded["pretraining"], "frozen": {"rounds": [3]}}}
+    assert grid_extends(more, recorded)
+    assert not grid_extends(recorded, more)  # dropping a seed or an arm is a different grid
+    changed_arm = {**recorded, "pretraining": {"ssl": {"noise-multiplier": 1, "rounds": [3]}}}
+    changed_shared = {**recorded, "settings": {"batch-size": 64}}
+    fewer_budgets = {**recorded, "budgets": ["1"]}
+    for other in (changed_arm, changed_shared, fewer_budgets):
+        assert not grid_extends(other, recorded)
