@@ -1,0 +1,69 @@
+"""How loud is DP-SGD's noise next to the signal it protects, for the text study's clients?
+
+For one client with N records, expected batch B (Poisson rate q = B/N), T planned DP-SGD steps
+and a target ε at δ: σ is calibrated exactly as a client calibrates it
+(`common.privacy_accounting.calibrate_noise_multiplier`, RDP). One noisy step adds a Gaussian
+of norm ≈ σ·C·√d to the sum of B clipped per-record gradients, whose norm is at most B·C (all
+records agreeing). The ratio
+
+    noise / signal ≥ σ·√d / B
+
+is therefore a *lower* bound on how much the noise dominates a step (real per-record
+gradients disagree, so the real signal is smaller). FedAvg over K clients averages K
+independent noises, which divides the ratio of the average by about √K. d is the number of
+trained (noised) parameters: the default text model has 1,340,928, of which 1,052,672 are the
+vocabulary matrices that `freeze-embeddings` leaves out (288,256 remain).
+
+    .venv/bin/python benchmarks/dp_noise_to_signal.py            # Markdown table
+    .venv/bin/python benchmarks/dp_noise_to_signal.py --records 15000 --epsilon 8
+
+No training runs: this is accounting arithmetic, seconds on any machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+from common.privacy_accounting import calibrate_noise_multiplier
+
+FULL, FROZEN = 1_340_928, 288_256  # trained parameters of the default mlm model
+BATCHES = (64, 128, 512, 2048)
+STEPS = (60, 600, 3000)
+
+
+def noise_to_signal(records: int, batch: int, steps: int, epsilon: float, delta: float,
+                    trained: int) -> tuple[float, float]:
+    """(σ, σ·√d / B) for one client; q = B / N as Opacus' Poisson loader uses."""
+    rate = 1.0 / math.ceil(records / batch)
+    sigma = calibrate_noise_multiplier(epsilon, delta, rate, steps)
+    return sigma, sigma * math.sqrt(trained) / batch
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--records", type=int, default=15_000, help="records of one client")
+    parser.add_argument("--epsilon", type=float, default=8.0)
+    parser.add_argument("--delta", type=float, default=1e-5)
+    parser.add_argument("--clients", type=int, default=5, help="K, for the FedAvg column")
+    args = parser.parse_args()
+    print(f"One client, N = {args.records} records, target ε = {args.epsilon} at δ = "
+          f"{args.delta} (RDP); FedAvg over K = {args.clients} clients.\n")
+    print("| batch B | steps T | epochs | σ | noise/signal, all trained | frozen vocabulary "
+          "| frozen, after FedAvg |")
+    print("|---|---|---|---|---|---|---|")
+    for batch in BATCHES:
+        for steps in STEPS:
+            if batch >= args.records:
+                continue
+            sigma, full = noise_to_signal(args.records, batch, steps, args.epsilon,
+                                          args.delta, FULL)
+            _, frozen = noise_to_signal(args.records, batch, steps, args.epsilon, args.delta,
+                                        FROZEN)
+            epochs = steps * batch / args.records
+            print(f"| {batch} | {steps} | {epochs:.1f} | {sigma:.2f} | {full:.1f} | "
+                  f"{frozen:.1f} | {frozen / math.sqrt(args.clients):.2f} |")
+
+
+if __name__ == "__main__":
+    main()
