@@ -178,4 +178,27 @@ def results_tables(rows: list[Row], budgets: list[str], recipes: list[str],
                 cells.append("n/a" if s is None else f"{s[0]:.3f} ± {s[1]:.3f} (n={s[2]})")
             table.append(f"| {_label(line)} | {line[2]} | " + " | ".join(cells) + " |")
         parts.append("\n".join(table))
+    parts.append(margin_table(rows, budgets, rounds))
     return "\n\n".join(parts) + "\n"
+
+
+def margin_table(rows: list[Row], budgets: list[str], rounds: dict[str, str]) -> str:
+    """Markdown: each pretraining arm's macro-F1 minus the best baseline (the higher mean of
+    the classical baseline and scratch under any recipe), per budget: the study's goal is a
+    margin of at least +0.05 for a DP arm."""
+    stats = aggregate(rows, "macro_f1")
+    recipes = sorted({r["recipe"] for r in rows if r["pretraining"]})
+    table = ["### macro-F1 margin over the best baseline (mean over seeds; goal: ≥ +0.050)",
+             "", "| arm | recipe | " + " | ".join(budgets) + " |",
+             "|" + "---|" * (len(budgets) + 2)]
+    for arm in sorted(rounds):
+        for recipe in recipes:
+            cells = []
+            for b in budgets:
+                baselines = [v[0] for (line, budget), v in stats.items()
+                             if budget == b and line[0] in ("classical", "scratch")]
+                s = stats.get(((arm, rounds[arm], recipe), b))
+                cells.append("n/a" if s is None or not baselines
+                             else f"{s[0] - max(baselines):+.3f} (n={s[2]})")
+            table.append(f"| {arm} | {recipe} | " + " | ".join(cells) + " |")
+    return "\n".join(table)

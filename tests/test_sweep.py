@@ -122,3 +122,19 @@ def test_a_sweep_dir_accepts_more_seeds_or_arms_but_no_other_change():
     fewer_budgets = {**recorded, "budgets": ["1"]}
     for other in (changed_arm, changed_shared, fewer_budgets):
         assert not grid_extends(other, recorded)
+
+
+def test_margin_is_measured_against_the_best_baseline_per_budget():
+    from simulations.sweep_plots import margin_table
+
+    def row(seed, arm, recipe, f1, budget="5/class"):
+        return {"seed": str(seed), "arm": arm, "recipe": recipe, "budget": budget,
+                "rounds": "3" if arm == "dp" else "0", "pretraining": "dp" if arm == "dp" else "",
+                "macro_f1": str(f1), "applicable": "True"}
+
+    rows = [row(s, "classical", "classical", 0.40) for s in (0, 1)]
+    rows += [row(s, "scratch", "finetune", 0.30) for s in (0, 1)]
+    rows += [row(s, "scratch", "probe", 0.45) for s in (0, 1)]  # the best baseline here
+    rows += [row(0, "dp", "finetune", 0.50), row(1, "dp", "finetune", 0.48)]
+    table = margin_table(rows, ["5/class", "20/class"], {"dp": "3"})
+    assert "| dp | finetune | +0.040 (n=2) | n/a |" in table
