@@ -68,6 +68,9 @@ class RunConfig:
     # Public warm start: non-private SSL steps on the task's public corpus, on the server,
     # before round 1 (server/public_warm_start.py); 0 = off
     warm_start_steps: int = 0
+    # Its batch, independent of the clients' DP batch (so a sweep arm that changes the DP
+    # batch does not also change how much public text the warm start reads).
+    warm_start_batch_size: int = 128
     # Clients' DP-SGD leaves the task's vocabulary matrices as the server sent them (text:
     # word embeddings and MLM decoder, 78% of the default model): the noise is spread over
     # fewer coordinates. Meant after a public warm start, which trains those matrices.
@@ -159,6 +162,7 @@ class RunConfig:
                     "finetune-batch-size"):
             _require(key, getattr(self, key.replace("-", "_")) >= 1, "must be >= 1")
         _require("warm-start-steps", self.warm_start_steps >= 0, "must be >= 0 (0 = off)")
+        _require("warm-start-batch-size", self.warm_start_batch_size >= 1, "must be >= 1")
         _require("warm-start-steps", self.warm_start_steps == 0 or self.task == "mlm",
                  f"task '{self.task}' has no public corpus for a warm start; use 0")
         _require("max-records", self.max_records >= 0, "must be >= 0 (0 means all records)")

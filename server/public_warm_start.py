@@ -66,7 +66,8 @@ def warm_start(
     report_every = max(1, steps // 10)
     model.train()
     for step in range(steps):
-        rows = torch.randint(len(records[0]), (config.batch_size,), generator=generator)
+        rows = torch.randint(len(records[0]), (config.warm_start_batch_size,),
+                             generator=generator)
         loss = task.per_record_loss(model, tuple(t[rows] for t in records), generator).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -82,7 +83,7 @@ def warm_start(
         "records": len(records[0]),
         "corpus_sha256": digest,
         "steps": steps,
-        "batch_size": config.batch_size,
+        "batch_size": config.warm_start_batch_size,
         "learning_rate": config.learning_rate,
         "loss_first": _mean(losses[:window]),
         "loss_last": _mean(losses[-window:]),
