@@ -66,7 +66,35 @@ def summary_table(summary: dict[str, Any]) -> str:
         result = summary[arm]
         extra = f" (sparsity {result['sparsity']:.0%})" if arm == "pruned" else ""
         rows.append(f"| {label}{extra} | {result['accuracy']:.3f} | {result['macro_f1']:.3f} |")
-    return "\n".join(rows)
+    verdict = pretraining_verdict(summary)
+    return "\n".join(rows) + (f"\n\n{verdict}" if verdict else "")
+
+
+PRETRAINED = ("finetuned", "probe")  # arms that start from the federated model (pruned: derived)
+
+
+def pretraining_verdict(summary: dict[str, Any]) -> str:
+    """One sentence: did the federated pretraining beat every baseline of this run?
+
+    Baselines are scratch, the classical model and the random-init probe. One run is one
+    seed: the sentence says so, and points to the sweep for spread over seeds.
+    """
+    labels = dict(summary.get("arms", []))
+    pretrained = [a for a in PRETRAINED if a in labels]
+    baselines = [a for a in labels if a not in (*PRETRAINED, "pruned")]
+    if not pretrained or not baselines:
+        return ""
+    best = max(pretrained, key=lambda a: summary[a]["macro_f1"])
+    rival = max(baselines, key=lambda a: summary[a]["macro_f1"])
+    margin = summary[best]["macro_f1"] - summary[rival]["macro_f1"]
+    if margin > 0:
+        return (f"Pretraining paid in this run: {labels[best]} leads the best baseline "
+                f"({labels[rival]}) by {margin:+.3f} macro-F1 (one seed; `fedssl sweep` "
+                "measures the spread).")
+    return (f"Pretraining did not pay in this run: the best arm is a baseline ({labels[rival]}, "
+            f"macro-F1 {summary[rival]['macro_f1']:.3f}); the best pretrained arm "
+            f"({labels[best]}) is {margin:+.3f} behind. docs/label-efficiency.md shows where "
+            "federated DP pretraining pays and where it does not.")
 
 
 def write_reports(run_dir: Path, summary: dict[str, Any]) -> None:
