@@ -2,9 +2,10 @@
 
 A task says how to build its model, how a client gets its records as tensors (a simulated
 client from its partition of the embedded data, a deployed one from its data folder), and
-its per-record loss. Tasks: `mlm` (text: masked language modelling on a small BERT) and
-`mae` (images: masked-patch reconstruction with a GroupNorm CNN). DP-SGD needs the loss as one term per record (DESIGN.md), so the registry
-contract is a loss of shape `[B]`; the client's DP loop averages it.
+its per-record loss. Tasks: `mlm` (text: masked language modelling on a small BERT), `mae`
+(images: masked-patch reconstruction with a GroupNorm CNN) and `rotation` (the same CNN
+predicting each image's rotation). DP-SGD needs the loss as one term per record (DESIGN.md),
+so the registry contract is a loss of shape `[B]`; the client's DP loop averages it.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from common import mae_task, mlm_task
+from common import mae_task, mlm_task, rotation_task
 from common.run_config import ConfigError, RunConfig
 from common.tokenizer import tokenizer_sha256
 
@@ -63,6 +64,16 @@ TASKS: dict[str, SslTask] = {
         public_inputs_sha256=mae_task.public_inputs_sha256,
         public_files=lambda config: {},
         per_record_loss=mae_task.per_record_loss,
+    ),
+    "rotation": SslTask(  # same images, encoder and downstream as `mae`; another objective
+        name="rotation",
+        data_kind="image",
+        build_model=rotation_task.build_model,
+        client_tensors=mae_task.client_tensors,
+        folder_tensors=mae_task.folder_tensors,
+        public_inputs_sha256=rotation_task.public_inputs_sha256,
+        public_files=lambda config: {},
+        per_record_loss=rotation_task.per_record_loss,
     ),
 }
 

@@ -20,7 +20,8 @@ warm-start-steps = 1000
 rounds = [0]
 ```
 Every arm of a seed shares the data split, so a pretraining arm may not change the settings
-that decide the split or the downstream recipe (seed, fractions, clients, finetune-*).
+that decide the split or the downstream recipe (seed, fractions, clients, finetune-*); it may
+switch `task` to another objective on the same kind of data (`rotation` in an `mae` grid).
 """
 
 from __future__ import annotations
@@ -123,7 +124,7 @@ def parse_grid(raw: dict[str, Any], overrides: dict[str, str]) -> SweepGrid:
             raise GridError(f"pretraining.{name} must be a table of run settings")
         values = dict(values)
         own_rounds = values.pop("rounds", None)
-        shared = sorted(set(values) & set(SHARED_ONLY))
+        shared = sorted(set(values) & set(SHARED_ONLY) - _same_data_task(raw, name, values))
         if shared:
             raise GridError(f"pretraining.{name} may not set {', '.join(shared)}: every arm "
                             "of a seed must share the split and the downstream recipe")
@@ -144,6 +145,20 @@ def parse_grid(raw: dict[str, Any], overrides: dict[str, str]) -> SweepGrid:
         except ConfigError as err:
             raise GridError(f"pretraining.{arm.name}: {err}") from None
     return grid
+
+
+def _same_data_task(raw: dict[str, Any], name: str, values: dict[str, Any]) -> set[str]:
+    """{"task"} when an arm switches to another objective on the same kind of data (e.g. image
+    `rotation` in an `mae` grid: same split, same downstream stage), else the empty set."""
+    if "task" not in values:
+        return set()
+    from common.tasks import get_task
+
+    try:
+        ours, theirs = get_task(str(raw.get("task", "mlm"))), get_task(str(values["task"]))
+    except ConfigError as err:
+        raise GridError(f"pretraining.{name}: {err}") from None
+    return {"task"} if ours.data_kind == theirs.data_kind else set()
 
 
 def _list(raw: dict[str, Any], key: str, default: list[Any]) -> list[Any]:

@@ -138,3 +138,18 @@ def test_margin_is_measured_against_the_best_baseline_per_budget():
     rows += [row(0, "dp", "finetune", 0.50), row(1, "dp", "finetune", 0.48)]
     table = margin_table(rows, ["5/class", "20/class"], {"dp": "3"})
     assert "| dp | finetune | +0.040 (n=2) | n/a |" in table
+
+
+def test_an_arm_may_switch_objective_only_on_the_same_kind_of_data():
+    import pytest
+
+    from simulations.sweep_grid import GridError, load_grid, parse_grid
+
+    images = load_grid(ROOT / "simulations" / "sweeps" / "image-small-budgets.toml")
+    tasks = {arm.name: images.run_config(0, arm, 5).task for arm in images.arms}
+    assert tasks == {"mae-ssl": "mae", "mae-dp-eps8": "mae", "rotation-ssl": "rotation",
+                     "rotation-dp-eps8": "rotation"}
+    with pytest.raises(GridError, match="may not set task"):
+        parse_grid({"task": "mlm", "pretraining": {"x": {"task": "rotation"}}}, {})
+    with pytest.raises(GridError, match="unknown task"):
+        parse_grid({"task": "mae", "pretraining": {"x": {"task": "jigsaw"}}}, {})
