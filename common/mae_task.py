@@ -219,7 +219,7 @@ def images_to_tensors(images: np.ndarray) -> tuple[torch.Tensor]:
         else:
             found = f"an array of shape {list(shape)}"
         raise DataFolderError(
-            "wrong-format", f"images are {found} (C x H x W); image tasks expect 1 channel x "
+            "wrong-format", f"images are {found} (C x H x W); an image task expects 1 channel x "
             "28 x 28: grayscale 28x28 pixel images (convert or resize them first)")
     return (torch.tensor(np.asarray(images), dtype=torch.float32),)
 
