@@ -153,7 +153,7 @@ class RunConfig:
         """Raise ConfigError for the first impossible setting."""
         from common.tasks import get_task  # late import: the registry imports this module
 
-        get_task(self.task)
+        task = get_task(self.task)
         _require("seed", self.seed >= 0, "must be >= 0")
         _require("num-rounds", self.num_rounds >= 0,
                  "must be >= 0 (0: no federated rounds, e.g. a warm-start-only control)")
@@ -172,8 +172,8 @@ class RunConfig:
         _require("hidden-size", self.hidden_size % self.num_heads == 0,
                  f"must be divisible by num-heads ({self.num_heads})")
         _require("fraction-train", 0 < self.fraction_train <= 1, "must be in (0, 1]")
-        _require("freeze-embeddings", not self.freeze_embeddings or self.task == "mlm",
-                 "only the text task (mlm) has vocabulary matrices to freeze")
+        _require("freeze-embeddings", not self.freeze_embeddings or bool(task.vocabulary_parameters),
+                 f"task '{self.task}' has no vocabulary matrices to freeze (only mlm has)")
         _require("learning-rate", self.learning_rate > 0, "must be > 0")
         _require("finetune-learning-rate", self.finetune_learning_rate > 0, "must be > 0")
         _require("clip-norm", self.clip_norm > 0, "must be > 0 (per-record gradient clip norm)")

@@ -33,6 +33,7 @@ from typing import Any
 
 from common.label_budgets import BudgetError, LabelBudget
 from common.run_config import ConfigError, RunConfig
+from common.tasks import get_task
 from server.budget_evaluation import RECIPES
 
 # Settings that decide the split, the labeled pool or the downstream recipe: the same for all.
@@ -152,8 +153,6 @@ def _same_data_task(raw: dict[str, Any], name: str, values: dict[str, Any]) -> s
     `rotation` in an `mae` grid: same split, same downstream stage), else the empty set."""
     if "task" not in values:
         return set()
-    from common.tasks import get_task
-
     try:
         ours, theirs = get_task(str(raw.get("task", "mlm"))), get_task(str(values["task"]))
     except ConfigError as err:
