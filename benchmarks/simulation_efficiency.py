@@ -10,6 +10,7 @@ Time to first round is from launching `fedssl simulate` to round 1's line in met
     .venv/bin/python benchmarks/simulation_efficiency.py                  # 10, 100, 1000 clients
     .venv/bin/python benchmarks/simulation_efficiency.py --clients 100 --rounds 3
     .venv/bin/python benchmarks/simulation_efficiency.py --bytes-only     # table (c) only
+    .venv/bin/python benchmarks/simulation_efficiency.py --clients 100 --local-steps 10 --batch-size 64
 
 At most `--per-round` clients train per round (`fraction-train` = per-round ÷ clients), so 1000
 clients means 1000 simulated nodes of which 100 are sampled each round. σ is fixed
@@ -42,11 +43,13 @@ TINY_LOCAL_WORK = {"local-steps": 2, "batch-size": 16, "max-records": 20000,
                    "label-fraction": 0.01, "finetune-epochs": 1, "prune-recover-epochs": 0}
 
 
-def run_simulation(clients: int, per_round: int, rounds: int, auto_sigma: bool) -> dict:
+def run_simulation(clients: int, per_round: int, rounds: int, auto_sigma: bool,
+                   local_work: dict | None = None) -> dict:
     """One `fedssl simulate` run; its per-round timings and time to first round."""
     work = Path(tempfile.mkdtemp(prefix="fedssl-bench-"))
     run_dir, timing_log = work / "run", work / "timings.jsonl"
-    settings = {**TINY_LOCAL_WORK, "num-clients": clients, "num-rounds": rounds,
+    settings = {**TINY_LOCAL_WORK, **(local_work or {}), "num-clients": clients,
+                "num-rounds": rounds,
                 "fraction-train": min(1.0, per_round / clients)}
     if not auto_sigma:
         settings["noise-multiplier"] = 1.0
@@ -141,7 +144,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--auto-sigma", action="store_true")
     parser.add_argument("--bytes-only", action="store_true")
+    parser.add_argument("--local-steps", type=int, default=TINY_LOCAL_WORK["local-steps"],
+                        help="DP-SGD steps per client per round (more = less overhead share)")
+    parser.add_argument("--batch-size", type=int, default=TINY_LOCAL_WORK["batch-size"],
+                        help="expected DP-SGD batch per step")
     args = parser.parse_args()
+    local_work = {"local-steps": args.local_steps, "batch-size": args.batch_size}
     import torch
 
     print(f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}; "
@@ -151,7 +159,8 @@ def main() -> None:
               "| wall ÷ (Σ DP-SGD ÷ cores) | time to first round (s) | whole run (s) | load |")
         print("|---|---|---|---|---|---|---|---|---|---|")
         for clients in args.clients:
-            result = run_simulation(clients, args.per_round, args.rounds, args.auto_sigma)
+            result = run_simulation(clients, args.per_round, args.rounds, args.auto_sigma,
+                                    local_work)
             print(json.dumps(result), file=sys.stderr)
             for r in result["per_round"]:
                 print(f"| {clients} | {r['clients']} | {r['round']} | {r['wall_s']:.1f} | "
