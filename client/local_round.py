@@ -94,7 +94,8 @@ def run_client_round(
         batch_size=config.batch_size,
         local_steps=config.local_steps,
         learning_rate=config.learning_rate,
-        grad_sample_mode=task.grad_sample_mode,
+        grad_sample_mode=(task.frozen_grad_sample_mode if config.freeze_embeddings
+                          else task.grad_sample_mode),
     )
     result = train(model, records, task.per_record_loss, settings, history, seed)
     if (result.steps, result.sample_rate) != (entry.steps, entry.sample_rate):
