@@ -3,9 +3,8 @@
 A task says how to build its model, how a client gets its records as tensors (a simulated
 client from its partition of the embedded data, a deployed one from its data folder), and
 its per-record loss. Tasks: `mlm` (text: masked language modelling on a small BERT), `mae`
-(images: masked-patch reconstruction with a GroupNorm CNN), `rotation` (the same CNN
-predicting each image's rotation) and `simsiam` (the same CNN matching two views of each
-image, both inside that image's sample). DP-SGD needs the loss as one term per record (DESIGN.md),
+(images: masked-patch reconstruction with a GroupNorm CNN) and `rotation` (the same CNN
+predicting each image's rotation). DP-SGD needs the loss as one term per record (DESIGN.md),
 so the registry contract is a loss of shape `[B]`; the client's DP loop averages it.
 """
 
@@ -18,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from common import mae_task, mlm_task, rotation_task, simsiam_task
+from common import mae_task, mlm_task, rotation_task
 from common.run_config import ConfigError, RunConfig
 from common.tokenizer import tokenizer_sha256
 
@@ -78,16 +77,6 @@ TASKS: dict[str, SslTask] = {
         public_inputs_sha256=rotation_task.public_inputs_sha256,
         public_files=lambda config: {},
         per_record_loss=rotation_task.per_record_loss,
-    ),
-    "simsiam": SslTask(  # same images, encoder and downstream as `mae`; two views per sample
-        name="simsiam",
-        data_kind="image",
-        build_model=simsiam_task.build_model,
-        client_tensors=mae_task.client_tensors,
-        folder_tensors=mae_task.folder_tensors,
-        public_inputs_sha256=simsiam_task.public_inputs_sha256,
-        public_files=lambda config: {},
-        per_record_loss=simsiam_task.per_record_loss,
     ),
 }
 
