@@ -153,3 +153,13 @@ def test_an_arm_may_switch_objective_only_on_the_same_kind_of_data():
         parse_grid({"task": "mlm", "pretraining": {"x": {"task": "rotation"}}}, {})
     with pytest.raises(GridError, match="unknown task"):
         parse_grid({"task": "mae", "pretraining": {"x": {"task": "jigsaw"}}}, {})
+
+
+def test_every_shipped_grid_is_valid():
+    from simulations.sweep_grid import load_grid
+
+    grids = sorted((ROOT / "simulations" / "sweeps").glob("*.toml"))
+    assert len(grids) >= 5
+    for path in grids:  # each cell's run config validates at load, before anything runs
+        grid = load_grid(path)
+        assert grid.arms and grid.seeds, path.name
