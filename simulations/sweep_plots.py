@@ -109,20 +109,21 @@ def _epsilon_plot(rows: list[Row], recipes: list[str], headline: str, rounds: di
         by_arm: dict[str, list[Row]] = defaultdict(list)
         for r in picked:
             by_arm[r["arm"]].append(r)
-        points = []
+        points, references = [], 0
         for arm, arm_rows in sorted(by_arm.items()):
-            f1 = np.mean([float(r["macro_f1"]) for r in arm_rows])
+            scores = [float(r["macro_f1"]) for r in arm_rows]
             eps = np.mean([float(r["epsilon"]) for r in arm_rows]) if arm_rows[0]["pretraining"] \
                 else math.nan
             if math.isfinite(eps):
-                points.append((eps, f1, arm))
+                points.append((eps, float(np.mean(scores)), float(np.std(scores)), arm))
             else:  # baselines and non-private arms: no finite ε to place them at
                 line = (arm, rounds.get(arm, "0"), recipe)
-                ax.axhline(f1, linestyle="--", alpha=0.7, label=_label(line) + (
+                _reference_line(ax, float(np.mean(scores)), references, _label(line) + (
                     "" if arm in ("classical", "scratch") else " (no finite ε)"))
-        for eps, f1, arm in sorted(points):
-            ax.plot(eps, f1, "o")
-            ax.annotate(arm, (eps, f1), fontsize=8)
+                references += 1
+        for index, (eps, f1, spread, arm) in enumerate(sorted(points)):
+            ax.errorbar(eps, f1, yerr=spread, fmt="o", capsize=3, color=f"C{index % 10}")
+            ax.annotate(arm, (eps, f1), fontsize=8, xytext=(4, 4), textcoords="offset points")
         _label_panel(ax, "ε spent per client (RDP, max over clients)", headline, recipe)
     return _save(fig, path)
 
@@ -132,9 +133,9 @@ def _steps_plot(rows: list[Row], recipes: list[str], headline: str, path: Path) 
     stats = aggregate(rows, "macro_f1")
     for col, recipe in enumerate(recipes):
         ax = axes[0][col]
-        for line in (("classical", "0", "classical"), ("scratch", "0", recipe)):
+        for index, line in enumerate((("classical", "0", "classical"), ("scratch", "0", recipe))):
             if (line, headline) in stats:
-                ax.axhline(stats[(line, headline)][0], linestyle="--", label=_label(line))
+                _reference_line(ax, stats[(line, headline)][0], index, _label(line))
         for arm in sorted({r["arm"] for r in rows if r["pretraining"]}):
             pts = sorted((int(line[1]), v[0]) for (line, b), v in stats.items()
                          if line[0] == arm and line[2] == recipe and b == headline)
@@ -142,6 +143,13 @@ def _steps_plot(rows: list[Row], recipes: list[str], headline: str, path: Path) 
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=arm)
         _label_panel(ax, "pretraining rounds", headline, recipe)
     return _save(fig, path)
+
+
+def _reference_line(ax: plt.Axes, y: float, index: int, label: str) -> None:
+    """A horizontal line for an arm without an x value; each in its own grey and dash."""
+    styles = ("--", ":", "-.", (0, (5, 1)))
+    ax.axhline(y, color=("0.1", "0.35", "0.55", "0.7")[index % 4],
+               linestyle=styles[index % len(styles)], linewidth=1.4, label=label)
 
 
 def _label_panel(ax: plt.Axes, xlabel: str, headline: str, recipe: str) -> None:
