@@ -30,7 +30,8 @@ def image_kit(config: RunConfig, pretrained: nn.Module) -> DownstreamKit:
     num_classes = len(splits.label_names)
     data = LabeledData(
         train_inputs=(torch.tensor(splits.labeled_images),),
-        train_labels=torch.as_tensor(splits.labeled_labels, dtype=torch.long),
+        train_labels=torch.tensor(splits.labeled_labels, dtype=torch.long),  # a copy: the cached
+        # split arrays are read-only, and torch warns about sharing them
         test_inputs=(torch.tensor(splits.test_images),),
         test_labels=np.asarray(splits.test_labels),
         num_classes=num_classes,
