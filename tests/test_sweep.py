@@ -148,7 +148,8 @@ def test_an_arm_may_switch_objective_only_on_the_same_kind_of_data():
     images = load_grid(ROOT / "simulations" / "sweeps" / "image-small-budgets.toml")
     tasks = {arm.name: images.run_config(0, arm, 5).task for arm in images.arms}
     assert tasks == {"mae-ssl": "mae", "mae-dp-eps8": "mae", "rotation-ssl": "rotation",
-                     "rotation-dp-eps8": "rotation"}
+                     "rotation-dp-eps8": "rotation", "rotation-dp-eps3": "rotation",
+                     "rotation-dp-eps1": "rotation"}
     with pytest.raises(GridError, match="may not set task"):
         parse_grid({"task": "mlm", "pretraining": {"x": {"task": "rotation"}}}, {})
     with pytest.raises(GridError, match="unknown task"):
