@@ -34,8 +34,8 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from common.image_data import load_mnist5k  # noqa: E402
-from common.mae_task import FEATURE_DIM, ImageEncoder, mask_images  # noqa: E402
+from common.image_data import load_mnist5k
+from common.mae_task import FEATURE_DIM, ImageEncoder, mask_images
 
 DIM = 128
 
