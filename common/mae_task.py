@@ -105,6 +105,13 @@ class ImageClassifier(nn.Module):
         return self.head(self.encoder.features(images))
 
 
+def lower_encoder_layers(classifier: ImageClassifier) -> list[nn.Module]:
+    """The first half of the encoder's conv blocks (conv, norm, activation): what partial
+    fine-tuning freezes, since lower layers hold the most generic features."""
+    blocks = classifier.encoder.layers
+    return list(blocks[: len(blocks) // 2])
+
+
 @dataclass(frozen=True)
 class MaskedViews:
     """One masked, shifted view per image (all `[B, 1, 28, 28]`)."""

@@ -9,6 +9,9 @@ so only the starting weights differ. Recipes:
 * `finetune-es`  the same recipe with early stopping on macro-F1 of a validation split carved
                  from the labeled budget (20%, stratified), never the test split; not defined
                  when no class has 2 labels (then the cell is reported as not applicable);
+* `finetune-top` the `finetune` recipe with the lower half of the encoder frozen (text: the
+                 embeddings and the lower half of the layers; images: the first half of the
+                 conv blocks), so few labels cannot overwrite the pretrained lower layers;
 * `probe`        logistic regression on frozen encoder features (for scratch: a random-init
                  encoder, the control every probe needs);
 * `classical`    the task's classical baseline (TF-IDF / pixels + logistic regression).
@@ -27,12 +30,13 @@ from common.run_config import RunConfig
 from server.classifier_training import (
     classification_metrics,
     predict,
+    freeze,
     train_classifier,
     train_early_stopped,
 )
 from server.downstream_stage import DownstreamKit, finetune_recipe
 
-RECIPES = ("finetune", "finetune-es", "probe")
+RECIPES = ("finetune", "finetune-es", "finetune-top", "probe")
 VALIDATION_FRACTION = 0.2
 
 
@@ -83,7 +87,9 @@ def evaluate_budget(
     model = kit.build_classifier(encoder_weights)
     training = finetune_recipe(config)
     extra: dict[str, float | int] = {}
-    if recipe == "finetune":
+    if recipe in ("finetune", "finetune-top"):
+        if recipe == "finetune-top":
+            freeze(kit.lower_layers(model))
         train_classifier(model, data.train_inputs, data.train_labels, training)
     else:
         split = validation_split(labels, VALIDATION_FRACTION, seed)

@@ -130,6 +130,17 @@ def train_classifier(
     return model
 
 
+def freeze(modules: list[nn.Module]) -> int:
+    """Stop training `modules` (train_classifier only optimizes parameters that require
+    grad); returns how many parameter values were frozen."""
+    frozen = 0
+    for module in modules:
+        for param in module.parameters():
+            param.requires_grad_(False)
+            frozen += param.numel()
+    return frozen
+
+
 @dataclass(frozen=True)
 class EarlyStopped:
     """Outcome of `train_early_stopped`: the chosen epoch and its validation macro-F1."""

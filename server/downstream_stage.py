@@ -87,6 +87,8 @@ class DownstreamKit:
     # Frozen-encoder features [N, D] for linear probes (None: a seeded random-init encoder).
     features: Features
     seed: int
+    # The lower half of a classifier's encoder, which the `finetune-top` recipe freezes.
+    lower_layers: Callable[[nn.Module], list[nn.Module]]
     save_extra: Callable[[nn.Module, Path], None] | None = None  # e.g. save_pretrained
 
     def probe(self, data: LabeledData, encoder_weights: dict[str, torch.Tensor] | None

@@ -16,6 +16,7 @@ from common.mae_task import (
     build_image_classifier,
     encode_features,
     encoder_state,
+    lower_encoder_layers,
 )
 from common.own_data import image_splits
 from common.run_config import RunConfig
@@ -64,4 +65,5 @@ def image_kit(config: RunConfig, pretrained: nn.Module) -> DownstreamKit:
         classical=("pixels", "logistic regression on pixels", pixels),
         features=features,
         seed=config.seed,
+        lower_layers=lower_encoder_layers,
     )

@@ -65,6 +65,13 @@ def build_classifier(
     return model
 
 
+def lower_encoder_layers(model: MeanPoolClassifier) -> list[torch.nn.Module]:
+    """The embeddings and the lower half of the transformer layers (at least one): what
+    partial fine-tuning freezes, since lower layers hold the most generic features."""
+    layers = model.bert.encoder.layer
+    return [model.bert.embeddings, *layers[: max(1, len(layers) // 2)]]
+
+
 def pooled_features(
     model: MeanPoolClassifier, inputs: tuple[torch.Tensor, ...], batch_size: int = 512
 ) -> torch.Tensor:

@@ -13,7 +13,7 @@ from common.own_data import text_splits
 from common.run_config import RunConfig
 from common.tokenizer import encode_texts, load_tokenizer
 from server.downstream_stage import DownstreamKit, LabeledData
-from server.text_classifier import build_classifier, pooled_features
+from server.text_classifier import build_classifier, lower_encoder_layers, pooled_features
 from server.tfidf_baseline import tfidf_logreg
 
 
@@ -54,5 +54,6 @@ def text_kit(config: RunConfig, pretrained: nn.Module) -> DownstreamKit:
         classical=("tfidf", "TF-IDF (1-2 grams) + logistic regression", tfidf),
         features=features,
         seed=config.seed,
+        lower_layers=lower_encoder_layers,
         save_extra=save_hf,
     )

@@ -4,7 +4,7 @@
 task = "mlm"
 seeds = [0, 1, 2]
 label-budgets = ["1", "5", "20", "1%", "10%"]   # per class, or a share of the labeled pool
-recipes = ["finetune", "finetune-es", "probe"]
+recipes = ["finetune", "finetune-es", "finetune-top", "probe"]
 headline-budget = "20"     # the budget of the ε plot and of the pretraining-steps plot
 rounds = [3]               # pretraining budgets (num-rounds); plots use the largest
 

@@ -75,7 +75,7 @@ def run_sweep(grid: SweepGrid, out: Path, say: Say = print) -> Path:
     if existing.exists() and not grid_extends(record, json.loads(existing.read_text())):
         raise SweepError(f"{out} holds results of a different grid (see {existing}); use a new "
                          "--out, or the same grid and settings to resume (adding seeds, "
-                         "pretraining arms or recipes is allowed)")
+                         "pretraining arms, recipes or label budgets is allowed)")
     existing.write_text(json.dumps(record, indent=2))
     total = sum(1 for _ in planned_cells(grid))
     say(f"[sweep] {total} cells, {len(done)} already done; results in {results}")
@@ -220,13 +220,15 @@ def _grid_record(grid: SweepGrid) -> dict[str, object]:
 
 
 def grid_extends(record: dict[str, object], recorded: dict[str, object]) -> bool:
-    """True when `record` is the recorded grid, possibly with more seeds, arms or recipes: the
-    cells already measured stay valid (same split, budgets and shared settings), and a
-    finished pretraining run is reused for the new recipes' cells."""
-    grown = ("seeds", "pretraining", "recipes")
+    """True when `record` is the recorded grid, possibly with more seeds, arms, recipes or label
+    budgets: the cells already measured stay valid (same split, labeled pool and shared
+    settings; budget selections are nested per seed), and a finished pretraining run is reused
+    for the new cells."""
+    grown = ("seeds", "pretraining", "recipes", "budgets")
     shared = [k for k in record if k not in grown]
     old_arms, new_arms = recorded.get("pretraining", {}), record["pretraining"]
     return (all(record[k] == recorded.get(k) for k in shared)
             and set(recorded.get("seeds", [])) <= set(record["seeds"])  # type: ignore[arg-type]
             and set(recorded.get("recipes", [])) <= set(record["recipes"])  # type: ignore[arg-type]
+            and set(recorded.get("budgets", [])) <= set(record["budgets"])  # type: ignore[arg-type]
             and all(new_arms.get(name) == arm for name, arm in old_arms.items()))  # type: ignore[union-attr]

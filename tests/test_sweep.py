@@ -106,7 +106,7 @@ def test_sweep_rejects_a_bad_grid_in_one_line(tmp_path: Path):
     assert missing.returncode == 2 and "grid file not found" in missing.stderr
 
 
-def test_a_sweep_dir_accepts_more_seeds_arms_or_recipes_but_no_other_change():
+def test_a_sweep_dir_accepts_more_seeds_arms_recipes_or_budgets_but_no_other_change():
     from simulations.sweep_runner import grid_extends
 
     recorded = {"task": "mlm", "seeds": [0, 1], "budgets": ["1", "5"], "recipes": ["probe"],
@@ -119,6 +119,8 @@ def test_a_sweep_dir_accepts_more_seeds_arms_or_recipes_but_no_other_change():
     assert not grid_extends(recorded, more)  # dropping a seed or an arm is a different grid
     more_recipes = {**recorded, "recipes": ["finetune-es", "probe"]}
     assert grid_extends(more_recipes, recorded) and not grid_extends(recorded, more_recipes)
+    more_budgets = {**recorded, "budgets": ["1", "5", "100", "10%"]}
+    assert grid_extends(more_budgets, recorded) and not grid_extends(recorded, more_budgets)
     changed_arm = {**recorded, "pretraining": {"ssl": {"noise-multiplier": 1, "rounds": [3]}}}
     changed_shared = {**recorded, "settings": {"batch-size": 64}}
     fewer_budgets = {**recorded, "budgets": ["1"]}
