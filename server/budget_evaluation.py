@@ -29,8 +29,8 @@ from common.label_budgets import LabelBudget, select_labeled, validation_split
 from common.run_config import RunConfig
 from server.classifier_training import (
     classification_metrics,
-    predict,
     freeze,
+    predict,
     train_classifier,
     train_early_stopped,
 )
