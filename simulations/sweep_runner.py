@@ -224,11 +224,10 @@ def grid_extends(record: dict[str, object], recorded: dict[str, object]) -> bool
     budgets: the cells already measured stay valid (same split, labeled pool and shared
     settings; budget selections are nested per seed), and a finished pretraining run is reused
     for the new cells."""
-    grown = ("seeds", "pretraining", "recipes", "budgets")
-    shared = [k for k in record if k not in grown]
+    grown_lists = ("seeds", "recipes", "budgets")  # may gain entries, never lose one
+    shared = [k for k in record if k not in (*grown_lists, "pretraining")]
     old_arms, new_arms = recorded.get("pretraining", {}), record["pretraining"]
     return (all(record[k] == recorded.get(k) for k in shared)
-            and set(recorded.get("seeds", [])) <= set(record["seeds"])  # type: ignore[arg-type]
-            and set(recorded.get("recipes", [])) <= set(record["recipes"])  # type: ignore[arg-type]
-            and set(recorded.get("budgets", [])) <= set(record["budgets"])  # type: ignore[arg-type]
+            and all(set(recorded.get(k, [])) <= set(record[k])  # type: ignore[call-overload]
+                    for k in grown_lists)
             and all(new_arms.get(name) == arm for name, arm in old_arms.items()))  # type: ignore[union-attr]
