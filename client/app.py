@@ -1,13 +1,21 @@
 """fedssl ClientApp: receives global weights, trains the SSL task under DP, replies with Δ.
 
-Every reply carries a ConfigRecord "fedssl" with the node's status ("trained", "refused" or
-"error"), its ledger id and its whole ledger (JSON entries), so the server's RUN_DIR ledger
-holds each node's complete, verifiable chain.
+Every reply (trained, refused or error) carries a ConfigRecord "fedssl" with the node's status,
+its ledger id and its ledger entries of this run (the first one's `prev_hash` commits to the
+node's earlier chain, which stays on the node), so the server's RUN_DIR ledger can verify this
+run's spend. A query message (`ledger-sync`, sent by the server after the last round) returns
+the same, without training: spend whose reply was lost still reaches the run's reports.
+
+What leaves the node, in full: Δ (clipped, DP-SGD output), its record count and the DP
+parameters derived from it (public under the replace-one relation ε is stated for), its ε
+claims and budget, and this run's ledger entries (timestamps to the hour). Not: the training
+loss (unless the simulation switch `release-train-loss` is on), timings, or the DP seed.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import traceback
 from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
@@ -16,17 +24,25 @@ from flwr.common import log
 
 from client import worker_cache
 from client.dp_training import train_locally
-from client.local_round import RoundOutput, choose_noise_multiplier, run_client_round
+from client.local_round import RoundOutput, run_client_round
 from client.message_timing import MessageTiming
 from client.node_settings import NodeSettings, node_settings
-from client.privacy_state import load_noise_multiplier, save_noise_multiplier
+from common.dp_randomness import secret_generator, seeded_generator
 from common.local_data import DataFolderError
 from common.privacy_ledger import LedgerError, PrivacyLedger
 from common.run_config import ConfigError, RunConfig
 from common.tasks import SslTask, get_task
+from common.wire_format import (
+    LEDGER_SYNC,
+    QUERY_KEY,
+    REPLY_KEY,
+    STATUS_ERROR,
+    STATUS_LEDGER,
+    STATUS_REFUSED,
+    STATUS_TRAINED,
+)
 
 app = ClientApp()
-REPLY_KEY = "fedssl"
 
 
 @app.train()
@@ -34,45 +50,65 @@ def train(msg: Message, context: Context) -> Message:
     """One federated round on this node's records (or a refusal / error status)."""
     timing = MessageTiming()
     round_config = msg.content["config"]
+    run_id = str(context.run_id)
     with timing.phase("setup"):
         ready = _setup_or_error(msg, context)
     if isinstance(ready, Message):
         return ready
     config, node, ledger, task, records = ready
-    with timing.phase("sigma"):
-        sigma = load_noise_multiplier(context.state)
-        if sigma is None:
-            sigma = choose_noise_multiplier(config, len(records[0]))
-            save_noise_multiplier(context.state, sigma)
     server_round = int(round_config["server-round"])
-    # A retried attempt of a short round (short-round=retry) is a new release: fresh batches
-    # and noise, and a new ledger entry for the same round.
+    # A retried attempt of a short round (short-round=retry) is a new release: fresh masks,
+    # and a new ledger entry for the same round. The seed is public (masks, augmentation).
     attempt = int(round_config.get("attempt", 1))
-    # "round": ledger and accounting, model build ("build"), DP-SGD ("train"), update clipping
-    with timing.phase("round"):
-        output = run_client_round(
-            config=config,
-            task=dataclasses.replace(task, build_model=timing.timed("build", task.build_model)),
-            global_state=msg.content["arrays"].to_torch_state_dict(),
-            records=records,
-            node=node,
-            ledger=ledger,
-            noise_multiplier=sigma,
-            run_id=str(context.run_id),
-            server_round=server_round,
-            seed=(config.seed * 1_000_003 + server_round * 1_009 + (attempt - 1) * 100_003
-                  + (node.partition_id or 0)),
-            train=timing.timed("train", train_locally),
-        )
+    seed = (config.seed * 1_000_003 + server_round * 1_009 + (attempt - 1) * 100_003
+            + (node.partition_id or 0))
+    # Poisson masks and noise: secret, unless the simulation switch makes them reproducible.
+    dp_generator = seeded_generator(seed + 2) if config.reproducible_noise \
+        else secret_generator()
+    try:
+        # "round": ledger, σ and accounting, model build ("build"), DP-SGD ("train"), clipping
+        with timing.phase("round"):
+            output = run_client_round(
+                config=config,
+                task=dataclasses.replace(task,
+                                         build_model=timing.timed("build", task.build_model)),
+                global_state=msg.content["arrays"].to_torch_state_dict(),
+                records=records, node=node, ledger=ledger, run_id=run_id,
+                server_round=server_round, seed=seed, dp_generator=dp_generator,
+                train=timing.timed("train", train_locally),
+            )
+    except Exception as err:  # noqa: BLE001 - the reply must still carry the ledger
+        log(40, "fedssl node %s: round %d failed:\n%s", node.node_id, server_round,
+            traceback.format_exc())
+        return _reply(msg, status=STATUS_ERROR, reason=f"training failed: {type(err).__name__}: "
+                      f"{err}", node=node, ledger=ledger, run_id=run_id)
     if output.refusal:
         log(30, "fedssl node %s refuses round %d: %s", node.node_id, server_round,
             output.refusal)
     with timing.phase("reply"):
-        reply_msg = _reply(msg, status="refused" if output.refusal else "trained",
-                           reason=output.refusal, node=node, ledger=ledger, output=output)
+        reply_msg = _reply(msg, status=STATUS_REFUSED if output.refusal else STATUS_TRAINED,
+                           reason=output.refusal, node=node, ledger=ledger, run_id=run_id,
+                           output=output)
     timing.write(node=node.node_id, round=server_round, records=len(records[0]),
                  local_steps=config.local_steps)
     return reply_msg
+
+
+@app.query()
+def query(msg: Message, context: Context) -> Message:
+    """`ledger-sync`: this run's ledger entries, without training (or an error status)."""
+    request = msg.content.config_records.get(QUERY_KEY)
+    if request is None or request.get("query") != LEDGER_SYNC:
+        return _reply(msg, status=STATUS_ERROR, reason="unknown query")
+    node: NodeSettings | None = None
+    try:
+        config = RunConfig.from_mapping(context.run_config)
+        node = node_settings(context.node_config, context.node_id, config,
+                             request.get("sim-state-dir"))
+        ledger = PrivacyLedger.open(node.ledger_path, owner=node.node_id)
+    except (ConfigError, LedgerError) as err:
+        return _reply(msg, status=STATUS_ERROR, reason=str(err), node=node)
+    return _reply(msg, status=STATUS_LEDGER, node=node, ledger=ledger, run_id=str(context.run_id))
 
 
 def _setup_or_error(
@@ -81,30 +117,41 @@ def _setup_or_error(
     """The node's settings, ledger, task and records; or the "error" reply when unusable."""
     round_config = msg.content["config"]
     node: NodeSettings | None = None
+    ledger: PrivacyLedger | None = None
     try:
         config = RunConfig.from_mapping(context.run_config)
         node = node_settings(context.node_config, context.node_id, config,
                              round_config.get("sim-state-dir"))
         ledger = PrivacyLedger.open(node.ledger_path, owner=node.node_id)
+        if config.reproducible_noise and node.partition_id is None:
+            raise ConfigError("reproducible-noise", "a deployed node never draws its DP noise "
+                              "from the run seed (the server knows it: no DP guarantee); "
+                              "this switch is for simulations only")
         task = get_task(config.task)
         _check_public_inputs(task, config, round_config.get("public-inputs-sha256"))
         records = _node_records(task, config, node)
     except (ConfigError, LedgerError, DataFolderError) as err:
         reason = f"data-dir {err.kind}: {err}" if isinstance(err, DataFolderError) else str(err)
         log(40, "fedssl node cannot take part: %s", reason)
-        return _reply(msg, status="error", reason=reason, node=node)
+        return _reply(msg, status=STATUS_ERROR, reason=reason, node=node, ledger=ledger,
+                      run_id=str(context.run_id))
+    if node.delta > 1 / max(len(records[0]), 1):
+        log(30, "fedssl node %s: delta %g is above 1/n = 1/%d: a guarantee that fails with "
+            "probability delta could expose a whole record", node.node_id, node.delta,
+            len(records[0]))
     return config, node, ledger, task, records
 
 
 def _reply(
     msg: Message, status: str, reason: str = "", node: NodeSettings | None = None,
-    ledger: PrivacyLedger | None = None, output: RoundOutput | None = None,
+    ledger: PrivacyLedger | None = None, run_id: str = "", output: RoundOutput | None = None,
 ) -> Message:
+    entries = ledger.run_entries(node.node_id, run_id) if ledger and node else []
     info = ConfigRecord({
         "status": status,
         "reason": reason,
         "node": node.node_id if node else "",
-        "ledger": [e.to_json() for e in ledger.entries()] if ledger else [],
+        "ledger": [e.to_json() for e in entries],
     })
     content = RecordDict({REPLY_KEY: info})
     if output is not None:

@@ -1,15 +1,17 @@
-"""Local DP-SGD on a client's records with Opacus, continuing the node's privacy history.
+"""Local DP-SGD on a client's records with Opacus.
 
 Plain functions, no Flower: the ClientApp calls `train_locally` once per round. Privacy
-parameters are explicit: per-record clip norm C, noise multiplier σ, Poisson sample rate q, and
-the accountant history from earlier rounds, which the returned history extends.
+parameters are explicit: per-record clip norm C, noise multiplier σ, the Poisson sample rate q
+Opacus derives from the loader, and the generator the DP randomness comes from: the public
+`seed` fixes masks, augmentations and dropout, while `dp_generator` (secret:
+common/dp_randomness.py) draws the Poisson masks and the Gaussian noise.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -17,8 +19,6 @@ from opacus import PrivacyEngine
 from opacus.utils.fast_gradient_clipping_utils import DPTensorFastGradientClipping
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
-
-from common.privacy_accounting import HistoryEntry, make_accountant, merge_history
 
 
 @dataclass(frozen=True)
@@ -41,10 +41,9 @@ class DpSettings:
 class LocalResult:
     """What one round of local DP training produced (weights stay in the model)."""
 
-    mean_loss: float
+    mean_loss: float  # stays on the node unless the simulation switch releases it
     steps: int
     sample_rate: float
-    history: list[HistoryEntry]  # earlier rounds + this round, Opacus format
 
 
 def poisson_sample_rate(num_records: int, batch_size: int) -> float:
@@ -60,28 +59,32 @@ def train_locally(
     records: tuple[torch.Tensor, ...],
     per_record_loss: PerRecordLoss,
     settings: DpSettings,
-    history: Sequence[HistoryEntry],
     seed: int,
+    dp_generator: torch.Generator,
 ) -> LocalResult:
     """Run `settings.local_steps` DP-SGD steps of a task's objective on these records.
 
     `records` are tensors with one row per record; `per_record_loss` returns one loss per
-    record (shape `[B]`), which is what makes per-record clipping meaningful.
+    record (shape `[B]`), which is what makes per-record clipping meaningful. `seed` (public)
+    fixes masks, augmentations and dropout; `dp_generator` (secret) draws the Poisson masks
+    and the noise.
 
     Uses Poisson sampling (batches vary in size and may be empty; an empty batch still adds
     noise and counts as a step, as the accountant assumes). `model` is trained in place.
     """
-    torch.manual_seed(seed)  # Opacus draws noise and Poisson masks from torch's global RNG
+    torch.manual_seed(seed)  # dropout and anything else on the global RNG: public, reproducible
     task_rng = torch.Generator().manual_seed(seed + 1)  # the task's masks / augmentations
-    loader = DataLoader(TensorDataset(*records), batch_size=settings.batch_size)
+    # Opacus's Poisson sampler takes the loader's generator; its noise takes noise_generator.
+    loader = DataLoader(TensorDataset(*records), batch_size=settings.batch_size,
+                        generator=dp_generator)
     # Only trainable parameters: frozen ones (`freeze-embeddings`) get neither clipping nor noise.
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad],
                                  lr=settings.learning_rate)
     with warnings.catch_warnings():
         # secure_mode needs torchcsprng, which has no wheel here (REFERENCE.md).
         warnings.filterwarnings("ignore", message=".*[Ss]ecure RNG.*")
+        # Opacus's own accountant is not used: the node's ledger is the one record of spend.
         engine = PrivacyEngine(accountant="rdp")
-        engine.accountant = make_accountant(history)  # continue, never restart, the spend
         private = engine.make_private(
             module=model,
             optimizer=optimizer,
@@ -90,6 +93,7 @@ def train_locally(
             max_grad_norm=settings.clip_norm,
             poisson_sampling=True,
             grad_sample_mode=settings.grad_sample_mode,
+            noise_generator=dp_generator,
         )
     ghost = settings.grad_sample_mode == "ghost"
     # Ghost mode also returns a loss wrapper built for (output, target) criteria; the tasks
@@ -126,7 +130,6 @@ def train_locally(
         mean_loss=sum(losses) / len(losses) if losses else float("nan"),
         steps=steps,
         sample_rate=float(loader.sample_rate),
-        history=merge_history(engine.accountant.history),
     )
 
 

@@ -1,14 +1,21 @@
 """One client round as a plain function: records in, clipped update and metrics out.
 
 The order is the privacy contract:
-1. choose σ (once per run, for all of the run's planned steps);
-2. project the node's ε after this round from its durable ledger; past its budget, refuse;
-3. append the round's spend to the ledger (durable) *before* touching the data, so a crash
-   during training can only over-count, never under-count;
-4. train with DP-SGD, then build the clipped update that leaves the node;
-5. confirm the write-ahead entry (durable) before the reply leaves. An entry without its
+1. in one ledger transaction: read the node's history from its durable ledger, choose σ for
+   what is left of its budget, project its ε after this round, refuse past the budget (or
+   while another round of the node is still in flight), else append the round's spend —
+   durable *before* any record is read, so a crash during training can only over-count;
+2. train with DP-SGD (Poisson masks and noise from a secret generator), then build the
+   clipped update that leaves the node;
+3. confirm the write-ahead entry (durable) before the reply leaves. An entry without its
    confirmation is a round that crashed: still counted in full (an over-count), and reported
    as such by `fedssl audit`.
+
+σ is a pure function of the ledger and the run settings (`plan_round`), recomputed every
+round: the node's whole lifetime history (earlier runs, retried attempts, rounds redone after
+a server restart) plus every round still planned in this run must land at or below the
+node's cap, which defaults to `target-epsilon`. ε is stated for replace-one neighbours: the
+node releases its record count, so n is public (common/privacy_accounting.py).
 """
 
 from __future__ import annotations
@@ -22,10 +29,38 @@ from flwr.common import log
 from client.dp_training import DpSettings, LocalResult, poisson_sample_rate, train_locally
 from client.node_settings import NodeSettings
 from common.model_updates import State, clip_update, compute_update
-from common.privacy_accounting import ACCOUNTANT, calibrate_noise_multiplier, epsilon_of
-from common.privacy_ledger import POISSON_GAUSSIAN, RECORD_LEVEL, LedgerEntry, PrivacyLedger
+from common.privacy_accounting import (
+    ACCOUNTANT,
+    REPLACE_ONE,
+    HistoryEntry,
+    calibrate_noise_multiplier,
+    epsilon_of,
+)
+from common.privacy_ledger import (
+    POISSON_GAUSSIAN,
+    RECORD_LEVEL,
+    SECRET_NOISE,
+    SEEDED_NOISE,
+    LedgerEntry,
+    PrivacyLedger,
+)
 from common.run_config import RunConfig
 from common.tasks import SslTask, freeze_vocabulary
+
+
+@dataclass(frozen=True)
+class RoundPlan:
+    """What the node decided before touching its records."""
+
+    noise_multiplier: float | None  # None when it refuses
+    spent: float  # lifetime ε before this round (at the node's δ)
+    projected: float  # lifetime ε after this round
+    refusal: str = ""
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        """Budget figures a refusal reply carries."""
+        return {"epsilon": self.spent, "projected-epsilon": self.projected}
 
 
 @dataclass(frozen=True)
@@ -38,14 +73,34 @@ class RoundOutput:
     entry: LedgerEntry | None = None  # this round's spend (None when refused)
 
 
-def choose_noise_multiplier(config: RunConfig, num_records: int) -> float:
-    """The node's σ: explicit, or calibrated so the run's planned steps land at target-epsilon."""
-    fixed = config.fixed_noise_multiplier
-    if fixed is not None:
-        return fixed
-    rate = poisson_sample_rate(num_records, config.batch_size)
-    planned_steps = config.num_rounds * config.local_steps
-    return calibrate_noise_multiplier(config.target_epsilon, config.delta, rate, planned_steps)
+def plan_round(config: RunConfig, node: NodeSettings, sample_rate: float,
+               history: list[HistoryEntry], server_round: int) -> RoundPlan:
+    """σ for this round, and whether the node's budget allows it (pure; see module doc).
+
+    With `noise-multiplier=auto`, σ is calibrated so that the node's history plus every round
+    still planned (this one included) spends at most its cap: min(node max-epsilon,
+    client-max-epsilon, target-epsilon). An explicit σ is used as given; the cap then refuses
+    the round that would cross it.
+    """
+    spent = epsilon_of(history, node.delta, REPLACE_ONE)
+    sigma = config.fixed_noise_multiplier
+    if sigma is None:
+        remaining_rounds = max(config.num_rounds - server_round + 1, 1)
+        sigma = calibrate_noise_multiplier(
+            node.max_epsilon, node.delta, sample_rate, remaining_rounds * config.local_steps,
+            REPLACE_ONE, prior=history)
+        if sigma is None:
+            return RoundPlan(None, spent, spent, refusal=(
+                f"budget: lifetime ε is already {spent:.4g} (δ={node.delta:g}, "
+                f"{REPLACE_ONE}); the cap {node.max_epsilon:g} leaves no room for the "
+                f"{remaining_rounds} round(s) still planned"))
+    projected = epsilon_of([*history, (sigma, sample_rate, config.local_steps)], node.delta,
+                           REPLACE_ONE)
+    if node.max_epsilon > 0 and projected > node.max_epsilon:
+        return RoundPlan(None, spent, projected, refusal=(
+            f"budget: this round would take ε from {spent:.4g} to {projected:.4g} "
+            f"(δ={node.delta:g}, {REPLACE_ONE}), past the node's cap {node.max_epsilon:g}"))
+    return RoundPlan(sigma, spent, projected)
 
 
 def run_client_round(
@@ -55,75 +110,87 @@ def run_client_round(
     records: tuple[torch.Tensor, ...],
     node: NodeSettings,
     ledger: PrivacyLedger,
-    noise_multiplier: float,
     run_id: str,
     server_round: int,
     seed: int,
+    dp_generator: torch.Generator,
     train: Callable[..., LocalResult] = train_locally,
 ) -> RoundOutput:
     """Train locally under DP from `global_state` and return the clipped update Δ.
 
     Refuses (trains nothing, records nothing) when this round would take the node's ε past
-    its budget. `train` is the DP-SGD loop (a parameter so tests can make it crash).
+    its budget, or while another round of this node is still training. `train` is the DP-SGD
+    loop (a parameter so tests can make it crash).
     """
     num_records = len(records[0])
     rate = poisson_sample_rate(num_records, config.batch_size)
-    history = ledger.history(node.node_id, RECORD_LEVEL)
-    spent = epsilon_of(history, node.delta)
-    projected = epsilon_of([*history, (noise_multiplier, rate, config.local_steps)], node.delta)
-    budget_metrics = {"epsilon": spent, "projected-epsilon": projected,
-                      "max-epsilon": node.max_epsilon, "delta": node.delta}
-    if node.max_epsilon > 0 and projected > node.max_epsilon:
-        reason = (f"budget: this round would take ε from {spent:.4g} to {projected:.4g} "
-                  f"(δ={node.delta:g}), past the node's max-epsilon {node.max_epsilon:g}")
-        return RoundOutput(update=None, metrics=budget_metrics, refusal=reason)
+    plans: list[RoundPlan] = []
 
-    entry = ledger.append(  # durable before any record is read for training
-        run_id=run_id, round=server_round, node_id=node.node_id, guarantee=RECORD_LEVEL,
-        mechanism=POISSON_GAUSSIAN, noise_multiplier=noise_multiplier, sample_rate=rate,
-        steps=config.local_steps, delta=node.delta, accountant=ACCOUNTANT,
-        epsilon=projected, max_epsilon=node.max_epsilon,
-    )
-    model = task.build_model(config)
-    model.load_state_dict(global_state)
-    if config.freeze_embeddings:
-        freeze_vocabulary(task, model)
-    settings = DpSettings(
-        noise_multiplier=noise_multiplier,
-        clip_norm=config.clip_norm,
-        batch_size=config.batch_size,
-        local_steps=config.local_steps,
-        learning_rate=config.learning_rate,
-        grad_sample_mode=(task.frozen_grad_sample_mode if config.freeze_embeddings
-                          else task.grad_sample_mode),
-    )
-    result = train(model, records, task.per_record_loss, settings, history, seed)
-    if (result.steps, result.sample_rate) != (entry.steps, entry.sample_rate):
-        # The ledger must describe what ran; never release an update it does not cover.
-        raise RuntimeError(f"DP-SGD ran {result.steps} steps at q={result.sample_rate}, "
-                           f"but the ledger recorded {entry.steps} at q={entry.sample_rate}")
-    update, raw_norm = clip_update(
-        compute_update(model.state_dict(), global_state), config.update_clip_norm
-    )
+    def decide(entries: list[LedgerEntry], busy: bool) -> dict[str, object] | str:
+        if busy:
+            return ("busy: another round of this node is still training (its write-ahead "
+                    "entry is unconfirmed and its process alive)")
+        history = [(e.noise_multiplier, e.sample_rate, e.steps) for e in entries
+                   if not e.is_confirmation and e.guarantee == RECORD_LEVEL]
+        plan = plan_round(config, node, rate, history, server_round)
+        plans.append(plan)
+        if plan.noise_multiplier is None:
+            return plan.refusal
+        return {
+            "run_id": run_id, "round": server_round, "guarantee": RECORD_LEVEL,
+            "mechanism": POISSON_GAUSSIAN, "noise_multiplier": plan.noise_multiplier,
+            "sample_rate": rate, "steps": config.local_steps, "delta": node.delta,
+            "accountant": ACCOUNTANT, "epsilon": plan.projected,
+            "max_epsilon": node.max_epsilon, "relation": REPLACE_ONE,
+            "noise": SEEDED_NOISE if config.reproducible_noise else SECRET_NOISE,
+        }
+
+    reserved = ledger.reserve(node.node_id, decide)  # durable before any record is read
+    budget = {"max-epsilon": node.max_epsilon, "delta": node.delta}
+    if isinstance(reserved, str):
+        return RoundOutput(update=None, refusal=reserved,
+                           metrics={**budget, **(plans[-1].metrics if plans else {})})
+    entry = reserved
+    try:
+        model = task.build_model(config)
+        model.load_state_dict(global_state)
+        if config.freeze_embeddings:
+            freeze_vocabulary(task, model)
+        settings = DpSettings(
+            noise_multiplier=entry.noise_multiplier,
+            clip_norm=config.clip_norm,
+            batch_size=config.batch_size,
+            local_steps=config.local_steps,
+            learning_rate=config.learning_rate,
+            grad_sample_mode=(task.frozen_grad_sample_mode if config.freeze_embeddings
+                              else task.grad_sample_mode),
+        )
+        result = train(model, records, task.per_record_loss, settings, seed, dp_generator)
+        if (result.steps, result.sample_rate) != (entry.steps, entry.sample_rate):
+            # The ledger must describe what ran; never release an update it does not cover.
+            raise RuntimeError(f"DP-SGD ran {result.steps} steps at q={result.sample_rate}, "
+                               f"but the ledger recorded {entry.steps} at q={entry.sample_rate}")
+        update, raw_norm = clip_update(
+            compute_update(model.state_dict(), global_state), config.update_clip_norm
+        )
+    except BaseException:
+        ledger.abandon(entry)  # stays unconfirmed: counted in full, reported as crashed
+        raise
     if ledger.confirm(entry) is None:
         # Another entry was appended since ours (two processes sharing one state dir): the
         # round stays unconfirmed, i.e. over-counted in reports; the spend is recorded either way.
         log(30, "fedssl node %s: round %d's ledger entry is no longer the node's latest; "
             "left unconfirmed (reported as a crashed round)", node.node_id, server_round)
-    # Δ (and its norm) is post-processing of DP-SGD output. The record count and the mean
-    # training loss are not: they are released outside the DP guarantee (README, "Privacy").
-    return RoundOutput(
-        update=update,
-        entry=entry,
-        metrics={
-            **budget_metrics,
-            "epsilon": entry.epsilon,
-            "num-examples": num_records,
-            "train-loss": result.mean_loss,
-            "noise-multiplier": noise_multiplier,
-            "sample-rate": rate,
-            "local-steps": result.steps,
-            "total-steps": sum(n for _, _, n in history) + result.steps,
-            "update-norm": raw_norm,
-        },
-    )
+    metrics: dict[str, float | int] = {
+        **budget,
+        "epsilon": entry.epsilon,
+        "num-examples": num_records,  # public under replace-one (it is what makes n public)
+        "noise-multiplier": entry.noise_multiplier,
+        "sample-rate": rate,
+        "local-steps": result.steps,
+        "update-norm": raw_norm,  # a function of the DP-SGD output: covered by its guarantee
+    }
+    if config.release_train_loss and node.partition_id is not None:
+        # Simulation switch: the raw loss of the node's own batches, outside any DP guarantee.
+        metrics["train-loss"] = result.mean_loss
+    return RoundOutput(update=update, entry=entry, metrics=metrics)

@@ -8,9 +8,15 @@ partition.
 
 Node config keys: `data-dir` (the node's private records; required outside simulation),
 `state-dir` (folder for ledger.sqlite; required outside simulation),
-`node-name` (the node's id in ledgers; default `node-<flower node id>`), `max-epsilon`
-(record-level budget over the node's lifetime; absent or 0 = none), `delta` (δ the node
-accounts at; default min(run δ, 1e-5)).
+`node-name` (the node's id in ledgers; default `node-<flower node id>`; `federation` is
+reserved for the server's own client-level events), `max-epsilon` (record-level budget over
+the node's lifetime; absent or 0 = none), `delta` (δ the node calibrates, accounts and is
+budgeted at; default min(run δ, 1e-5)).
+
+The node's cap is the smallest of its own `max-epsilon`, the run's `client-max-epsilon` and,
+when σ is calibrated (`noise-multiplier=auto`), the run's `target-epsilon`: a node never
+spends past the target it was asked to calibrate to, also not through retried or redone
+rounds, and a simulated node always has a budget.
 """
 
 from __future__ import annotations
@@ -21,10 +27,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from common.privacy_ledger import FEDERATION_NODE
 from common.run_config import ConfigError, RunConfig
+from common.run_dir_layout import LEDGER_FILE
 
 DEFAULT_NODE_DELTA = 1e-5
-LEDGER_FILE = "ledger.sqlite"
 
 
 @dataclass(frozen=True)
@@ -33,7 +40,7 @@ class NodeSettings:
 
     node_id: str
     state_dir: Path
-    max_epsilon: float  # 0 = no budget
+    max_epsilon: float  # the cap (see the module doc); 0 = none
     delta: float
     partition_id: int | None  # simulation only
     data_dir: Path | None = None  # deployment: the node's own records
@@ -71,8 +78,12 @@ def node_settings(
     node_id = str(node_config.get("node-name", default_name)).strip()
     if not node_id:
         raise ConfigError("node-name", "must not be empty")
+    if node_id == FEDERATION_NODE:
+        raise ConfigError("node-name", f"'{FEDERATION_NODE}' is reserved for the server's "
+                          "client-level DP events; choose another name")
     own_budget = _number(node_config, "max-epsilon", 0.0)
-    budgets = [b for b in (own_budget, config.client_max_epsilon) if b > 0]
+    target = config.target_epsilon if config.fixed_noise_multiplier is None else 0.0
+    budgets = [b for b in (own_budget, config.client_max_epsilon, target) if b > 0]
     delta = _number(node_config, "delta", min(config.delta, DEFAULT_NODE_DELTA))
     if not 0 < delta < 1:
         raise ConfigError("delta", f"node config delta must be in (0, 1), got {delta}")

@@ -1,25 +1,40 @@
-"""Independent audit of a privacy ledger: is it intact, are its ε claims right, are budgets kept?
+"""Independent audit of a privacy ledger: is it intact, are its ε claims right, are budgets kept,
+and is there a DP guarantee at all?
 
 Pure functions over the rows of a ledger file (common/privacy_ledger.py); no Flower, no output.
-This is the entry point (`audit`); the integrity checks live in common/ledger_integrity.py and
-the ε recomputation in common/epsilon_curves.py, both re-exported here. Every node's ε is recomputed from its raw events with two accountants: Opacus's RDP accountant
-(the one nodes claim with, so claims must match it) and dp-accounting's PLD accountant (an
-independent implementation; typically tighter). Numbers are never mixed across guarantees:
-record-level DP per client and client-level DP for the federation are separate results.
+This is the entry point (`audit`); the integrity checks live in common/ledger_integrity.py, the
+ε recomputation in common/epsilon_curves.py and the RUN_DIR cross-checks in
+common/run_dir_checks.py. Every node's ε is recomputed from its raw events three ways: with the
+accountant its entries name (claims must match it), with dp-accounting's PLD under the
+neighbouring relation that really holds (claims must not be below it), and with an independent
+RDP upper bound. Numbers are never mixed across guarantees: record-level DP per client and
+client-level DP for the federation are separate results.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import itertools
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from common.epsilon_curves import ACCOUNTANTS, claim_consistent, pld_curve, rdp_curve
-from common.ledger_integrity import Problem, check_anchor, verify_chain
+from common.epsilon_curves import (
+    ACCOUNTANTS,
+    claim_consistent,
+    claim_covers,
+    claim_curve,
+    pld_curve,
+    rdp_curve,
+)
+from common.ledger_integrity import (
+    RELATION_OF,
+    Problem,
+    check_anchor,
+    verify_chain,
+    withheld_chains,
+)
 from common.privacy_ledger import (
     CLIENT_LEVEL,
     FEDERATION_NODE,
@@ -30,6 +45,8 @@ from common.privacy_ledger import (
     read_ledger,
     unconfirmed,
 )
+from common.run_dir_checks import run_dir_anchor, run_dir_problems
+from common.run_dir_layout import LEDGER_FILE, RUN_OWNER, SUMMARY_FILE
 
 __all__ = [
     "ACCOUNTANTS", "AuditInputError", "AuditReport", "EventAudit", "NodeAudit", "Problem",
@@ -37,8 +54,6 @@ __all__ = [
     "rdp_curve", "resolve_ledger", "verify_chain",
 ]
 
-LEDGER_FILE = "ledger.sqlite"
-SUMMARY_FILE = "summary.json"
 BUDGET_TOLERANCE = 1e-9  # relative; a budget breach by float noise alone is not a breach
 
 
@@ -48,13 +63,18 @@ class AuditInputError(ValueError):
 
 @dataclass(frozen=True)
 class EventAudit:
-    """One ledger event with ε recomputed after it (cumulative for its node and guarantee)."""
+    """One ledger event with ε recomputed after it (cumulative for its node and guarantee).
+
+    `epsilon_rdp` and `epsilon_pld` are under the relation that holds for the guarantee, at
+    the report δ; `recomputed_claim` uses the entry's own accountant, relation and δ.
+    """
 
     row: LedgerRow
-    epsilon_rdp: float  # at the report δ
+    epsilon_rdp: float  # independent upper bound, at the report δ
     epsilon_pld: float  # at the report δ
-    recomputed_claim: float  # RDP at the entry's own δ: what the node should have claimed
-    claim_consistent: bool
+    recomputed_claim: float  # what the writer should have claimed (its accountant, its δ)
+    claim_consistent: bool  # claim == recomputed_claim (≥ when earlier spend is withheld)
+    claim_covers: bool = True  # claim ≥ PLD under the relation that holds, at the entry's δ
 
 
 @dataclass(frozen=True)
@@ -76,6 +96,14 @@ class NodeAudit:
     # full. `confirmations` = 0 means the ledger holds none for this node (see `legacy`).
     unconfirmed: tuple[LedgerRow, ...] = ()
     confirmations: int = 0
+    relation: str = ""  # the neighbouring relation ε is recomputed for (what holds)
+    withheld: bool = False  # a run ledger's copy continues an earlier chain the node kept
+    reproducible: tuple[LedgerRow, ...] = ()  # events whose noise the run seed reproduces
+
+    @property
+    def guaranteed(self) -> bool:
+        """Every event's noise was secret: the ε is a DP guarantee (else there is none)."""
+        return not self.reproducible
 
     @property
     def legacy(self) -> bool:
@@ -125,16 +153,24 @@ class AuditReport:
     anchor_problems: tuple[Problem, ...]
     nodes: tuple[NodeAudit, ...]
     notes: tuple[str, ...]
+    run_problems: tuple[Problem, ...] = ()  # RUN_DIR cross-checks (common/run_dir_checks.py)
+    anchor_source: str = ""  # summary.json or checkpoint.json
 
     @property
     def ok(self) -> bool:
-        """Intact, consistent and within budget."""
+        """Intact, consistent, complete, a DP guarantee, and within budget."""
         return not self.reasons
+
+    @property
+    def guaranteed(self) -> bool:
+        """No event's noise can be reproduced from the run seed."""
+        return all(node.guaranteed for node in self.nodes)
 
     @property
     def reasons(self) -> list[str]:
         """Why the audit fails, first broken entry first (empty when it passes)."""
-        return ([str(p) for p in (*self.chain_problems, *self.anchor_problems)]
+        return ([str(p) for p in (*self.chain_problems, *self.anchor_problems,
+                                  *self.run_problems)]
                 + [r for node in self.nodes for r in node.reasons])
 
 
@@ -146,21 +182,31 @@ def guarantee_label(node_id: str, guarantee: str) -> str:
     return "record-level DP, per client"
 
 
-def audit_node(rows: Sequence[LedgerRow], delta: float | None = None) -> NodeAudit:
+def audit_node(rows: Sequence[LedgerRow], delta: float | None = None,
+               withheld: bool = False) -> NodeAudit:
     """Recompute one node's ε for one guarantee from its rows (file order) and judge it.
 
     Claims and budgets are judged at each entry's own δ; `delta` only moves the reported ε.
+    With `withheld`, the rows continue an earlier chain the node did not send: its claims
+    include spend not shown, so they can only be checked to be at least what is shown.
     """
     entries = [r.entry for r in rows]
     node_id, guarantee = entries[0].node_id, entries[0].guarantee
+    relation = RELATION_OF[guarantee] if guarantee in RELATION_OF else RELATION_OF[RECORD_LEVEL]
     events = [(e.noise_multiplier, e.sample_rate, e.steps) for e in entries]
     own = [e.delta for e in entries]
-    claims = rdp_curve(events, own)
+    claims = claim_curve(events, own, [e.accountant for e in entries],
+                         [e.relation for e in entries])
     report = own if delta is None else [delta] * len(entries)
-    rdp = claims if delta is None else rdp_curve(events, report)
-    pld = pld_curve(events, report)
-    audits = tuple(EventAudit(r, a, b, c, claim_consistent(r.entry.epsilon, c))
-                   for r, a, b, c in zip(rows, rdp, pld, claims, strict=True))
+    pld_own = pld_curve(events, own, relation)
+    pld = pld_own if delta is None else pld_curve(events, report, relation)
+    rdp = rdp_curve(events, report, relation)
+    audits = tuple(
+        EventAudit(r, a, b, c,
+                   claim_covers(r.entry.epsilon, c) if withheld
+                   else claim_consistent(r.entry.epsilon, c),
+                   claim_covers(r.entry.epsilon, p))
+        for r, a, b, c, p in zip(rows, rdp, pld, claims, pld_own, strict=True))
     who = f"node '{node_id}' ({guarantee_label(node_id, guarantee)})"
     reasons, status = [], []
     wrong = [e for e in audits if not e.claim_consistent]
@@ -169,30 +215,58 @@ def audit_node(rows: Sequence[LedgerRow], delta: float | None = None) -> NodeAud
         kind = "under-claims" if first.row.entry.epsilon < first.recomputed_claim else "over-claims"
         reasons.append(
             f"{who} {kind}: it claimed ε={first.row.entry.epsilon:.6g} at round "
-            f"{first.row.entry.round} (row {first.row.seq}, δ={first.row.entry.delta:g}, RDP) "
-            f"but its events give ε={first.recomputed_claim:.6g}"
+            f"{first.row.entry.round} (row {first.row.seq}, δ={first.row.entry.delta:g}, "
+            f"{first.row.entry.accountant.upper()}) but its events give "
+            f"ε={first.recomputed_claim:.6g}"
             + (f"; {len(wrong) - 1} more inconsistent claim(s)" if len(wrong) > 1 else ""))
         status.append("inconsistent claims")
+    short = [e for e in audits if not e.claim_covers]
+    if short:
+        first = short[0]
+        reasons.append(
+            f"{who} under-states ε for the relation that holds ({relation}): it claimed "
+            f"ε={first.row.entry.epsilon:.6g} at round {first.row.entry.round} (row "
+            f"{first.row.seq}, δ={first.row.entry.delta:g}"
+            + (", format 1: add/remove-one" if first.row.entry.is_legacy else "")
+            + f") but PLD under {relation} gives ε={pld_own[audits.index(first)]:.6g}"
+            + (f"; {len(short) - 1} more such event(s)" if len(short) > 1 else ""))
+        status.append(f"under-claims for {relation}")
+    reproducible = tuple(r for r in rows if r.entry.reproducible_noise)
+    if reproducible:
+        legacy = all(r.entry.is_legacy for r in reproducible)
+        reasons.append(
+            f"{who} has NO DP GUARANTEE: the noise of {len(reproducible)} event(s) (first: "
+            f"round {reproducible[0].entry.round} of run {reproducible[0].entry.run_id}, row "
+            f"{reproducible[0].seq}) can be recomputed by whoever knows the run seed"
+            + (" (format-1 entries: fedssl drew DP noise from the run seed before format 2)"
+               if legacy else " (the simulation switch reproducible-noise was on)"))
+        status.append("no DP guarantee")
+    if withheld:
+        status.append("earlier spend withheld by the node (claims include it)")
     # Each event is judged against the budget the node had when it spent (recorded in the
-    # entry); the budget shown is the one in force at the latest event (0 = none).
+    # entry); the budget shown is the one in force at the latest event (0 = none). Where
+    # earlier spend is withheld, the node's own claim is the best known ε.
     budget = entries[-1].max_epsilon if entries[-1].max_epsilon > 0 else None
-    breaches = [(e, eps) for e, eps in zip(entries, claims, strict=True)
+    known = [max(c, e.epsilon) if withheld else c for c, e in zip(claims, entries, strict=True)]
+    breaches = [(e, eps) for e, eps in zip(entries, known, strict=True)
                 if e.max_epsilon > 0 and eps > e.max_epsilon * (1 + BUDGET_TOLERANCE)]
     if breaches:
         entry, eps = breaches[0]
         reasons.append(f"{who} went over budget at round {entry.round} (row "
-                       f"{rows[entries.index(entry)].seq}): ε={eps:.6g} (RDP, δ={entry.delta:g}) "
-                       f"exceeded its max-epsilon {entry.max_epsilon:g} at the time")
+                       f"{rows[entries.index(entry)].seq}): ε={eps:.6g} "
+                       f"({entry.accountant.upper()}, δ={entry.delta:g}) exceeded its "
+                       f"max-epsilon {entry.max_epsilon:g} at the time")
         status.append("over budget")
-    if not status:
-        status.append("no budget" if budget is None else "within budget")
+    if not [x for x in status if not x.startswith("earlier spend")]:
+        status.insert(0, "no budget" if budget is None else "within budget")
     changes = [f"{_budget_text(a.max_epsilon)} → {_budget_text(b.max_epsilon)} at round "
                f"{b.round} of run {b.run_id}"
                for a, b in itertools.pairwise(entries) if a.max_epsilon != b.max_epsilon]
     if changes:  # not a failure (the node sets its own budget), but an officer should see it
         status.append("budget changed: " + ", ".join(changes))
     return NodeAudit(node_id, guarantee, audits, report[-1], own[-1], entries[-1].epsilon,
-                     rdp[-1], pld[-1], budget, "; ".join(status), tuple(reasons))
+                     rdp[-1], pld[-1], budget, "; ".join(status), tuple(reasons),
+                     relation=relation, withheld=withheld, reproducible=reproducible)
 
 
 def _budget_text(max_epsilon: float) -> str:
@@ -213,7 +287,11 @@ def resolve_ledger(path: Path | str) -> tuple[Path, Path | None]:
 
 
 def audit(path: Path | str, delta: float | None = None) -> AuditReport:
-    """Audit the ledger at `path`; AuditInputError when it cannot be read as one."""
+    """Audit the ledger at `path`; AuditInputError when it cannot be read as one.
+
+    A run's ledger (owner "run") is also cross-checked against its RUN_DIR: anchor, config,
+    metrics and, in simulation, every simulated node's own ledger (common/run_dir_checks.py).
+    """
     if delta is not None and not 0 < delta < 1:
         raise AuditInputError(f"--delta must be in (0, 1), got {delta}")
     ledger_path, summary_path = resolve_ledger(path)
@@ -224,9 +302,20 @@ def audit(path: Path | str, delta: float | None = None) -> AuditReport:
         raise AuditInputError(f"{ledger_path} is not a readable fedssl ledger ({err})") from None
     head = {"rows": len(rows), "head": rows[-1].row_hash if rows else GENESIS}
     notes: list[str] = []
-    anchor, anchor_problems = _summary_anchor(summary_path, notes)
+    is_run = owner == RUN_OWNER
+    run_problems: list[Problem] = []
+    if is_run:
+        anchor, anchor_source, anchor_problems = run_dir_anchor(ledger_path.parent)
+        checked, run_notes = run_dir_problems(ledger_path.parent, rows)
+        run_problems += checked
+        notes += run_notes
+    else:
+        anchor, anchor_source, anchor_problems = None, "", []
+        notes.append("a node's own ledger has no anchor: a cut-off tail cannot be detected "
+                     "(compare its row count with the server's copy)")
     anchor_problems += check_anchor(head, anchor)
-    chain_problems = verify_chain(rows)
+    chain_problems = verify_chain(rows, withheld_starts=is_run)
+    withheld = withheld_chains(rows) if is_run else {}
     broken = {p.seq for p in chain_problems if p.check in ("type", "value")}
     groups: dict[tuple[str, str], list[LedgerRow]] = {}
     confirmations: dict[tuple[str, str], int] = {}
@@ -243,7 +332,7 @@ def audit(path: Path | str, delta: float | None = None) -> AuditReport:
                      "recomputation (see the integrity problems)")
     if not rows:
         notes.append("the ledger is empty: no privacy-consuming event was recorded")
-    if owner != "run":  # a node's own ledger (the server's is owned by "run")
+    if not is_run:  # a node's own ledger
         strangers = sorted({str(r.entry.node_id) for r in rows} - {owner})
         if strangers:
             notes.append(f"this is node '{owner}''s own ledger but it holds entries of "
@@ -252,15 +341,20 @@ def audit(path: Path | str, delta: float | None = None) -> AuditReport:
         if len({r.entry.delta for r in group}) > 1:
             notes.append(f"node '{node}' ({guarantee}) changed δ between events; each claim "
                          "is checked at its own δ")
+    for node in sorted(withheld):
+        notes.append(f"node '{node}' sent only this run's entries: its chain here continues "
+                     f"from {withheld[node][:16]}… (earlier spend, kept by the node; its own "
+                     "`fedssl audit STATE_DIR` verifies it). Its claims include that spend.")
     open_hashes = {e.hash for e in unconfirmed([r.entry for r in rows if r.seq not in broken])}
     nodes = tuple(
-        dataclasses.replace(audit_node(group, delta),
+        dataclasses.replace(audit_node(group, delta, withheld=key[0] in withheld),
                             unconfirmed=tuple(r for r in group if r.entry.hash in open_hashes),
                             confirmations=confirmations.get(key, 0))
         for key, group in groups.items())
     notes += _confirmation_notes(nodes)
     return AuditReport(ledger_path, summary_path, owner, len(rows), head["head"], anchor, delta,
-                       tuple(chain_problems), tuple(anchor_problems), nodes, tuple(notes))
+                       tuple(chain_problems), tuple(anchor_problems), nodes, tuple(notes),
+                       tuple(run_problems), anchor_source)
 
 
 def _confirmation_notes(nodes: Sequence[NodeAudit]) -> list[str]:
@@ -279,23 +373,3 @@ def _confirmation_notes(nodes: Sequence[NodeAudit]) -> list[str]:
                      "written before fedssl confirmed completed rounds (or every round "
                      "crashed); all are counted in full, as always")
     return notes
-
-
-def _summary_anchor(
-    summary_path: Path | None, notes: list[str]
-) -> tuple[Mapping[str, Any] | None, list[Problem]]:
-    if summary_path is None:
-        notes.append("no summary.json next to the ledger: a cut-off tail (deleted last rows) "
-                     "cannot be detected")
-        return None, []
-    try:
-        summary = json.loads(summary_path.read_text())
-        anchor = summary.get("privacy", {}).get("ledger")
-    except (OSError, ValueError, AttributeError) as err:
-        return None, [Problem("anchor", f"{summary_path} cannot be read, so the ledger's "
-                                        f"anchor cannot be checked: {err}")]
-    if anchor is None:
-        notes.append("summary.json records no ledger anchor: a cut-off tail cannot be detected")
-    elif not isinstance(anchor, Mapping):
-        return None, [Problem("anchor", f"summary.json's ledger anchor is malformed: {anchor}")]
-    return anchor, []

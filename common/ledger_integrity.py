@@ -13,7 +13,7 @@ from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
 
-from common.privacy_accounting import ACCOUNTANT
+from common.privacy_accounting import ADD_REMOVE, LEGACY_RDP, PLD, REPLACE_ONE
 from common.privacy_ledger import (
     CLIENT_LEVEL,
     CONFIRMATION,
@@ -21,6 +21,8 @@ from common.privacy_ledger import (
     GENESIS,
     POISSON_GAUSSIAN,
     RECORD_LEVEL,
+    SECRET_NOISE,
+    SEEDED_NOISE,
     LedgerEntry,
     LedgerRow,
     row_hash,
@@ -30,7 +32,10 @@ _GUARANTEES = {RECORD_LEVEL, CLIENT_LEVEL}
 _MECHANISMS = {POISSON_GAUSSIAN, GAUSSIAN_NO_AMPLIFICATION, CONFIRMATION}
 # What a confirmation must repeat from the write-ahead entry it confirms.
 _CONFIRMED_FIELDS = ("run_id", "round", "guarantee", "noise_multiplier", "sample_rate", "delta",
-                     "accountant", "epsilon", "max_epsilon")
+                     "accountant", "epsilon", "max_epsilon", "relation", "noise")
+# The relation each guarantee's ε must be stated for, given what is released (a node's record
+# count is released, so record-level neighbours are replace-one).
+RELATION_OF = {RECORD_LEVEL: REPLACE_ONE, CLIENT_LEVEL: ADD_REMOVE}
 _FIELD_TYPES = {f.name: str(f.type) for f in fields(LedgerEntry)}
 
 
@@ -49,11 +54,14 @@ class Problem:
         return self.message
 
 
-def verify_chain(rows: Sequence[LedgerRow]) -> list[Problem]:
+def verify_chain(rows: Sequence[LedgerRow], withheld_starts: bool = False) -> list[Problem]:
     """Every integrity problem in file order; the first one names the first broken entry.
 
     Each link is compared with the *stored* hash it should point at, so one edit is reported
-    where it happened rather than at every later row.
+    where it happened rather than at every later row. With `withheld_starts` (a run's ledger:
+    nodes send only the current run's entries), a node's first entry in the file may continue
+    an earlier chain the node kept to itself (`withheld_chains` lists them); a node's own
+    ledger must start every chain at the beginning.
     """
     problems: list[Problem] = []
     by_row_hash = {r.row_hash: r for r in rows}
@@ -85,7 +93,10 @@ def verify_chain(rows: Sequence[LedgerRow]) -> list[Problem]:
             flag("row-hash", "its row hash does not cover its link and entry hash: the row "
                  "hash or the link was altered")
         node_previous = last_of_node.get(entry.node_id)
-        if entry.prev_hash != (node_previous.entry.hash if node_previous else GENESIS):
+        continues_withheld = withheld_starts and node_previous is None \
+            and entry.prev_hash not in by_entry_hash
+        if not continues_withheld and \
+                entry.prev_hash != (node_previous.entry.hash if node_previous else GENESIS):
             flag("node-chain", _node_link_text(row, node_previous, by_entry_hash))
         if not type_errors:
             for text in _value_errors(entry):
@@ -97,6 +108,15 @@ def verify_chain(rows: Sequence[LedgerRow]) -> list[Problem]:
         previous = row
         last_of_node[entry.node_id] = row
     return problems
+
+
+def withheld_chains(rows: Sequence[LedgerRow]) -> dict[str, str]:
+    """Node → the hash its first entry in this file continues from, for nodes whose chain
+    starts with a withheld earlier part (their ε claims include spend not shown here)."""
+    first: dict[str, LedgerEntry] = {}
+    for row in rows:
+        first.setdefault(str(row.entry.node_id), row.entry)
+    return {node: e.prev_hash for node, e in first.items() if e.prev_hash != GENESIS}
 
 
 def check_anchor(
@@ -195,7 +215,15 @@ def _value_errors(entry: LedgerEntry) -> list[str]:
     checks = [
         (entry.guarantee in _GUARANTEES, f"unknown guarantee {entry.guarantee!r}"),
         (entry.mechanism in _MECHANISMS, f"unknown mechanism {entry.mechanism!r}"),
-        (entry.accountant == ACCOUNTANT, f"unknown accountant {entry.accountant!r}"),
+        (entry.accountant == (LEGACY_RDP if entry.is_legacy else PLD),
+         f"unknown accountant {entry.accountant!r}"
+         + (" for a format-1 entry" if entry.is_legacy else "")),
+        (entry.is_legacy or entry.relation == RELATION_OF.get(entry.guarantee),
+         (f"{entry.guarantee} ε stated for relation {entry.relation!r}; it must be "
+         f"{RELATION_OF.get(entry.guarantee)!r} (the relation that holds for what is "
+         "released)")),
+        (entry.is_legacy or entry.noise in (SECRET_NOISE, SEEDED_NOISE),
+         f"unknown noise source {entry.noise!r}"),
         (0 < entry.delta < 1, f"δ={entry.delta} is not in (0, 1)"),
         (0 < entry.sample_rate <= 1, f"sample rate q={entry.sample_rate} is not in (0, 1]"),
         (entry.mechanism != GAUSSIAN_NO_AMPLIFICATION or entry.sample_rate == 1,

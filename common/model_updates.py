@@ -28,6 +28,18 @@ def clip_update(update: State, max_norm: float) -> tuple[State, float]:
     return {k: t * scale for k, t in update.items()}, norm
 
 
+def clip_to_bound(update: State, max_norm: float) -> State:
+    """`update` scaled so that its norm, measured on the stored values, is at most `max_norm`.
+
+    `clip_update` scales in the tensors' own precision, which can leave the norm a float32
+    rounding above the bound; an accountant that assumes ≤ S needs exactly ≤ S.
+    """
+    clipped, _ = clip_update(update, max_norm)
+    while update_norm(clipped) > max_norm:
+        clipped = {k: t * (1 - 1e-6) for k, t in clipped.items()}
+    return clipped
+
+
 def apply_update(global_: State, update: State) -> State:
     """w_global + Δ, keeping each tensor's dtype."""
     return {k: (v.float() + update[k].float()).to(v.dtype) for k, v in global_.items()}

@@ -21,6 +21,20 @@ hash). A confirmation is never spend: `history()` leaves it out, and so does the
 recomputation. A write-ahead entry without a confirmation is a round that crashed (or is still
 running): it is counted in full, an over-count, never an under-count. Confirmations live in
 the same chains as spend, so deleting, inserting or editing one is as evident as for spend.
+
+**Format 2** adds two fields to every entry: `relation`, the neighbouring relation its ε is
+stated for (record-level: replace-one, since a node releases its record count; client-level:
+add/remove-one client), and `noise`, where the DP noise and sampling came from ("secret": a
+per-message source nobody else can reproduce; "seeded": reproducible from the run seed, a
+simulation switch with *no DP guarantee*). Format-1 entries (written before these existed)
+have both empty: they claimed add/remove-one with Opacus RDP, and their noise was drawn from
+the run seed. The hash covers the new fields only when they are set, so format-1 entries keep
+their original hashes and old ledgers open unchanged (the file gains the two columns).
+
+**What leaves a node.** Timestamps are kept to the hour (the exact time of a write-ahead entry
+and its confirmation would tell how long training took, which depends on the Poisson batches
+drawn), and a node's reply carries only the entries of the current run (`run_entries`): the
+first one's `prev_hash` commits to the node's earlier chain without revealing it.
 """
 
 from __future__ import annotations
@@ -28,8 +42,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import sqlite3
-from collections.abc import Iterable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -38,7 +54,7 @@ from typing import Any
 
 from common.privacy_accounting import HistoryEntry
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 GENESIS = "0" * 64
 RECORD_LEVEL = "record-level"
 CLIENT_LEVEL = "client-level"
@@ -48,6 +64,12 @@ FEDERATION_NODE = "federation"  # node id of the server's client-level DP events
 # Mechanism of a confirmation entry: "the write-ahead entry before me completed". Not a
 # privacy mechanism; it never spends (history() and the audit leave it out).
 CONFIRMATION = "write-ahead-confirmed"
+SECRET_NOISE = "secret"  # noise and sampling from a per-message secret source
+SEEDED_NOISE = "seeded"  # reproducible from the run seed: no DP guarantee (simulation only)
+V2_FIELDS = ("relation", "noise")  # hashed only when set (format-1 entries leave them empty)
+# A write-ahead entry whose process is alive blocks a second round of the same node for this
+# long at most (a process that hangs for longer is treated as crashed: its entry still counts).
+MAX_IN_FLIGHT_S = 24 * 3600.0
 
 
 class LedgerError(RuntimeError):
@@ -78,16 +100,31 @@ class LedgerEntry:
     timestamp: str
     prev_hash: str
     hash: str = ""
+    relation: str = ""  # format 2: "replace-one" / "add-remove"; "" in format-1 entries
+    noise: str = ""  # format 2: "secret" / "seeded"; "" in format-1 entries (seeded)
 
     @property
     def is_confirmation(self) -> bool:
         """True for a confirmation entry (never spend), False for a privacy-consuming event."""
         return self.mechanism == CONFIRMATION
 
+    @property
+    def is_legacy(self) -> bool:
+        """Written in format 1: add/remove-one RDP claim, noise seeded from the run seed."""
+        return not self.relation and not self.noise
+
+    @property
+    def reproducible_noise(self) -> bool:
+        """Its noise can be recomputed by whoever knows the run seed: no DP guarantee."""
+        return self.noise != SECRET_NOISE
+
     def body(self) -> dict[str, Any]:
-        """Every field except `hash`: what the hash covers."""
+        """Every field except `hash` (and unset format-2 fields): what the hash covers."""
         fields = dataclasses.asdict(self)
         del fields["hash"]
+        for name in V2_FIELDS:
+            if fields[name] == "":
+                del fields[name]
         return fields
 
     def computed_hash(self) -> str:
@@ -104,7 +141,9 @@ class LedgerEntry:
         """Parse an entry sent by a node; LedgerError if it is not one."""
         try:
             data = json.loads(text)
-            return cls(**{f.name: _typed(f.type, data[f.name]) for f in dataclasses.fields(cls)})
+            return cls(**{f.name: _typed(f.type, data[f.name] if f.name in data or f.name
+                                         not in V2_FIELDS else "")
+                          for f in dataclasses.fields(cls)})
         except (ValueError, KeyError, TypeError) as err:
             raise LedgerError(f"not a ledger entry: {err}") from None
 
@@ -125,8 +164,8 @@ def row_hash(row_prev: str, entry_hash: str) -> str:
 
 
 def utc_now() -> str:
-    """Timestamp format of ledger entries (ISO 8601, UTC, microseconds)."""
-    return datetime.now(UTC).isoformat(timespec="microseconds")
+    """Timestamp of ledger entries: ISO 8601, UTC, to the hour (see "What leaves a node")."""
+    return datetime.now(UTC).replace(minute=0, second=0, microsecond=0).isoformat()
 
 
 _FIELDS = [f.name for f in dataclasses.fields(LedgerEntry)]
@@ -141,6 +180,9 @@ _SCHEMA = (
     "CREATE INDEX IF NOT EXISTS entries_hash ON entries (hash);"
     "CREATE INDEX IF NOT EXISTS entries_node ON entries (node_id, seq);"
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
+    # Local only, never hashed or sent: which process holds an unconfirmed entry.
+    "CREATE TABLE IF NOT EXISTS in_flight (hash TEXT PRIMARY KEY, pid INTEGER NOT NULL, "
+    "started REAL NOT NULL);"
 )
 
 
@@ -162,6 +204,7 @@ class PrivacyLedger:
         ledger = cls(path)
         with ledger._connect() as conn, conn:
             conn.executescript(_SCHEMA)
+            _migrate(conn)
             conn.execute("INSERT OR IGNORE INTO meta VALUES ('format', ?)", (str(FORMAT_VERSION),))
             conn.execute("INSERT OR IGNORE INTO meta VALUES ('owner', ?)", (owner,))
             stored = conn.execute("SELECT value FROM meta WHERE key='owner'").fetchone()[0]
@@ -176,16 +219,29 @@ class PrivacyLedger:
             return str(conn.execute("SELECT value FROM meta WHERE key='owner'").fetchone()[0])
 
     def rows(self) -> list[LedgerRow]:
-        """Every row in file order (seq)."""
+        """Every row in file order (seq). A format-1 file (read, never migrated, by an audit)
+        has no format-2 columns: its entries read them as empty."""
         with self._connect() as conn:
+            present = _columns(conn)
             cursor = conn.execute(
-                "SELECT seq, " + ", ".join(f'"{f}"' for f in _FIELDS)
+                "SELECT seq, " + ", ".join(f'"{f}"' if f in present else "''" for f in _FIELDS)
                 + ", row_prev, row_hash FROM entries ORDER BY seq"
             )
             return [
                 LedgerRow(seq=r[0], entry=LedgerEntry(*r[1:-2]), row_prev=r[-2], row_hash=r[-1])
                 for r in cursor.fetchall()
             ]
+
+    def run_entries(self, node_id: str, run_id: str) -> list[LedgerEntry]:
+        """What a node sends the server: its entries of run `run_id`, from the first one on.
+
+        The first entry's `prev_hash` commits to everything the node wrote before (other
+        runs, other federations) without revealing it; entries are never skipped inside the
+        span, so the server can check the chain from there on.
+        """
+        entries = self.entries(node_id)
+        first = next((i for i, e in enumerate(entries) if e.run_id == run_id), len(entries))
+        return entries[first:]
 
     def entries(self, node_id: str | None = None) -> list[LedgerEntry]:
         """Entries in order (confirmations included), optionally only one node's."""
@@ -215,18 +271,65 @@ class PrivacyLedger:
         `event` holds every LedgerEntry field except `prev_hash`, `hash` and `timestamp`.
         """
         with self._transaction() as conn:
-            prev = conn.execute(
-                "SELECT hash FROM entries WHERE node_id=? ORDER BY seq DESC LIMIT 1",
-                (event["node_id"],),
-            ).fetchone()
-            # Exact field types before hashing: SQLite would hand back 0.0 for an int 0 in a
-            # REAL column, and the stored entry would no longer match its hash.
-            typed = {k: _TYPES[k](v) for k, v in event.items()}
-            draft = LedgerEntry(**typed, timestamp=utc_now(),
-                                prev_hash=prev[0] if prev else GENESIS)
-            entry = dataclasses.replace(draft, hash=draft.computed_hash())
-            self._insert(conn, entry)
+            return self._append(conn, event)
+
+    def _append(self, conn: sqlite3.Connection, event: dict[str, Any]) -> LedgerEntry:
+        prev = conn.execute(
+            "SELECT hash FROM entries WHERE node_id=? ORDER BY seq DESC LIMIT 1",
+            (event["node_id"],),
+        ).fetchone()
+        # Exact field types before hashing: SQLite would hand back 0.0 for an int 0 in a
+        # REAL column, and the stored entry would no longer match its hash.
+        typed = {k: _TYPES[k](v) for k, v in event.items()}
+        draft = LedgerEntry(**typed, timestamp=utc_now(), prev_hash=prev[0] if prev else GENESIS)
+        entry = dataclasses.replace(draft, hash=draft.computed_hash())
+        self._insert(conn, entry)
         return entry
+
+    def _node_entries(self, conn: sqlite3.Connection, node_id: str) -> list[LedgerEntry]:
+        present = _columns(conn)
+        cursor = conn.execute(
+            "SELECT " + ", ".join(f'"{f}"' if f in present else "''" for f in _FIELDS)
+            + " FROM entries WHERE node_id=? ORDER BY seq", (node_id,))
+        return [LedgerEntry(*r) for r in cursor.fetchall()]
+
+    def _busy(self, conn: sqlite3.Connection, entries: list[LedgerEntry]) -> bool:
+        """Another live process holds an unconfirmed entry of this node (a round in flight)."""
+        open_hashes = {e.hash for e in unconfirmed(entries)}
+        for hash_, pid, started in conn.execute("SELECT hash, pid, started FROM in_flight"):
+            if hash_ in open_hashes and pid != os.getpid() and _alive(pid) \
+                    and time.time() - started < MAX_IN_FLIGHT_S:
+                return True
+        return False
+
+    def reserve(
+        self, node_id: str, decide: Callable[[list[LedgerEntry], bool], dict[str, Any] | str],
+    ) -> LedgerEntry | str:
+        """Check and append a write-ahead entry in one transaction; the entry, or why not.
+
+        `decide(entries, busy)` sees the node's entries and whether another live process holds
+        an unconfirmed entry of this node, and returns either the event to append (the fields
+        `append` takes) or a refusal reason. Holding the write lock across both means two
+        concurrent messages of one node cannot both pass a budget check that only one fits.
+        The entry is marked in flight for this process until `confirm` or `abandon`.
+        """
+        with self._transaction() as conn:
+            entries = self._node_entries(conn, node_id)
+            decision = decide(entries, self._busy(conn, entries))
+            if isinstance(decision, str):
+                return decision
+            if decision.get("node_id", node_id) != node_id:
+                raise ValueError("decide() must append for the node it was asked about")
+            entry = self._append(conn, {**decision, "node_id": node_id})
+            conn.execute("INSERT OR REPLACE INTO in_flight VALUES (?, ?, ?)",
+                         (entry.hash, os.getpid(), time.time()))
+        return entry
+
+    def abandon(self, entry: LedgerEntry) -> None:
+        """This process gave up on write-ahead `entry` (training failed): it stays unconfirmed,
+        i.e. counted in full, but no longer blocks the node's next round."""
+        with self._transaction() as conn:
+            conn.execute("DELETE FROM in_flight WHERE hash=?", (entry.hash,))
 
     def confirm(self, entry: LedgerEntry) -> LedgerEntry | None:
         """Record that write-ahead `entry` completed; returns the confirmation, or None.
@@ -240,6 +343,7 @@ class PrivacyLedger:
                 "SELECT hash FROM entries WHERE node_id=? ORDER BY seq DESC LIMIT 1",
                 (entry.node_id,),
             ).fetchone()
+            conn.execute("DELETE FROM in_flight WHERE hash=?", (entry.hash,))
             if entry.is_confirmation or last is None or last[0] != entry.hash:
                 return None
             draft = dataclasses.replace(entry, mechanism=CONFIRMATION, steps=0,
@@ -322,6 +426,29 @@ def read_ledger(path: Path | str) -> PrivacyLedger:
     ledger = PrivacyLedger(path)
     ledger.owner  # noqa: B018 - fails early on a file that is not a fedssl ledger
     return ledger
+
+
+def _columns(conn: sqlite3.Connection) -> set[str]:
+    return {row[1] for row in conn.execute("PRAGMA table_info(entries)")}
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Give a format-1 file the format-2 columns (existing entries keep them empty)."""
+    present = _columns(conn)
+    for name in V2_FIELDS:
+        if name not in present:
+            conn.execute(f'ALTER TABLE entries ADD COLUMN "{name}" TEXT NOT NULL DEFAULT \'\'')
+    conn.execute("INSERT OR REPLACE INTO meta VALUES ('format', ?)", (str(FORMAT_VERSION),))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _typed(kind: Any, value: Any) -> Any:

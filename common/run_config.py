@@ -65,6 +65,12 @@ class RunConfig:
     noise_multiplier: str = AUTO
     target_epsilon: float = 8.0
     delta: float = 1e-5
+    # Simulation switches that weaken what a node releases; off by default, refused by
+    # deployed nodes. reproducible-noise draws DP noise and Poisson masks from the run seed
+    # (bit-for-bit repeatable runs, and NO DP guarantee: the ledger, summary, report and audit
+    # say so); release-train-loss puts each node's raw training loss (outside DP) in replies.
+    reproducible_noise: bool = False
+    release_train_loss: bool = False
     # Public warm start: non-private SSL steps on the task's public corpus, on the server,
     # before round 1 (server/public_warm_start.py); 0 = off
     warm_start_steps: int = 0

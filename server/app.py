@@ -11,16 +11,19 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg, FedMedian, FedTrimmedAvg
 
 from common.run_config import RunConfig
+from common.run_dir_layout import NODES_DIR
 from common.tasks import SslTask, get_task
 from server.client_level_dp import ClientDpSettings
 from server.delta_fedavg import DeltaFedAvg
 from server.downstream_stage import run_downstream, skipped_downstream
+from server.ledger_sync import LedgerCoverage, sync_ledgers
+from server.privacy_summary import privacy_section
 from server.public_warm_start import warm_start
 from server.round_progress import ProgressGrid
-from server.run_checkpoint import GLOBAL_MODEL, find_checkpoint
+from server.run_checkpoint import GLOBAL_MODEL, find_checkpoint, update_anchor
 from server.run_directory import RoundRecorder, prepare_run_dir, weighted_loss
 from server.run_ledger import open_run_ledger
-from server.run_report import build_summary, summary_table, write_reports
+from server.run_report import build_summary, epsilon_text, summary_table, write_reports
 from server.safetensors_export import save_state
 
 app = ServerApp()
@@ -43,6 +46,8 @@ def main(grid: Grid, context: Context) -> None:
     model = task.build_model(config)
     ledger = open_run_ledger(run_dir)
     recorder = RoundRecorder(run_dir, config, ledger, str(context.run_id))
+    # After a restart the server does not know whom it sampled before: sync every node.
+    coverage = LedgerCoverage(unknown_history=checkpoint is not None)
     if checkpoint is None and config.warm_start_steps:
         warm_start(config, task, model, run_dir)  # public data: no ledger entry
     if checkpoint is not None:
@@ -50,34 +55,33 @@ def main(grid: Grid, context: Context) -> None:
         recorder.restore()
         print(f"[fedssl] resuming after round {done}/{config.num_rounds} (model sha256 "
               f"{checkpoint.model_sha256[:16]})", flush=True)
+    sim_state_dir = Path(config.sim_state_dir or run_dir / NODES_DIR).expanduser().resolve()
     if done < config.num_rounds:
         wait_for_nodes(grid, config.num_clients)
         # ProgressGrid: per-round progress (clients done, elapsed, ETA) as replies arrive.
         model.load_state_dict(federated_rounds(ProgressGrid(grid, config.num_rounds), config,
-                                               task, model, recorder, run_dir, done))
+                                               task, model, recorder, coverage, sim_state_dir,
+                                               done))
+    if config.num_rounds > 0:
+        # Spend whose reply was lost still reaches the reports: ask every node sampled.
+        answered = sync_ledgers(grid, coverage, ledger, str(sim_state_dir))
+        update_anchor(run_dir, ledger.head())
+        print(f"[fedssl] ledger sync: {answered} node(s) answered", flush=True)
     save_state(model.state_dict(), run_dir / GLOBAL_MODEL)  # also with 0 rounds (warm start)
     downstream = run_downstream(config, model, run_dir) if config.downstream \
         else skipped_downstream()
-    summary = build_summary(
-        config,
-        downstream,
-        recorder.per_client_epsilon(),
-        recorder.per_client_privacy(),
-        rounds_done=recorder.rounds_done,
-        ledger_head=ledger.head(),
-        client_level_epsilon=recorder.client_level_epsilon,
-        refusals=recorder.refusals,
-        wall_seconds=time.monotonic() - started,
-    )
+    privacy = privacy_section(ledger, coverage, config, recorder.run_ids, recorder.records,
+                              recorder.refusals)
+    summary = build_summary(config, downstream, privacy, rounds_done=recorder.rounds_done,
+                            wall_seconds=time.monotonic() - started, run_ids=recorder.run_ids)
     write_reports(run_dir, summary)
     print("[fedssl] results\n" + summary_table(summary), flush=True)
-    print(f"[fedssl] max record-level epsilon {summary['privacy']['max_epsilon']:.3f} "
-          f"at delta {config.delta:g}; wrote {run_dir}/summary.json", flush=True)
+    print(f"[fedssl] {epsilon_text(privacy)}; wrote {run_dir}/summary.json", flush=True)
 
 
 def federated_rounds(
     grid: Grid, config: RunConfig, task: SslTask, model: torch.nn.Module,
-    recorder: RoundRecorder, run_dir: Path, done: int,
+    recorder: RoundRecorder, coverage: LedgerCoverage, sim_state_dir: Path, done: int,
 ) -> dict[str, torch.Tensor]:
     """Rounds done+1 .. num-rounds from `model`; returns the final global weights."""
     poisson = config.client_sampling == "poisson"
@@ -88,6 +92,8 @@ def federated_rounds(
         poisson_rate=config.fraction_train if poisson else None,
         expected_clients=config.num_clients,
         seed=config.seed,
+        reproducible_noise=config.reproducible_noise,
+        coverage=coverage,
         round_offset=done,
         min_clients=config.min_clients,
         round_retries=config.round_retries if config.short_round == "retry" else 0,
@@ -99,7 +105,6 @@ def federated_rounds(
         min_available_nodes=config.num_clients,  # wait until every expected node is up
         train_metrics_aggr_fn=aggregate_client_metrics,
     )
-    sim_state_dir = Path(config.sim_state_dir or run_dir / "nodes").expanduser().resolve()
     result = strategy.start(
         grid=grid,
         initial_arrays=ArrayRecord(model.state_dict()),
@@ -158,14 +163,16 @@ def wait_for_nodes(grid: Grid, expected: int, timeout_s: float = NODE_WAIT_S) ->
 
 
 def aggregate_client_metrics(replies: list[RecordDict], weight_key: str) -> MetricRecord:
-    """Round metrics for Flower's log: weighted loss; ε as max and mean, never only averaged.
+    """Round metrics for Flower's log: ε as max and mean (never only averaged), and the
+    weighted loss when nodes release it (`release-train-loss`). Reports use the ledger.
 
     Flower passes `weight_key` ("num-examples"), which `weighted_loss` uses too.
     """
     metrics = [dict(next(iter(r.metric_records.values()))) for r in replies]
     eps = [float(m["epsilon"]) for m in metrics]
+    loss = weighted_loss(metrics)
     return MetricRecord({
-        "train-loss": weighted_loss(metrics) or 0.0,
         "epsilon-max": max(eps),
         "epsilon-mean": sum(eps) / len(eps),
+        **({"train-loss": loss} if loss is not None else {}),
     })

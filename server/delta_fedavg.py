@@ -4,7 +4,12 @@ Flower's FedAvg averages whatever arrays clients return and makes that the model
 clients return clipped updates Δ (never weights), so this strategy keeps the current global
 weights, checks each Δ (finite, expected keys and shapes, norm ≤ S), and adds their mean:
 FedAvg's num-examples-weighted mean, or with client-level DP the noisy fixed-denominator mean
-of server/client_level_dp.py. Every reply's ledger and status go into the RoundRecord.
+of server/client_level_dp.py. Every reply's ledger and status go into the RoundRecord, and
+`coverage` learns which nodes' spend the server has seen (server/ledger_sync.py).
+
+Client sampling (with `client-sampling=poisson`) and the client-level noise are drawn from
+secret sources (common/dp_randomness.py): amplification by sampling and the noise both assume
+that nobody who sees the aggregate can reproduce them.
 """
 
 from __future__ import annotations
@@ -20,12 +25,14 @@ from flwr.common import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
-from common.model_updates import State, apply_update, update_norm
-from common.privacy_ledger import LedgerEntry, LedgerError
+from common.dp_randomness import secret_generator, secret_sampler, seeded_generator
+from common.model_updates import State, apply_update, clip_to_bound, update_norm
+from common.privacy_ledger import LedgerEntry
+from common.wire_format import REPLY_KEY, STATUS_REFUSED, STATUS_TRAINED
 from server.client_level_dp import ClientDpSettings, noisy_mean_update, poisson_sample
+from server.ledger_sync import LedgerCoverage, reply_entries
 
 NORM_TOLERANCE = 1e-4  # float32 rounding when the client rescales Δ to exactly S
-REPLY_KEY = "fedssl"  # the ConfigRecord every fedssl client reply carries (client/app.py)
 
 
 @dataclass
@@ -55,7 +62,8 @@ class DeltaFedAvg(FedAvg):
         client_dp: ClientDpSettings | None = None, poisson_rate: float | None = None,
         expected_clients: int = 1, seed: int = 0, round_offset: int = 0,
         min_clients: int = 1, robust: FedAvg | None = None, round_retries: int = 0,
-        round_timeout: float = 3600.0, **fedavg_kwargs: object,
+        round_timeout: float = 3600.0, reproducible_noise: bool = False,
+        coverage: LedgerCoverage | None = None, **fedavg_kwargs: object,
     ) -> None:
         super().__init__(**fedavg_kwargs)  # type: ignore[arg-type]
         self.update_clip_norm = update_clip_norm
@@ -63,8 +71,7 @@ class DeltaFedAvg(FedAvg):
         self.client_dp = client_dp
         self.poisson_rate = poisson_rate  # None: FedAvg's fixed-size sampling
         self.expected_clients = expected_clients
-        # A resumed run continues the round numbering (clients seed and ledger by it), and
-        # its sampling and noise streams, so a restart never replays a finished round's draws.
+        # A resumed run continues the round numbering (clients seed and ledger by it).
         self.round_offset = round_offset
         self.min_clients = min_clients
         self.round_retries = round_retries  # short rounds re-run this often before a skip
@@ -73,8 +80,13 @@ class DeltaFedAvg(FedAvg):
         # Flower's FedMedian / FedTrimmedAvg aggregate whatever arrays replies carry; ours
         # are updates Δ, so their robust statistic of the Δ is applied like the mean.
         self.robust = robust
-        self._rng = random.Random(seed * 1_000_003 + round_offset)
-        self._noise = torch.Generator().manual_seed(seed * 1_000_003 + round_offset)
+        # Secret unless the simulation switch asks for reproducible draws (no DP guarantee);
+        # a seeded resume continues past the finished rounds' draws, never replays them.
+        self._rng: random.Random = random.Random(seed * 1_000_003 + round_offset) \
+            if reproducible_noise else secret_sampler()
+        self._noise: torch.Generator = seeded_generator(seed * 1_000_003 + round_offset) \
+            if reproducible_noise else secret_generator()
+        self.coverage = coverage if coverage is not None else LedgerCoverage()
         self._global: State = {}
         self._started = 0.0
         self._sampled = 0
@@ -104,6 +116,7 @@ class DeltaFedAvg(FedAvg):
             messages = list(self._construct_messages(record, nodes, MessageType.TRAIN))
         self._sampled = len(messages)
         self._sampled_nodes = {msg.metadata.dst_node_id for msg in messages}
+        self.coverage.sending(self._sampled_nodes)
         return messages
 
     def aggregate_train(
@@ -195,13 +208,15 @@ class DeltaFedAvg(FedAvg):
                                     "reason": "not a fedssl reply (no ledger)"})
             return False
         node = str(info["node"]) or f"node-{flower_id}"
-        record.ledger.extend(_entries(info, node))
+        record.ledger.extend(reply_entries(msg.content, node))
+        if info["node"]:  # a node that could not even open its ledger sent none
+            self.coverage.answered(flower_id, node)
         status, reason = str(info["status"]), str(info["reason"])
-        if status == "refused":
+        if status == STATUS_REFUSED:
             log(30, "round %d: node %s refused: %s", record.server_round, node, reason)
             record.refused.append({"node": node, "reason": reason, "attempt": record.attempts})
             return False
-        if status != "trained":
+        if status != STATUS_TRAINED:
             log(30, "round %d: node %s failed: %s", record.server_round, node, reason)
             record.rejected.append({"node": node, "reason": reason or status,
                                     "attempt": record.attempts})
@@ -221,19 +236,11 @@ class DeltaFedAvg(FedAvg):
             record.rejected.append({"node": node, "reason": problem,
                                     "attempt": record.attempts})
             return False
-        record.clients.append({**metrics, "received-norm": update_norm(update)})
+        received = update_norm(update)
+        # Accepted up to float rounding above S; the accountant assumes exactly ≤ S.
+        msg.content["arrays"] = ArrayRecord(clip_to_bound(update, self.update_clip_norm))
+        record.clients.append({**metrics, "received-norm": received})
         return True
-
-
-def _entries(info: ConfigRecord, node: str) -> list[LedgerEntry]:
-    """The node's ledger entries from its reply (malformed ones are logged, not trusted)."""
-    entries = []
-    for text in info.get("ledger", []):
-        try:
-            entries.append(LedgerEntry.from_json(str(text)))
-        except LedgerError as err:
-            log(30, "node %s sent a malformed ledger entry: %s", node, err)
-    return entries
 
 
 def update_problem(update: State, reference: State, max_norm: float) -> str:

@@ -17,9 +17,9 @@ from typing import Any
 
 from common.model_updates import State
 from common.run_config import ConfigError, RunConfig
+from common.run_dir_layout import CHECKPOINT_FILE
 from server.safetensors_export import load_state, save_state
 
-CHECKPOINT_FILE = "checkpoint.json"
 ROUNDS_DIR = "checkpoints"
 GLOBAL_MODEL = "global_model.safetensors"
 NOT_COMPARED = ("run-dir",)  # where the run lives may move; every other setting must match
@@ -59,17 +59,29 @@ def save_round_model(run_dir: Path, server_round: int, state: State) -> tuple[Pa
 
 def commit_round(
     run_dir: Path, server_round: int, model_file: Path, digest: str, state: State,
-    config: RunConfig,
+    config: RunConfig, ledger_head: dict[str, Any] | None = None,
 ) -> None:
-    """Make `server_round` the one a restart continues after (atomic), then tidy up."""
+    """Make `server_round` the one a restart continues after (atomic), then tidy up.
+
+    `ledger_head` (row count and head hash of the run ledger after this round's entries) is
+    the anchor `fedssl audit` checks when the run never wrote summary.json.
+    """
     _write_json(run_dir / CHECKPOINT_FILE, {
         "round": server_round, "model_file": str(model_file.relative_to(run_dir)),
         "model_sha256": digest, "config": _compared(config),
+        **({"ledger": ledger_head} if ledger_head is not None else {}),
     })
     save_state(state, run_dir / GLOBAL_MODEL)  # the documented "latest model" file
     for old in (run_dir / ROUNDS_DIR).glob("round-*.safetensors"):
         if old != model_file:  # keep only the committed round's file
             old.unlink(missing_ok=True)
+
+
+def update_anchor(run_dir: Path, ledger_head: dict[str, Any]) -> None:
+    """Move checkpoint.json's ledger anchor forward (after the post-run ledger sync)."""
+    path = run_dir / CHECKPOINT_FILE
+    if path.exists():
+        _write_json(path, {**json.loads(path.read_text()), "ledger": ledger_head})
 
 
 def find_checkpoint(run_dir: Path, config: RunConfig) -> Checkpoint | None:

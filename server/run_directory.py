@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from common.model_updates import State
-from common.privacy_ledger import PrivacyLedger
+from common.privacy_ledger import RECORD_LEVEL, PrivacyLedger
 from common.run_config import RunConfig
+from common.run_dir_layout import CONFIG_FILE, METRICS_FILE
 from server.delta_fedavg import RoundRecord
 from server.run_checkpoint import commit_round, save_round_model
 from server.run_ledger import record_round
@@ -41,14 +42,14 @@ def prepare_run_dir(
     """
     run_dir = Path(config.run_dir).expanduser().resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
-    metrics = run_dir / "metrics.jsonl"
+    metrics = run_dir / METRICS_FILE
     if resume_after is None:
         metrics.unlink(missing_ok=True)
     elif metrics.exists():  # drop a line written for a round that was never committed
         kept = [line for line in metrics.read_text().splitlines()
                 if line.strip() and json.loads(line)["round"] <= resume_after]
         metrics.write_text("".join(line + "\n" for line in kept))
-    write_json(run_dir / "config.json", config.to_mapping())
+    write_json(run_dir / CONFIG_FILE, config.to_mapping())
     for name, source in public_files.items():
         shutil.copyfile(source, run_dir / name)
     return run_dir
@@ -74,26 +75,29 @@ class RoundRecorder:
         self.num_rounds = config.num_rounds
         self.ledger = ledger
         self.run_id = run_id
+        self.run_ids = {run_id}  # every Flower run that wrote this RUN_DIR (resumes add one)
         self.delta = config.delta
-        self.latest_by_node: dict[str, dict[str, float | int | str]] = {}
-        self.client_level_epsilon: float | None = None
+        self.records: dict[str, int] = {}  # node → record count it reported (not privacy)
         self.refusals = 0
         self.rounds_done = 0
 
     def __call__(self, record: RoundRecord, global_state: State) -> None:
         """Record one finished round (its privacy spend before anything else)."""
-        federation = record_round(self.ledger, record, self.run_id, self.delta)
-        if federation is not None:
-            self.client_level_epsilon = federation.epsilon
+        federation = record_round(self.ledger, record, self.run_id, self.delta,
+                                  self.config.reproducible_noise)
         self.rounds_done += 1
         self.refusals += len(record.refused)
         for client in record.spend:
-            if "epsilon" in client:
-                self.latest_by_node[str(client["node"])] = client
-        eps = [float(c["epsilon"]) for c in record.spend if "epsilon" in c]
+            if "num-examples" in client:
+                self.records[str(client["node"])] = int(client["num-examples"])
+        # ε per round from the ledger entries the nodes sent for this round, not from metrics.
+        eps = [e.epsilon for e in record.ledger
+               if e.round == record.server_round and e.run_id == self.run_id
+               and not e.is_confirmation and e.guarantee == RECORD_LEVEL]
         norms = [float(c["update-norm"]) for c in record.clients]
         line = {
             "round": record.server_round,
+            "run_id": self.run_id,
             "clients_sampled": record.sampled,
             "clients_ok": len(record.clients),
             "rejected": record.rejected,
@@ -112,40 +116,30 @@ class RoundRecorder:
         }
         model_file, line["model_sha256"] = save_round_model(self.run_dir, record.server_round,
                                                             global_state)
-        with open(self.run_dir / "metrics.jsonl", "a") as handle:
+        with open(self.run_dir / METRICS_FILE, "a") as handle:
             handle.write(json.dumps(line) + "\n")
         commit_round(self.run_dir, record.server_round, model_file, line["model_sha256"],
-                     global_state, self.config)
+                     global_state, self.config, self.ledger.head())
         print(_progress_line(line, self.num_rounds), flush=True)
 
     def restore(self) -> None:
-        """After a restart: rebuild the per-node view from the committed rounds' lines."""
-        path = self.run_dir / "metrics.jsonl"
+        """After a restart: rebuild the counters and run ids from the committed rounds' lines."""
+        path = self.run_dir / METRICS_FILE
         lines = [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
         for line in lines:
             self.rounds_done += 1
             self.refusals += len(line.get("refused", []))
-            if line.get("client_level_epsilon") is not None:
-                self.client_level_epsilon = line["client_level_epsilon"]
+            if line.get("run_id"):
+                self.run_ids.add(str(line["run_id"]))
             for client in line["clients"]:
-                self.latest_by_node[str(client["node"])] = client
-
-    def per_client_epsilon(self) -> dict[str, float]:
-        """Latest (cumulative) record-level ε per node."""
-        return {n: float(m["epsilon"]) for n, m in sorted(self.latest_by_node.items())}
-
-    def per_client_privacy(self) -> list[dict[str, float | int | str]]:
-        """Per node: the DP-SGD parameters behind its latest ε (for the report)."""
-        keys = ("node", "partition-id", "epsilon", "max-epsilon", "noise-multiplier",
-                "sample-rate", "total-steps", "num-examples")
-        return [
-            {k.replace("-", "_"): m[k] for k in keys if k in m}
-            for _, m in sorted(self.latest_by_node.items())
-        ]
+                if "num-examples" in client:
+                    self.records[str(client["node"])] = int(client["num-examples"])
 
 
 def weighted_loss(clients: list[dict[str, float | int]]) -> float | None:
-    """Mean client training loss weighted by record count (None without clients)."""
+    """Mean client training loss weighted by record count (None without clients, or when the
+    nodes keep their loss to themselves: the default, see `release-train-loss`)."""
+    clients = [c for c in clients if "train-loss" in c]
     total = sum(float(c["num-examples"]) for c in clients)
     if not clients or total == 0:
         return None

@@ -11,28 +11,33 @@ from pathlib import Path
 
 from flwr.common import log
 
-from common.privacy_accounting import ACCOUNTANT, epsilon_of
+from common.privacy_accounting import ACCOUNTANT, ADD_REMOVE, epsilon_of
 from common.privacy_ledger import (
     CLIENT_LEVEL,
     FEDERATION_NODE,
+    SECRET_NOISE,
+    SEEDED_NOISE,
     LedgerEntry,
     PrivacyLedger,
 )
+from common.run_dir_layout import LEDGER_FILE, RUN_OWNER
 from server.delta_fedavg import RoundRecord
-
-RUN_LEDGER = "ledger.sqlite"
-RUN_OWNER = "run"
 
 
 def open_run_ledger(run_dir: Path) -> PrivacyLedger:
     """The run's ledger; it is never reset (privacy records are not thrown away)."""
-    return PrivacyLedger.open(run_dir / RUN_LEDGER, owner=RUN_OWNER)
+    return PrivacyLedger.open(run_dir / LEDGER_FILE, owner=RUN_OWNER)
 
 
 def record_round(
-    ledger: PrivacyLedger, record: RoundRecord, run_id: str, delta: float
+    ledger: PrivacyLedger, record: RoundRecord, run_id: str, delta: float,
+    reproducible_noise: bool = False,
 ) -> LedgerEntry | None:
-    """Store the round's received entries, then its client-level event (returned, if any)."""
+    """Store the round's received entries, then its client-level event (returned, if any).
+
+    Client-level ε is stated for add/remove-one client (the denominator is fixed in advance),
+    with the same PLD accountant as record-level claims.
+    """
     for entry in record.ledger:
         if entry.computed_hash() != entry.hash:
             # Kept anyway (the audit names it); dropping it could hide a node's spend.
@@ -47,6 +52,8 @@ def record_round(
         run_id=run_id, round=record.server_round, node_id=FEDERATION_NODE,
         guarantee=CLIENT_LEVEL, mechanism=dp.mechanism, noise_multiplier=dp.noise_multiplier,
         sample_rate=dp.sample_rate, steps=1, delta=delta, accountant=ACCOUNTANT,
-        epsilon=epsilon_of([*history, (dp.noise_multiplier, dp.sample_rate, 1)], delta),
-        max_epsilon=0.0,
+        epsilon=epsilon_of([*history, (dp.noise_multiplier, dp.sample_rate, 1)], delta,
+                           ADD_REMOVE),
+        max_epsilon=0.0, relation=ADD_REMOVE,
+        noise=SEEDED_NOISE if reproducible_noise else SECRET_NOISE,
     )

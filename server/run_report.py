@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
-from common.privacy_accounting import ACCOUNTANT
 from common.run_config import RunConfig
 from server.run_directory import write_json
 
@@ -13,50 +13,39 @@ from server.run_directory import write_json
 def build_summary(
     config: RunConfig,
     downstream: dict[str, Any],
-    per_client_epsilon: dict[str, float],
-    per_client_privacy: list[dict[str, float | int | str]],
+    privacy: dict[str, Any],
     rounds_done: int,
     wall_seconds: float,
-    ledger_head: dict[str, Any],
-    client_level_epsilon: float | None,
-    refusals: int,
+    run_ids: set[str],
 ) -> dict[str, Any]:
-    """The summary document (see README, "RUN_DIR layout")."""
+    """The summary document (see README, "RUN_DIR layout"); `privacy` comes from the ledger
+    (server/privacy_summary.py)."""
     summary: dict[str, Any] = {arm: downstream[arm] for arm, _ in downstream["arms"]}
     summary["arms"] = downstream["arms"]  # [key, label] in report order
     summary.update(
         {
-            "privacy": {
-                "guarantee": "record-level DP per client (Opacus DP-SGD, Poisson sampling)",
-                "accountant": ACCOUNTANT,
-                "delta": config.delta,
-                "max_epsilon": max(per_client_epsilon.values(), default=0.0),
-                "per_client": per_client_epsilon,
-                "clients": per_client_privacy,
-                "target_epsilon": config.target_epsilon
-                if config.fixed_noise_multiplier is None else None,
-                "noise_multiplier": config.noise_multiplier,
-                "clip_norm": config.clip_norm,
-                "budget_refusals": refusals,
-                "client_level": None if client_level_epsilon is None else {
-                    "guarantee": "client-level DP for the federation (DP-FedAvg)",
-                    "epsilon": client_level_epsilon,
-                    "delta": config.delta,
-                    "accountant": ACCOUNTANT,
-                    "noise_multiplier": config.client_noise_multiplier,
-                    "sampling": config.client_sampling,
-                },
-                "ledger": {"file": "ledger.sqlite", **ledger_head},
-            },
+            "privacy": privacy,
             "task": config.task,
             "rounds": rounds_done,
             "clients": config.num_clients,
+            "run_ids": sorted(run_ids),
             "labels_used": downstream["labels"]["labels_used"],
             "labels": downstream["labels"],
             "wall_seconds": round(wall_seconds, 1),
         }
     )
     return summary
+
+
+def epsilon_text(privacy: dict[str, Any]) -> str:
+    """The headline: 'max record-level ε 7.998 at δ=1e-05 (replace-one, PLD)', with ≥ and
+    the no-guarantee stamp where they apply (the console and the report use it)."""
+    bound = "≥ " if privacy["max_epsilon_lower_bound"] else ""
+    text = (f"max record-level ε {bound}{privacy['max_epsilon']:.3f} at δ={privacy['delta']:g} "
+            f"({privacy['relation']} neighbours, {privacy['accountant'].upper()})")
+    if not privacy["dp_guarantee"]:
+        text += f" — {privacy['noise']}"
+    return text
 
 
 def summary_table(summary: dict[str, Any]) -> str:
@@ -100,14 +89,7 @@ def pretraining_verdict(summary: dict[str, Any]) -> str:
 def write_reports(run_dir: Path, summary: dict[str, Any]) -> None:
     """Write summary.json and report.md into RUN_DIR."""
     write_json(run_dir / "summary.json", summary)
-    privacy = summary["privacy"]
     labels = summary["labels"]
-    per_client = "\n".join(
-        f"| {c['node']} | {c.get('partition_id', '-')} | {c['num_examples']} "
-        f"| {c['noise_multiplier']:.4f} | {c['sample_rate']:.5f} | {c['total_steps']} "
-        f"| {c['epsilon']:.3f} | {c.get('max_epsilon') or '-'} |"
-        for c in privacy["clients"]
-    )
     downstream = f"then central fine-tuning on {labels['labels_used']} labels " \
         f"({labels['classes_in_labeled_set']} of {labels['classes_in_test_set']} test classes " \
         f"have at least one label), evaluated on {labels['test_records']} test records" \
@@ -125,28 +107,61 @@ Macro-F1 averages over the classes present in the test split; a class with no la
 cannot be predicted and counts as F1 = 0. The classes are very imbalanced, so macro-F1 is the
 headline number; accuracy mostly reflects the largest class.
 
-## Privacy
+{privacy_markdown(summary["privacy"])}"""
+    (run_dir / "report.md").write_text(text)
 
-Guarantee: **{privacy['guarantee']}**. It protects one record at one client, also against \
-the server. Accountant: {privacy['accountant'].upper()}, δ = {privacy['delta']:g}, per-record \
-clip norm {privacy['clip_norm']}, noise multiplier {privacy['noise_multiplier']} \
-(target ε {privacy['target_epsilon']}). ε is each node's cumulative spend over every run \
-in its ledger (its whole lifetime, not only this run). {_client_level_text(privacy)} \
-Budget refusals this run: {privacy['budget_refusals']}. \
-Not covered by the guarantee: each client's reported record count and mean training loss \
-(released beside the update, without noise).
 
-Max ε over clients: **{privacy['max_epsilon']:.3f}**
+def privacy_markdown(privacy: dict[str, Any]) -> str:
+    """report.md's privacy section: every number from the ledger, each ε with its own δ."""
+    stamp = "" if privacy["dp_guarantee"] else f"\n**{privacy['noise']}.**\n"
+    rows = "\n".join(
+        f"| {c['node']} | {c['num_examples'] if c['num_examples'] is not None else '-'} "
+        f"| {c['noise_multiplier']:.4f} | {c['sample_rate']:.5f} | {c['run_steps']} "
+        f"| {'≥ ' if c['lower_bound'] else ''}{c['epsilon']:.3f} | {c['delta']:g} "
+        f"| {_number(c['epsilon_at_run_delta'])} | {c['run_epsilon']:.3f} "
+        f"| {c['max_epsilon'] or '-'} | {'; '.join(c['notes']) or ''} |"
+        for c in privacy["clients"])
+    unknown = "".join(f"\n- {u['node']}: sampled, but the server never saw its ledger "
+                      f"({u['reason']}); its own ledger holds its spend"
+                      for u in privacy["unknown_nodes"])
+    above = (f"\nNodes that ended above target-epsilon {privacy['target_epsilon']:g} (earlier "
+             f"lifetime spend): {', '.join(privacy['above_target'])}."
+             if privacy["above_target"] else "")
+    loss = ("Each node's raw training loss was released (`release-train-loss`, a simulation "
+            "switch): it is not covered by the guarantee." if privacy["train_loss_released"]
+            else "Nodes kept their training loss to themselves.")
+    return f"""## Privacy
+{stamp}
+Guarantee: **{privacy['guarantee']}**, for **{privacy['relation']}** neighbours: each node \
+releases its record count, so n is public and neighbouring data sets differ in one record's \
+content. It protects one record at one node, also against the server (DP noise and Poisson \
+masks come from a secret source on the node: {privacy['noise']}). Accountant: \
+{privacy['accountant'].upper()} (dp-accounting, pessimistic). Per-record clip norm \
+{privacy['clip_norm']}, noise multiplier {privacy['noise_multiplier']} (target ε \
+{privacy['target_epsilon']}). Every number below comes from the privacy ledger, not from \
+client metrics.
 
-| node | partition | records | σ | sample rate q | DP-SGD steps | ε | budget |
-|---|---|---|---|---|---|---|---|
-{per_client}
+**{epsilon_text(privacy)}.** {_client_level_text(privacy)} Budget refusals this run: \
+{privacy['budget_refusals']}. {loss}{above}
 
+ε is each node's claim for its whole lifetime (every run in its ledger), at the node's own δ; \
+"ε at run δ" puts every node at the run's δ = {privacy['delta']:g} for comparison, and "this \
+run" counts only this run's DP-SGD steps. "≥" marks a node whose latest spend the server may \
+not have seen.
+
+| node | records | σ | q | steps this run | ε (own δ) | δ | ε at run δ | ε this run \
+| budget | notes |
+|---|---|---|---|---|---|---|---|---|---|---|
+{rows}
+{unknown}
 Every spend above is in the privacy ledger `{privacy['ledger']['file']}` \
 ({privacy['ledger']['rows']} entries, head `{privacy['ledger']['head'][:16]}…`). Verify it and \
 recompute every ε independently with `fedssl audit RUN_DIR`.
 """
-    (run_dir / "report.md").write_text(text)
+
+
+def _number(value: float) -> str:
+    return "-" if math.isnan(value) else f"{value:.3f}"  # NaN: not recomputable
 
 
 def _client_level_text(privacy: dict[str, Any]) -> str:
@@ -155,6 +170,6 @@ def _client_level_text(privacy: dict[str, Any]) -> str:
         return "Client-level DP (noise on the aggregate): not used in this run."
     return (f"Client-level DP for the federation ({level['guarantee']}, "
             f"{level['sampling']} client sampling, z = {level['noise_multiplier']}): "
-            f"ε = {level['epsilon']:.3f} at δ = {level['delta']:g} ({level['accountant'].upper()}"
-            "); it protects a whole client's participation against whoever sees the aggregate, "
-            "not against the server.")
+            f"ε = {level['epsilon']:.3f} at δ = {level['delta']:g} ({level['relation']} "
+            f"client, {level['accountant'].upper()}); it protects a whole client's "
+            "participation against whoever sees the aggregate, not against the server.")

@@ -18,24 +18,26 @@ from common.privacy_ledger import FEDERATION_NODE, RECORD_LEVEL
 
 MARKDOWN_FILE = "audit.md"
 PLOT_FILE = "epsilon.png"
-_HEADERS = ["node", "events", "steps", "rounds", "δ", "claimed ε", "ε RDP", "ε PLD",
+_HEADERS = ["node", "events", "steps", "rounds", "δ", "claimed ε", "ε PLD", "ε RDP bound",
             "budget", "crashed", "status"]
 _LEGEND_MAX_NODES = 12  # beyond this a per-node legend hides the plot
 
 
 def verdict_line(report: AuditReport) -> str:
-    """One line: PASS or FAIL and why, in words."""
+    """One line: PASS or FAIL and why, in words (NO DP GUARANTEE first when it applies)."""
     if report.ok:
-        return ("PASS: the ledger is intact, every claimed ε matches its recomputation and "
-                "every node is within its budget")
-    return f"FAIL: {len(report.reasons)} problem(s); the first: {report.reasons[0]}"
+        return ("PASS: the ledger is intact and complete, every claimed ε matches its "
+                "recomputation and is at least the PLD ε for the relation that holds, the "
+                "noise was secret, and every node is within its budget")
+    head = "FAIL: NO DP GUARANTEE (reproducible noise); " if not report.guaranteed else "FAIL: "
+    return f"{head}{len(report.reasons)} problem(s); the first: {report.reasons[0]}"
 
 
 def text_report(report: AuditReport) -> str:
     """What `fedssl audit` prints: header lines, one table per guarantee, the verdict."""
     lines = [f"ledger  {report.ledger_path} (owner '{report.owner}', {report.rows} rows)",
              f"chains  {_integrity_line(report)}", f"anchor  {_anchor_line(report)}",
-             f"delta   {_delta_line(report)}", ""]
+             f"run     {_run_line(report)}", f"delta   {_delta_line(report)}", ""]
     for label, nodes in _sections(report):
         lines.append(f"{label} — {_accountant_line(nodes)}")
         lines += _plain_table(_HEADERS, [_cells(n) for n in nodes])
@@ -51,14 +53,17 @@ def markdown_report(report: AuditReport, plot_name: str = PLOT_FILE) -> str:
            f"- Ledger: `{report.ledger_path}` (owner `{report.owner}`, {report.rows} rows, "
            + f"head `{report.head[:16]}…`)",
            f"- Anchor: {_anchor_line(report)}",
+           f"- RUN_DIR cross-checks: {_run_line(report)}",
            f"- δ: {_delta_line(report)}",
            f"- claimed ε: {ACCOUNTANTS['claimed']}",
-           f"- ε RDP: {ACCOUNTANTS['rdp']}",
-           f"- ε PLD: {ACCOUNTANTS['pld']}", "", "## Verdict", "", verdict_line(report), ""]
+           f"- ε PLD: {ACCOUNTANTS['pld']}",
+           f"- ε RDP bound: {ACCOUNTANTS['rdp']}", "", "## Verdict", "",
+           verdict_line(report), ""]
     out += [f"{i}. {reason}" for i, reason in enumerate(report.reasons, 1)]
     out += ["", "## Integrity", "", _integrity_line(report), ""]
     out += [f"- `{p.check}`: {p.message}" for p in (*report.chain_problems,
-                                                     *report.anchor_problems)]
+                                                     *report.anchor_problems,
+                                                     *report.run_problems)]
     for label, nodes in _sections(report):
         out += ["", f"## {label[0].upper()}{label[1:]}", "",
                 f"Guarantee: {label}. Accountants: {_accountant_line(nodes)}.", "",
@@ -67,7 +72,7 @@ def markdown_report(report: AuditReport, plot_name: str = PLOT_FILE) -> str:
     if report.notes:
         out += ["", "## Notes", ""] + [f"- {n}" for n in report.notes]
     out += ["", "## ε over rounds", "",
-            "RDP solid, PLD dashed, budget dotted; one panel per guarantee.", "",
+            "PLD solid, RDP bound dashed, budget dotted; one panel per guarantee.", "",
             f"![epsilon over rounds]({plot_name})", ""]
     return "\n".join(out)
 
@@ -89,6 +94,9 @@ def json_document(report: AuditReport, outputs: dict[str, str]) -> dict[str, Any
         "accountants": ACCOUNTANTS,
         "integrity_problems": [_problem(p) for p in report.chain_problems],
         "anchor_problems": [_problem(p) for p in report.anchor_problems],
+        "run_problems": [_problem(p) for p in report.run_problems],
+        "anchor_source": report.anchor_source,
+        "dp_guarantee": report.guaranteed,
         "notes": list(report.notes),
         "nodes": [_node_document(n, report.delta) for n in report.nodes],
         "outputs": outputs,
@@ -112,14 +120,14 @@ def plot_epsilon(report: AuditReport, path: Path) -> None:
             color = f"C{index % 10}"
             xs = ([e.row.entry.round for e in node.events] if by_round
                   else list(range(1, len(node.events) + 1)))
-            axes.plot(xs, [_plottable(e.epsilon_rdp) for e in node.events], "-o", color=color,
+            axes.plot(xs, [_plottable(e.epsilon_pld) for e in node.events], "-o", color=color,
                       markersize=3, label=node.node_id)
-            axes.plot(xs, [_plottable(e.epsilon_pld) for e in node.events], "--", color=color)
+            axes.plot(xs, [_plottable(e.epsilon_rdp) for e in node.events], "--", color=color)
             if node.budget is not None:
                 axes.axhline(node.budget, linestyle=":", color=color)
         deltas = sorted({f"{n.delta:g}" for n in nodes})
-        axes.set_title(f"{label}\nδ={', '.join(deltas) or '-'}; RDP solid, PLD dashed, "
-                       "budget dotted", fontsize=9)
+        axes.set_title(f"{label}\nδ={', '.join(deltas) or '-'}; PLD solid, RDP bound "
+                       "dashed, budget dotted", fontsize=9)
         axes.set_xlabel("round" if by_round else "event number (rounds restart across runs)")
         axes.set_ylabel("cumulative ε")
         axes.grid(alpha=0.3)
@@ -150,7 +158,7 @@ def _cells(node: NodeAudit) -> list[str]:
     delta = f"{node.delta:g}" if node.delta == node.claim_delta else (
         f"{node.delta:g} (claims at {node.claim_delta:g})")
     return [node.node_id, str(len(node.events)), str(node.total_steps), span, delta,
-            _number(node.claimed_epsilon), _number(node.epsilon_rdp), _number(node.epsilon_pld),
+            _number(node.claimed_epsilon), _number(node.epsilon_pld), _number(node.epsilon_rdp),
             "none" if node.budget is None else f"{node.budget:g}", _crashed_cell(node),
             node.status]
 
@@ -169,8 +177,10 @@ def _crashed_cell(node: NodeAudit) -> str:
 
 def _accountant_line(nodes: list[NodeAudit]) -> str:
     steps = "DP-SGD steps" if all(n.guarantee == RECORD_LEVEL for n in nodes) else "rounds"
-    return (f"claimed ε and ε RDP: Opacus RDP; ε PLD: dp-accounting PLD; steps = {steps}; "
-            "ε is cumulative over all events shown")
+    relations = sorted({n.relation for n in nodes})
+    return (f"neighbours: {', '.join(relations)}; claimed ε: the entries' own accountant "
+            "(PLD); ε PLD: dp-accounting at discretization 1e-4; ε RDP bound: independent; "
+            f"steps = {steps}; ε is cumulative over all events shown")
 
 
 def _integrity_line(report: AuditReport) -> str:
@@ -182,10 +192,18 @@ def _integrity_line(report: AuditReport) -> str:
 
 def _anchor_line(report: AuditReport) -> str:
     if report.anchor_problems:
-        return "MISMATCH: " + "; ".join(str(p) for p in report.anchor_problems)
+        return "PROBLEM: " + "; ".join(str(p) for p in report.anchor_problems)
     if report.anchor is None:
-        return "none (a cut-off tail cannot be detected without summary.json's anchor)"
-    return f"matches summary.json ({report.anchor.get('rows')} rows)"
+        return "none (a node's own ledger: a cut-off tail cannot be detected)"
+    return f"matches {report.anchor_source} ({report.anchor.get('rows')} rows)"
+
+
+def _run_line(report: AuditReport) -> str:
+    if report.owner != "run":
+        return "- (a node's own ledger)"
+    if report.run_problems:
+        return (f"{len(report.run_problems)} problem(s); first: {report.run_problems[0]}")
+    return "config, metrics and simulated node ledgers agree with the run's ledger"
 
 
 def _delta_line(report: AuditReport) -> str:
@@ -229,15 +247,19 @@ def _node_document(node: NodeAudit, delta: float | None) -> dict[str, Any]:
                        "row_hash": event.row.row_hash,
                        "recomputed": {"delta": event.row.entry.delta if delta is None
                                       else delta,
-                                      "epsilon_rdp": event.epsilon_rdp,
+                                      "relation": node.relation,
+                                      "epsilon_rdp_bound": event.epsilon_rdp,
                                       "epsilon_pld": event.epsilon_pld,
-                                      "epsilon_rdp_at_entry_delta": event.recomputed_claim,
-                                      "claim_consistent": event.claim_consistent}})
+                                      "claim_at_entry_delta": event.recomputed_claim,
+                                      "claim_consistent": event.claim_consistent,
+                                      "claim_covers_pld": event.claim_covers}})
     return {"node_id": node.node_id, "guarantee": node.guarantee, "label": node.label,
             "status": node.status, "ok": node.ok, "reasons": list(node.reasons),
             "events_count": len(node.events), "total_steps": node.total_steps,
             "rounds": list(node.rounds), "delta": node.delta, "claim_delta": node.claim_delta,
-            "claimed_epsilon": node.claimed_epsilon, "epsilon_rdp": node.epsilon_rdp,
+            "relation": node.relation, "dp_guarantee": node.guaranteed,
+            "withheld_earlier_spend": node.withheld,
+            "claimed_epsilon": node.claimed_epsilon, "epsilon_rdp_bound": node.epsilon_rdp,
             "epsilon_pld": node.epsilon_pld, "budget": node.budget,
             "confirmations": node.confirmations, "legacy": node.legacy,
             "crashed_rounds": [{"seq": r.seq, "run_id": r.entry.run_id, "round": r.entry.round,

@@ -47,10 +47,10 @@ def simulate_command(
     Raises ConfigError for a bad setting (the caller prints it and exits 2).
     """
     # Imported here so `fedssl --help` and config errors answer without loading torch/Flower.
-    from common.tasks import check_run_data
     from common.privacy_ledger import LedgerError
+    from common.tasks import check_run_data
     from server.run_checkpoint import ResumeError, find_checkpoint
-    from server.run_report import summary_table
+    from server.run_report import epsilon_text, summary_table
     from simulations.flower_launcher import SimulationError, run_app, simulation_superlink
 
     config = resolve_config(preset, settings, out)
@@ -111,9 +111,7 @@ def simulate_command(
     print(f"\nfedssl: done in {time.monotonic() - started:.0f}s; results in {run_dir}\n")
     if summary["arms"]:  # none when downstream=false (pretraining only)
         print(summary_table(summary))
-    privacy = summary["privacy"]
-    print(f"\nrecord-level DP per client: max epsilon {privacy['max_epsilon']:.3f} "
-          f"at delta {privacy['delta']:g} ({privacy['accountant'].upper()})")
+    print(f"\nrecord-level DP per client: {epsilon_text(summary['privacy'])}")
     return 0
 
 
@@ -139,9 +137,9 @@ def _check_run_ledger(run_dir: Path) -> None:
     spent: the server could not record the clients' entries.
     """
     from common.privacy_ledger import LedgerError, read_ledger
-    from server.run_ledger import RUN_LEDGER, RUN_OWNER
+    from common.run_dir_layout import LEDGER_FILE, RUN_OWNER
 
-    path = run_dir / RUN_LEDGER
+    path = run_dir / LEDGER_FILE
     if not path.exists():
         return
     ledger = read_ledger(path)
