@@ -7,7 +7,7 @@ STAMP := $(VENV)/.fedssl-installed
 export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: demo test setup clean
+.PHONY: demo test test-slow setup clean
 
 setup: $(STAMP)
 
@@ -28,6 +28,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# The slow tier: full-size checks kept out of `make test` (CI) to keep it fast.
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow
 
 clean:
 	rm -rf runs $(VENV) *.egg-info

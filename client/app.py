@@ -29,7 +29,7 @@ from client.message_timing import MessageTiming
 from client.node_settings import NodeSettings, node_settings
 from common.dp_randomness import secret_generator, seeded_generator
 from common.local_data import DataFolderError
-from common.privacy_ledger import LedgerError, PrivacyLedger
+from common.privacy_ledger import LedgerError, PrivacyLedger, unconfirmed
 from common.run_config import ConfigError, RunConfig
 from common.tasks import SslTask, get_task
 from common.wire_format import (
@@ -50,7 +50,7 @@ def train(msg: Message, context: Context) -> Message:
     """One federated round on this node's records (or a refusal / error status)."""
     timing = MessageTiming()
     round_config = msg.content["config"]
-    run_id = str(context.run_id)
+    run_id = _run_id(round_config, context)
     with timing.phase("setup"):
         ready = _setup_or_error(msg, context)
     if isinstance(ready, Message):
@@ -80,8 +80,11 @@ def train(msg: Message, context: Context) -> Message:
     except Exception as err:  # noqa: BLE001 - the reply must still carry the ledger
         log(40, "fedssl node %s: round %d failed:\n%s", node.node_id, server_round,
             traceback.format_exc())
+        # Did this attempt record its spend before failing? The server counts on it.
+        spent = any(e.round == server_round and not e.is_confirmation
+                    for e in unconfirmed(ledger.run_entries(node.node_id, run_id)))
         return _reply(msg, status=STATUS_ERROR, reason=f"training failed: {type(err).__name__}: "
-                      f"{err}", node=node, ledger=ledger, run_id=run_id)
+                      f"{err}", node=node, ledger=ledger, run_id=run_id, spent=spent)
     if output.refusal:
         log(30, "fedssl node %s refuses round %d: %s", node.node_id, server_round,
             output.refusal)
@@ -108,7 +111,8 @@ def query(msg: Message, context: Context) -> Message:
         ledger = PrivacyLedger.open(node.ledger_path, owner=node.node_id)
     except (ConfigError, LedgerError) as err:
         return _reply(msg, status=STATUS_ERROR, reason=str(err), node=node)
-    return _reply(msg, status=STATUS_LEDGER, node=node, ledger=ledger, run_id=str(context.run_id))
+    return _reply(msg, status=STATUS_LEDGER, node=node, ledger=ledger,
+                  run_id=_run_id(request, context))
 
 
 def _setup_or_error(
@@ -134,7 +138,7 @@ def _setup_or_error(
         reason = f"data-dir {err.kind}: {err}" if isinstance(err, DataFolderError) else str(err)
         log(40, "fedssl node cannot take part: %s", reason)
         return _reply(msg, status=STATUS_ERROR, reason=reason, node=node, ledger=ledger,
-                      run_id=str(context.run_id))
+                      run_id=_run_id(round_config, context))
     if node.delta > 1 / max(len(records[0]), 1):
         log(30, "fedssl node %s: delta %g is above 1/n = 1/%d: a guarantee that fails with "
             "probability delta could expose a whole record", node.node_id, node.delta,
@@ -142,9 +146,17 @@ def _setup_or_error(
     return config, node, ledger, task, records
 
 
+def _run_id(config: ConfigRecord, context: Context) -> str:
+    """The fedssl run this message belongs to: the id the server keeps in its RUN_DIR ledger
+    (stable across server restarts), else Flower's run id."""
+    value = str(config.get("run-id", "")).strip()
+    return value if value.isalnum() and len(value) <= 64 else str(context.run_id)
+
+
 def _reply(
     msg: Message, status: str, reason: str = "", node: NodeSettings | None = None,
     ledger: PrivacyLedger | None = None, run_id: str = "", output: RoundOutput | None = None,
+    spent: bool = False,
 ) -> Message:
     entries = ledger.run_entries(node.node_id, run_id) if ledger and node else []
     info = ConfigRecord({
@@ -152,6 +164,7 @@ def _reply(
         "reason": reason,
         "node": node.node_id if node else "",
         "ledger": [e.to_json() for e in entries],
+        "spent": spent,  # an error reply whose round's spend was recorded before it failed
     })
     content = RecordDict({REPLY_KEY: info})
     if output is not None:

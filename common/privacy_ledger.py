@@ -212,6 +212,12 @@ class PrivacyLedger:
             raise LedgerError(f"{path} belongs to '{stored}', not '{owner}'")
         return ledger
 
+    def meta(self, key: str, default: str) -> str:
+        """A value kept once in the file (the first writer's `default` wins, forever)."""
+        with self._transaction() as conn:
+            conn.execute("INSERT OR IGNORE INTO meta VALUES (?, ?)", (key, default))
+            return str(conn.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()[0])
+
     @property
     def owner(self) -> str:
         """Who keeps this ledger: a node id, or "run" for a RUN_DIR ledger."""

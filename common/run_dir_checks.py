@@ -10,9 +10,10 @@ A run ledger can be intact and still not tell the whole story. These checks comp
   round at `client-noise-multiplier`;
 * **metrics.jsonl**: every update the server accepted has its node's spend in the ledger;
 * **the simulated nodes' own ledgers** (simulation keeps them under `sim-state-dir`, default
-  RUN_DIR/nodes): each must be intact, and the run's copy must hold every entry the node
-  wrote for this RUN_DIR's runs. A node whose own chain is longer means the run's reports
-  under-count its spend.
+  RUN_DIR/nodes): each must be intact, and the run's copy must hold every spend the node
+  wrote for this RUN_DIR's runs: a node whose own chain holds more spend means the run's
+  reports under-count it. A confirmation the copy lacks (written after the last sync) only
+  makes the copy count that round as crashed, in full: a note, not a failure.
 """
 
 from __future__ import annotations
@@ -167,6 +168,7 @@ def _node_ledger_problems(run_dir: Path, config: Mapping[str, Any] | None,
         return [], []
     have = {r.entry.hash for r in rows}
     problems: list[Problem] = []
+    notes: list[str] = []
     for path in ledgers:
         try:
             node_ledger = read_ledger(path)
@@ -182,13 +184,19 @@ def _node_ledger_problems(run_dir: Path, config: Mapping[str, Any] | None,
         entries = [r.entry for r in node_rows if r.entry.node_id == owner]
         first = next((i for i, e in enumerate(entries) if e.run_id in ids), len(entries))
         ours = [e for e in entries[first:] if e.run_id in ids]
-        missing = [e for e in ours if e.hash not in have]
+        missing = [e for e in ours if e.hash not in have and not e.is_confirmation]
         if missing:
             rounds = sorted({e.round for e in missing})
             problems.append(Problem(
-                "node-ledger", f"node '{owner}''s own ledger holds {len(missing)} entr"
-                f"{'y' if len(missing) == 1 else 'ies'} of this run (round(s) "
+                "node-ledger", f"node '{owner}''s own ledger holds {len(missing)} spend "
+                f"entr{'y' if len(missing) == 1 else 'ies'} of this run (round(s) "
                 f"{', '.join(map(str, rounds))}) that the run's ledger lacks: the run's "
                 "reports under-count this node's spend", None, owner, rounds[0]))
-    return problems, [(f"cross-checked {len(ledgers)} simulated node ledger(s) under "
-                      f"{state_root}")]
+        late = [e for e in ours if e.hash not in have and e.is_confirmation]
+        if late:  # an over-count in the run's copy, never an under-count
+            notes.append(f"node '{owner}' confirmed {len(late)} round(s) after the server's "
+                         "last copy of its ledger (round(s) "
+                         f"{', '.join(str(e.round) for e in late)}): the run's copy counts "
+                         "them as crashed rounds, in full")
+    notes.append(f"cross-checked {len(ledgers)} simulated node ledger(s) under {state_root}")
+    return problems, notes

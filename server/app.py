@@ -44,10 +44,10 @@ def main(grid: Grid, context: Context) -> None:
 
     torch.manual_seed(config.seed)
     model = task.build_model(config)
-    ledger = open_run_ledger(run_dir)
-    recorder = RoundRecorder(run_dir, config, ledger, str(context.run_id))
+    ledger, run_id = open_run_ledger(run_dir)
+    recorder = RoundRecorder(run_dir, config, ledger, run_id)
     # After a restart the server does not know whom it sampled before: sync every node.
-    coverage = LedgerCoverage(unknown_history=checkpoint is not None)
+    coverage = LedgerCoverage(run_id=run_id, unknown_history=checkpoint is not None)
     if checkpoint is None and config.warm_start_steps:
         warm_start(config, task, model, run_dir)  # public data: no ledger entry
     if checkpoint is not None:
@@ -64,7 +64,7 @@ def main(grid: Grid, context: Context) -> None:
                                                done))
     if config.num_rounds > 0:
         # Spend whose reply was lost still reaches the reports: ask every node sampled.
-        answered = sync_ledgers(grid, coverage, ledger, str(sim_state_dir))
+        answered = sync_ledgers(grid, coverage, ledger, str(sim_state_dir), run_id)
         update_anchor(run_dir, ledger.head())
         print(f"[fedssl] ledger sync: {answered} node(s) answered", flush=True)
     save_state(model.state_dict(), run_dir / GLOBAL_MODEL)  # also with 0 rounds (warm start)
@@ -112,6 +112,7 @@ def federated_rounds(
         timeout=config.round_timeout,  # nodes that have not replied by then are dropouts
         # Simulated nodes keep their ledgers here; deployed nodes use their own state-dir.
         train_config=ConfigRecord({
+            "run-id": recorder.run_id,  # the entries nodes write carry it (server/run_ledger.py)
             "task": config.task,
             "sim-state-dir": str(sim_state_dir),
             "public-inputs-sha256": task.public_inputs_sha256(config),

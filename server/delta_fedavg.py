@@ -116,7 +116,7 @@ class DeltaFedAvg(FedAvg):
             messages = list(self._construct_messages(record, nodes, MessageType.TRAIN))
         self._sampled = len(messages)
         self._sampled_nodes = {msg.metadata.dst_node_id for msg in messages}
-        self.coverage.sending(self._sampled_nodes)
+        self.coverage.sending(self._sampled_nodes, server_round)
         return messages
 
     def aggregate_train(
@@ -209,9 +209,9 @@ class DeltaFedAvg(FedAvg):
             return False
         node = str(info["node"]) or f"node-{flower_id}"
         record.ledger.extend(reply_entries(msg.content, node))
-        if info["node"]:  # a node that could not even open its ledger sent none
-            self.coverage.answered(flower_id, node)
         status, reason = str(info["status"]), str(info["reason"])
+        self.coverage.replied(flower_id, str(info["node"]), record.server_round,
+                              spent=status == STATUS_TRAINED or bool(info.get("spent")))
         if status == STATUS_REFUSED:
             log(30, "round %d: node %s refused: %s", record.server_round, node, reason)
             record.refused.append({"node": node, "reason": reason, "attempt": record.attempts})

@@ -3,57 +3,78 @@
 A node writes its spend before it trains; the server learns of it only from a reply. A reply
 can be lost (the node's process died after training, a timeout dropped it, a Flower error
 carried no content), and then the run's reports would show less than the node's own ledger.
-So the server tracks, per Flower node, the last message it sent and the last reply that
-carried the node's ledger (`LedgerCoverage`), and after the last round it asks every node it
-ever sampled for its ledger once more (`sync_ledgers`, a Flower query message; the node trains
-nothing). A node that answers neither is reported with "≥": its own ledger may hold more.
+So the server counts, per node and round, the spends the replies it got imply (one per
+"trained" reply, one per "error" reply that says it spent) plus one per train message that got
+no reply at all (`LedgerCoverage`). After the last round it asks every node it sampled for its
+ledger once more (`sync_ledgers`, a Flower query message; the node trains nothing), and asks
+again, until a timeout, while a node's ledger holds fewer spends of a round than that count: a
+node training late writes its spend within seconds. A node still short then is reported with
+"≥": its own ledger may hold more than the server's copy (or a message never reached it).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import time
+from collections import Counter
 from dataclasses import dataclass, field
 
 from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.common import log
 from flwr.serverapp import Grid
 
-from common.privacy_ledger import LedgerEntry, LedgerError, PrivacyLedger
-from common.wire_format import LEDGER_SYNC, QUERY_KEY, REPLY_KEY
+from common.privacy_ledger import RECORD_LEVEL, LedgerEntry, LedgerError, PrivacyLedger
+from common.wire_format import LEDGER_SYNC, QUERY_KEY, REPLY_KEY, STATUS_LEDGER
 
-SYNC_TIMEOUT_S = 120.0
+SYNC_TIMEOUT_S = 60.0
+SYNC_RETRY_S = 2.0
 
 
 @dataclass
 class LedgerCoverage:
-    """Per Flower node id: its ledger name, the last message sent, the last ledger heard."""
+    """Per Flower node id: its ledger name, and per round the spends the server must see."""
 
+    run_id: str = ""
     names: dict[int, str] = field(default_factory=dict)
-    sent: dict[int, int] = field(default_factory=dict)  # node → sequence number of last send
-    heard: dict[int, int] = field(default_factory=dict)  # node → last send it answered
+    sampled: set[int] = field(default_factory=set)
+    implied: dict[int, Counter[int]] = field(default_factory=dict)  # replies that spent
+    unanswered: dict[int, Counter[int]] = field(default_factory=dict)  # messages, no reply
     unknown_history: bool = False  # a resumed server: who was sampled before is unknown
-    _counter: int = 0
 
-    def sending(self, node_ids: Iterable[int]) -> None:
-        """Messages are about to go to these nodes."""
-        self._counter += 1
+    def sending(self, node_ids: set[int], server_round: int) -> None:
+        """Train messages of `server_round` are about to go to these nodes."""
         for node in node_ids:
-            self.sent[node] = self._counter
+            self.sampled.add(node)
+            self.unanswered.setdefault(node, Counter())[server_round] += 1
 
-    def answered(self, node_id: int, name: str) -> None:
-        """A reply of this node carried its ledger (as of now)."""
+    def replied(self, node_id: int, name: str, server_round: int, spent: bool) -> None:
+        """A fedssl reply of this node for `server_round` arrived; `spent`: it says it
+        recorded the round's spend (status trained, or an error after its write-ahead)."""
         if name:
             self.names[node_id] = name
-        self.heard[node_id] = self.sent.get(node_id, self._counter)
+        waiting = self.unanswered.setdefault(node_id, Counter())
+        if waiting[server_round] > 0:
+            waiting[server_round] -= 1
+        if spent:
+            self.implied.setdefault(node_id, Counter())[server_round] += 1
 
-    def incomplete(self) -> dict[int, str]:
-        """Nodes whose latest spend may be missing from the server's copy: node id → why."""
-        missing = {}
-        for node, last in self.sent.items():
-            if self.heard.get(node, 0) < last:
-                missing[node] = ("its last reply never arrived (timeout, crash or Flower error) "
-                                 "and it did not answer the ledger sync")
-        return missing
+    def missing(self, ledger: PrivacyLedger) -> dict[int, str]:
+        """Nodes whose ledger copy holds fewer spends of a round than the server must expect:
+        node id → which rounds, in words."""
+        short = {}
+        spends: dict[str, Counter[int]] = {}
+        for entry in ledger.spends():  # one read of the ledger for every node
+            if entry.run_id == self.run_id and entry.guarantee == RECORD_LEVEL:
+                spends.setdefault(entry.node_id, Counter())[entry.round] += 1
+        for node in sorted(set(self.unanswered) | set(self.implied)):
+            need = self.implied.get(node, Counter()) + self.unanswered.get(node, Counter())
+            if not need:
+                continue
+            have = spends.get(self.label(node), Counter())
+            rounds = sorted(r for r, n in need.items() if have[r] < n)
+            if rounds:
+                short[node] = ("no reply, and no spend in its ledger at the ledger sync, for "
+                               f"round(s) {', '.join(map(str, rounds))}")
+        return short
 
     def label(self, node_id: int) -> str:
         """The node's ledger name when known, else `node-<flower id>`."""
@@ -73,35 +94,35 @@ def reply_entries(content: RecordDict, node: str) -> list[LedgerEntry]:
 
 
 def sync_ledgers(grid: Grid, coverage: LedgerCoverage, ledger: PrivacyLedger,
-                 sim_state_dir: str, timeout: float = SYNC_TIMEOUT_S) -> int:
-    """Ask every node ever sampled (every connected node after a resume) for its ledger.
+                 sim_state_dir: str, run_id: str, timeout: float = SYNC_TIMEOUT_S) -> int:
+    """Ask the nodes sampled this run (every connected node after a resume) for their ledgers.
 
-    Stores what arrives in the run ledger and marks those nodes complete; returns how many
-    nodes answered. Training-free: a node answers from its ledger alone.
+    Stores what arrives in the run ledger; asks again, until `timeout`, the nodes whose copy
+    is still short (`LedgerCoverage.missing`). Returns how many nodes answered at least once.
     """
     connected = set(grid.get_node_ids())
-    targets = sorted(connected if coverage.unknown_history else set(coverage.sent) & connected)
-    if not targets:
-        return 0
-    coverage.sending([])  # a new sequence number: only answers to this sync count
-    record = RecordDict({QUERY_KEY: ConfigRecord({"query": LEDGER_SYNC,
+    targets = connected if coverage.unknown_history else coverage.sampled & connected
+    deadline = time.monotonic() + timeout
+    answered: set[int] = set()
+    record = RecordDict({QUERY_KEY: ConfigRecord({"query": LEDGER_SYNC, "run-id": run_id,
                                                   "sim-state-dir": sim_state_dir})})
-    messages = [Message(content=record, dst_node_id=node, message_type=MessageType.QUERY)
-                for node in targets]
-    answered = 0
-    new_entries: list[LedgerEntry] = []
-    for reply in grid.send_and_receive(messages, timeout=timeout):
-        node_id = reply.metadata.src_node_id
-        if reply.has_error():
-            log(30, "ledger sync: node-%d failed: %s", node_id, reply.error.reason)
-            continue
-        info = reply.content.config_records.get(REPLY_KEY)
-        if info is None:
-            continue
-        name = str(info.get("node", "")) or f"node-{node_id}"
-        new_entries += reply_entries(reply.content, name)
-        if str(info.get("status")) == "ledger":
-            coverage.answered(node_id, name)
-            answered += 1
-    ledger.add_many(new_entries)
-    return answered
+    while targets:
+        messages = [Message(content=record, dst_node_id=node, message_type=MessageType.QUERY)
+                    for node in sorted(targets)]
+        replies = grid.send_and_receive(messages, timeout=max(deadline - time.monotonic(), 1))
+        for reply in replies:
+            node_id = reply.metadata.src_node_id
+            info = None if reply.has_error() else reply.content.config_records.get(REPLY_KEY)
+            if info is None or str(info.get("status")) != STATUS_LEDGER:
+                log(30, "ledger sync: node-%d did not answer: %s", node_id,
+                    reply.error.reason if reply.has_error() else "not a ledger reply")
+                continue
+            name = str(info.get("node", "")) or f"node-{node_id}"
+            coverage.names[node_id] = name
+            ledger.add_many(reply_entries(reply.content, name))
+            answered.add(node_id)
+        targets = set(coverage.missing(ledger)) & connected
+        if not targets or time.monotonic() + SYNC_RETRY_S >= deadline:
+            break
+        time.sleep(SYNC_RETRY_S)  # a node training late writes its spend within seconds
+    return len(answered)

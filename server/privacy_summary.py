@@ -40,7 +40,7 @@ def privacy_section(
     """summary.json's `privacy` object (see the README, "RUN_DIR layout")."""
     entries = ledger.entries()
     spends = [e for e in entries if not e.is_confirmation]
-    incomplete = {coverage.label(n): why for n, why in coverage.incomplete().items()}
+    incomplete = {coverage.label(n): why for n, why in coverage.missing(ledger).items()}
     nodes = sorted({e.node_id for e in spends
                     if e.guarantee == RECORD_LEVEL and e.node_id != FEDERATION_NODE})
     clients = [_node_view(node, entries, config, run_ids, records.get(node), incomplete)

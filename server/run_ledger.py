@@ -7,6 +7,7 @@ round's client-level DP release, if any, as the federation's own event.
 
 from __future__ import annotations
 
+import secrets
 from pathlib import Path
 
 from flwr.common import log
@@ -24,9 +25,15 @@ from common.run_dir_layout import LEDGER_FILE, RUN_OWNER
 from server.delta_fedavg import RoundRecord
 
 
-def open_run_ledger(run_dir: Path) -> PrivacyLedger:
-    """The run's ledger; it is never reset (privacy records are not thrown away)."""
-    return PrivacyLedger.open(run_dir / LEDGER_FILE, owner=RUN_OWNER)
+def open_run_ledger(run_dir: Path) -> tuple[PrivacyLedger, str]:
+    """The run's ledger (never reset: privacy records are not thrown away) and the run's id.
+
+    The id is drawn once, when the ledger is created, and kept in it: every ledger entry of
+    this run carries it, on the server and in the nodes' own ledgers, across server restarts
+    (each restart is a new Flower run, but the same fedssl run, continuing the same RUN_DIR).
+    """
+    ledger = PrivacyLedger.open(run_dir / LEDGER_FILE, owner=RUN_OWNER)
+    return ledger, ledger.meta("run-id", secrets.token_hex(16))
 
 
 def record_round(

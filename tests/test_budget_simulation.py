@@ -19,7 +19,7 @@ from simulation_runs import ROOT, TINY_RUN, simulate
 
 from client.dp_training import poisson_sample_rate
 from common.demo_data import demo_splits
-from common.privacy_accounting import epsilon_of
+from common.privacy_accounting import ADD_REMOVE, REPLACE_ONE, epsilon_of
 from common.privacy_ledger import (
     CLIENT_LEVEL,
     FEDERATION_NODE,
@@ -41,8 +41,8 @@ def _epsilon_after(rounds: int) -> dict[str, float]:
     steps = config.local_steps
     sizes = [len(t) for t in demo_splits(config).client_texts]
     return {
-        node: epsilon_of([(1.0, poisson_sample_rate(n, config.batch_size), steps * rounds)],
-                         DELTA)
+        node: epsilon_of([(1.0, poisson_sample_rate(n, config.batch_size), steps)] * rounds,
+                         DELTA, REPLACE_ONE)
         for node, n in zip(NODES, sizes, strict=True)
     }
 
@@ -96,7 +96,8 @@ def test_refusal_happens_exactly_where_the_projection_crosses_the_budget(two_run
         run_a = [e for e in entries if e.run_id == entries[0].run_id]  # run B came later
         trained = sum(projected[r][node] <= budget for r in (1, 2, 3))
         assert [e.round for e in run_a] == list(range(1, trained + 1))
-        spent = epsilon_of([(e.noise_multiplier, e.sample_rate, e.steps) for e in run_a], DELTA)
+        spent = epsilon_of([(e.noise_multiplier, e.sample_rate, e.steps) for e in run_a], DELTA,
+                           REPLACE_ONE)
         assert spent == pytest.approx(run_a[-1].epsilon) and spent <= budget
 
 
@@ -128,9 +129,12 @@ def test_node_ledgers_accumulate_across_runs(two_runs):
         # Run B's ε is the node's lifetime spend, not only run B's round.
         assert by_node[node]["epsilon"] == pytest.approx(
             projected[trained_in_a + 1][node], rel=1e-9)
-        # The server's RUN_DIR ledger got the node's whole chain, run A's entries included.
+        # The server's RUN_DIR ledger got run B's entries only: the node keeps run A's (another
+        # federation's business), and the first one it sent commits to them by its prev_hash.
         server = PrivacyLedger.open(root / "b" / "ledger.sqlite", "run").entries(node)
-        assert [e.hash for e in server] == [e.hash for e in entries]
+        run_b_entries = [e for e in entries if e.run_id == entries[-1].run_id]
+        assert [e.hash for e in server] == [e.hash for e in run_b_entries]
+        assert server[0].prev_hash == entries[len(entries) - len(run_b_entries) - 1].hash
 
 
 def test_audit_passes_on_both_runs_and_every_node_ledger(two_runs):
@@ -150,7 +154,8 @@ def test_client_level_dp_is_accounted_in_the_run_ledger(two_runs):
     (event,) = server.entries(FEDERATION_NODE)
     assert (event.guarantee, event.mechanism) == (CLIENT_LEVEL, POISSON_GAUSSIAN)
     assert (event.noise_multiplier, event.sample_rate, event.steps) == (1.0, 1.0, 1)
-    assert event.epsilon == pytest.approx(epsilon_of([(1.0, 1.0, 1)], DELTA), rel=1e-12)
+    assert event.epsilon == epsilon_of([(1.0, 1.0, 1)], DELTA, ADD_REMOVE)
+    assert (event.relation, event.noise) == ("add-remove", "secret")
     summary = json.loads((root / "b" / "summary.json").read_text())
     assert summary["privacy"]["client_level"]["epsilon"] == event.epsilon
     assert summary["privacy"]["ledger"] == {"file": "ledger.sqlite", **server.head()}

@@ -1,7 +1,8 @@
 """`fedssl audit`: tamper evidence, independent ε recomputation, claims, budgets, the CLI.
 
 Fast and Flower-free: ledgers are built with PrivacyLedger.append/add exactly as nodes and the
-server write them (claimed ε from `epsilon_of`), then edited with sqlite3 to tamper.
+server write them (format 2: claimed ε from `epsilon_of` under the relation that holds for the
+guarantee, PLD accountant, secret noise), then edited with sqlite3 to tamper.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import pytest
 from dp_accounting import GaussianDpEvent, PoissonSampledDpEvent, SelfComposedDpEvent
 from dp_accounting.pld import PLDAccountant
 
+from common.epsilon_curves import claim_curve
 from common.ledger_audit import (
     AuditInputError,
     audit,
@@ -28,19 +30,29 @@ from common.ledger_audit import (
     rdp_curve,
     verify_chain,
 )
-from common.privacy_accounting import epsilon_of
+from common.ledger_integrity import RELATION_OF
+from common.privacy_accounting import (
+    ACCOUNTANT,
+    ADD_REMOVE,
+    REPLACE_ONE,
+    epsilon_of,
+    legacy_rdp_epsilon,
+)
 from common.privacy_ledger import (
     CLIENT_LEVEL,
     FEDERATION_NODE,
     GENESIS,
     POISSON_GAUSSIAN,
     RECORD_LEVEL,
+    SECRET_NOISE,
+    SEEDED_NOISE,
     LedgerEntry,
     LedgerRow,
     PrivacyLedger,
     read_ledger,
     row_hash,
 )
+from simulations.audit_report import json_document, verdict_line
 from simulations.cli import main
 
 DELTA = 1e-5
@@ -53,19 +65,21 @@ Tweak = Callable[[str, int, dict[str, Any]], None]
 
 def _spend(ledger: PrivacyLedger, history: list[tuple[float, float, int]], fields: dict[str, Any],
            tweak: Tweak | None) -> LedgerEntry:
-    """Append one event as a writer does: claimed ε = epsilon_of(history incl. this event)."""
+    """Append one event as a writer does: claimed ε = epsilon_of(history incl. this event)
+    under the entry's relation (record-level: replace-one; client-level: add/remove)."""
     history.append((fields["noise_multiplier"], fields["sample_rate"], fields["steps"]))
-    fields = {**fields, "epsilon": epsilon_of(history, fields["delta"])}
+    fields = {**fields, "epsilon": epsilon_of(history, fields["delta"], fields["relation"])}
     if tweak:
         tweak(fields["node_id"], fields["round"], fields)
     return ledger.append(**fields)
 
 
 def _event(rnd: int, node: str, guarantee: str, sigma: float, rate: float, steps: int,
-           budget: float) -> dict[str, Any]:
-    return {"run_id": "run-1", "round": rnd, "node_id": node, "guarantee": guarantee,
+           budget: float, run_id: str = "run-1") -> dict[str, Any]:
+    return {"run_id": run_id, "round": rnd, "node_id": node, "guarantee": guarantee,
             "mechanism": POISSON_GAUSSIAN, "noise_multiplier": sigma, "sample_rate": rate,
-            "steps": steps, "delta": DELTA, "accountant": "rdp", "max_epsilon": budget}
+            "steps": steps, "delta": DELTA, "accountant": ACCOUNTANT, "max_epsilon": budget,
+            "relation": RELATION_OF[guarantee], "noise": SECRET_NOISE}
 
 
 def make_run(tmp_path: Path, budgets: tuple[float, ...] = (8.0, 0.0),
@@ -134,9 +148,17 @@ def test_intact_run_passes(run_dir: Path):
     assert by_node[FEDERATION_NODE].label == "client-level DP, for the federation"
     assert by_node["partition-0"].total_steps == ROUNDS * STEPS
     assert by_node["partition-0"].rounds == (1, 2, 3)
+    assert by_node["partition-0"].relation == REPLACE_ONE
+    assert by_node[FEDERATION_NODE].relation == ADD_REMOVE
+    assert report.guaranteed and report.anchor_source == "summary.json"
+    assert not report.run_problems
     for node in report.nodes:  # PLD is the tighter of the two, never looser
         assert 0 < node.epsilon_pld <= node.epsilon_rdp
-        assert node.claimed_epsilon == node.epsilon_rdp
+        assert node.guaranteed and not node.withheld
+        # The claim is exactly what its own accountant gives, and covers the finer PLD.
+        assert node.claimed_epsilon == node.events[-1].recomputed_claim
+        assert all(e.claim_consistent and e.claim_covers for e in node.events)
+        assert node.epsilon_pld <= node.claimed_epsilon < node.epsilon_pld * 1.01
 
 
 @pytest.mark.parametrize("column", [f.name for f in dataclasses.fields(LedgerEntry)]
@@ -221,10 +243,14 @@ def test_insane_values_are_reported_even_with_a_valid_hash(tmp_path: Path):
     ledger = PrivacyLedger.open(tmp_path / "ledger.sqlite", owner="n1")
     ledger.append(run_id="r", round=1, node_id="n1", guarantee=RECORD_LEVEL,
                   mechanism=POISSON_GAUSSIAN, noise_multiplier=1.0, sample_rate=1.5, steps=3,
-                  delta=2.0, accountant="rdp", epsilon=1.0, max_epsilon=0.0)
+                  delta=2.0, accountant=ACCOUNTANT, epsilon=1.0, max_epsilon=0.0,
+                  relation=ADD_REMOVE, noise="guessable")
     messages = [p.message for p in verify_chain(ledger.rows())]
     assert any("δ=2.0 is not in (0, 1)" in m for m in messages)
     assert any("q=1.5 is not in (0, 1]" in m for m in messages)
+    # Record-level ε stated for add/remove: not the relation that holds (n is released).
+    assert any("relation 'add-remove'; it must be 'replace-one'" in m for m in messages)
+    assert any("unknown noise source 'guessable'" in m for m in messages)
     report = audit(tmp_path)
     assert not report.ok and not report.nodes  # nothing sane left to account
 
@@ -232,28 +258,42 @@ def test_insane_values_are_reported_even_with_a_valid_hash(tmp_path: Path):
 # -------------------------------------------------------------------------------- accounting
 
 def test_mnist_reference_point():
-    """REFERENCE.md: σ=1.1, q=256/60000, 60 epochs, δ=1e-5 -> RDP 2.60 (Opacus), PLD 2.38."""
+    """REFERENCE.md: σ=1.1, q=256/60000, 60 epochs, δ=1e-5 -> RDP 2.60 (Opacus), PLD 2.38,
+    both add/remove; a node's record-level ε is replace-one, which costs more."""
     steps = round(60 * 60000 / 256)
+    events = [(1.1, 256 / 60000, steps)]
+    assert rdp_curve(events, [1e-5], ADD_REMOVE)[0] == pytest.approx(2.60, rel=0.01)
+    add_remove_pld = pld_curve(events, [1e-5], ADD_REMOVE)[0]
+    assert add_remove_pld == pytest.approx(2.38, rel=0.01)
     row = _single_row(sigma=1.1, rate=256 / 60000, steps=steps, delta=1e-5)
     node = audit_node([row])
-    assert node.epsilon_rdp == pytest.approx(2.60, rel=0.01)
-    assert node.epsilon_pld == pytest.approx(2.38, rel=0.01)
-    assert node.events[0].claim_consistent
+    assert node.relation == REPLACE_ONE and node.ok, node.reasons
+    assert node.events[0].claim_consistent and node.events[0].claim_covers
+    assert add_remove_pld < node.epsilon_pld <= node.claimed_epsilon <= node.epsilon_rdp
 
 
 def test_client_level_reference_point():
     """REFERENCE.md: z=1, q=0.1, 200 rounds, δ=5e-4 -> RDP 8.65, one (z, q, 1) event per round."""
-    curve = rdp_curve([(1.0, 0.1, 1)] * 200, [5e-4] * 200)
+    curve = rdp_curve([(1.0, 0.1, 1)] * 200, [5e-4] * 200, ADD_REMOVE)
     assert curve[-1] == pytest.approx(8.65, rel=0.01)
-    assert curve[-1] == pytest.approx(epsilon_of([(1.0, 0.1, 200)], 5e-4), rel=1e-9)
+    assert curve[-1] == pytest.approx(legacy_rdp_epsilon([(1.0, 0.1, 200)], 5e-4), rel=1e-9)
     assert all(a < b for a, b in itertools.pairwise(curve))
 
 
 def test_curves_match_the_accountants_they_stand_for():
-    events = [(1.1, 0.01, 20), (1.1, 0.01, 20), (0.9, 0.02, 10), (1.0, 1.0, 3), (1.1, 0.01, 0)]
-    rdp = rdp_curve(events, [1e-5] * len(events))
-    # Bit-identical to how nodes claim, so claims can be compared at 1e-6:
-    assert rdp == [epsilon_of(events[: i + 1], 1e-5) for i in range(len(events))]
+    # Two (σ, q) regimes (the run fixture's, so their PLDs are cached), a plain Gaussian
+    # (q = 1) and a zero-step event (spends nothing).
+    events = [(SIGMA, RATE, STEPS), (FED_Z, FED_Q, 1), (1.0, 1.0, 3), (SIGMA, RATE, 0)]
+    deltas = [1e-5] * len(events)
+    # Bit-identical to how writers claim, so claims can be compared at 1e-6:
+    for relation in (REPLACE_ONE, ADD_REMOVE):
+        assert claim_curve(events, deltas, ["pld"] * len(events), [relation] * len(events)) \
+            == [epsilon_of(events[: i + 1], 1e-5, relation) for i in range(len(events))]
+    # Format-1 entries (accountant "rdp", no relation): Opacus RDP, bit-identical too.
+    assert claim_curve(events, deltas, ["rdp"] * len(events), [""] * len(events)) \
+        == [legacy_rdp_epsilon(events[: i + 1], 1e-5) for i in range(len(events))]
+    assert rdp_curve(events, deltas, ADD_REMOVE) == pytest.approx(
+        [legacy_rdp_epsilon(events[: i + 1], 1e-5) for i in range(len(events))], rel=1e-9)
     accountant, expected = PLDAccountant(), []
     for sigma, rate, steps in events:
         inner = GaussianDpEvent(sigma) if rate == 1 else PoissonSampledDpEvent(
@@ -261,8 +301,16 @@ def test_curves_match_the_accountants_they_stand_for():
         if steps:  # a zero-step event spends nothing (DpEvents cannot say so)
             accountant.compose(SelfComposedDpEvent(inner, steps))
         expected.append(accountant.get_epsilon(1e-5))
-    assert pld_curve(events, [1e-5] * len(events)) == pytest.approx(expected, rel=1e-9)
-    assert pld_curve([(0.0, 0.1, 1), (1.0, 0.1, 1)], [1e-5] * 2) == [float("inf")] * 2
+    add_remove = pld_curve(events, deltas, ADD_REMOVE)
+    assert add_remove == pytest.approx(expected, rel=1e-9)  # PLDAccountant is add/remove
+    # Replace-one (PLDAccountant has no Poisson replace-one): above add/remove, below the
+    # independent RDP bound, at every event.
+    replace = pld_curve(events, deltas, REPLACE_ONE)
+    bound = rdp_curve(events, deltas, REPLACE_ONE)
+    assert all(a < r <= b for a, r, b in zip(add_remove, replace, bound, strict=True))
+    for relation in (REPLACE_ONE, ADD_REMOVE):
+        assert pld_curve([(0.0, 0.1, 1), (1.0, 0.1, 1)], [1e-5] * 2, relation) \
+            == [float("inf")] * 2
 
 
 def test_under_and_over_claimed_epsilon_fail(tmp_path: Path):
@@ -275,11 +323,43 @@ def test_under_and_over_claimed_epsilon_fail(tmp_path: Path):
     report = audit(make_run(tmp_path, tweak=shade))
     assert not report.ok and not report.chain_problems  # the chain is fine; the numbers are not
     by_node = {n.node_id: n for n in report.nodes}
-    assert by_node["partition-1"].status == "inconsistent claims"
-    assert "under-claims" in by_node["partition-1"].reasons[0]
-    assert "at round 2" in by_node["partition-1"].reasons[0]
+    # 10% below its own accountant is also below the PLD ε of the relation that holds.
+    assert by_node["partition-1"].status == "inconsistent claims; under-claims for replace-one"
+    under, short = by_node["partition-1"].reasons
+    assert "under-claims" in under and "at round 2" in under
+    assert "under-states ε for the relation that holds (replace-one)" in short
+    assert "at round 2" in short
+    # 1% above is inconsistent with its own accountant but not an under-statement.
+    assert by_node[FEDERATION_NODE].status == "inconsistent claims"
     assert "over-claims" in by_node[FEDERATION_NODE].reasons[0]
+    assert [e.claim_consistent for e in by_node[FEDERATION_NODE].events] == [True, True, False]
+    assert all(e.claim_covers for e in by_node[FEDERATION_NODE].events)
     assert by_node["partition-0"].ok
+
+
+def test_reproducible_noise_means_no_dp_guarantee(tmp_path: Path):
+    """Entries written with the simulation switch reproducible-noise (noise "seeded") are
+    consistent claims with no guarantee behind them: the audit fails and says so first."""
+    def seeded(node: str, rnd: int, fields: dict[str, Any]) -> None:
+        if node == "partition-1":
+            fields["noise"] = SEEDED_NOISE
+
+    report = audit(make_run(tmp_path, tweak=seeded))
+    assert not report.ok and not report.chain_problems and not report.guaranteed
+    by_node = {n.node_id: n for n in report.nodes}
+    node = by_node["partition-1"]
+    assert not node.guaranteed and node.status == "no DP guarantee"
+    assert [r.entry.round for r in node.reproducible] == [1, 2, 3]
+    assert all(e.claim_consistent and e.claim_covers for e in node.events)  # only the noise
+    (reason,) = node.reasons
+    assert "NO DP GUARANTEE" in reason and "reproducible-noise was on" in reason
+    assert "round 1 of run run-1" in reason
+    assert by_node["partition-0"].ok and by_node["partition-0"].guaranteed
+    assert verdict_line(report).startswith("FAIL: NO DP GUARANTEE (reproducible noise); ")
+    doc = json_document(report, {})
+    assert doc["dp_guarantee"] is False and doc["ok"] is False
+    assert {n["node_id"]: n["dp_guarantee"] for n in doc["nodes"]} == {
+        "partition-0": True, "partition-1": False, FEDERATION_NODE: True}
 
 
 def test_over_budget_node_fails(tmp_path: Path):
@@ -297,7 +377,7 @@ def test_budget_in_force_at_each_event_is_what_counts(tmp_path: Path):
         if node == "partition-0" and rnd == ROUNDS:
             fields["max_epsilon"] = 0.0
 
-    one_round = epsilon_of([(SIGMA, RATE, STEPS)], DELTA)
+    one_round = epsilon_of([(SIGMA, RATE, STEPS)], DELTA, REPLACE_ONE)
     report = audit(make_run(tmp_path, budgets=(one_round * 1.01, 0.0), tweak=drop_budget))
     node = {n.node_id: n for n in report.nodes}["partition-0"]
     # Round 2 crossed the budget recorded with it: that is a breach, whatever came later.
@@ -309,9 +389,10 @@ def _single_row(sigma: float, rate: float, steps: int, delta: float) -> LedgerRo
     """One record-level event as a node writes it (hash included), at the top of a file."""
     draft = LedgerEntry(run_id="r", round=1, node_id="n", guarantee=RECORD_LEVEL,
                         mechanism=POISSON_GAUSSIAN, noise_multiplier=sigma, sample_rate=rate,
-                        steps=steps, delta=delta, accountant="rdp",
-                        epsilon=epsilon_of([(sigma, rate, steps)], delta), max_epsilon=0.0,
-                        timestamp="2026-01-01T00:00:00+00:00", prev_hash=GENESIS)
+                        steps=steps, delta=delta, accountant=ACCOUNTANT,
+                        epsilon=epsilon_of([(sigma, rate, steps)], delta, REPLACE_ONE),
+                        max_epsilon=0.0, timestamp="2026-01-01T00:00:00+00:00",
+                        prev_hash=GENESIS, relation=REPLACE_ONE, noise=SECRET_NOISE)
     entry = dataclasses.replace(draft, hash=draft.computed_hash())
     return LedgerRow(seq=1, entry=entry, row_prev=GENESIS, row_hash=row_hash(GENESIS, entry.hash))
 
@@ -334,14 +415,22 @@ def test_cli_json_is_one_document_with_raw_events(run_dir: Path, tmp_path: Path,
     assert main(["audit", str(run_dir), "--json", "--delta", "1e-6", "--out", str(out_dir)]) == 0
     doc = json.loads(capsys.readouterr().out)  # the whole of stdout is the document
     assert doc["ok"] and doc["delta"] == 1e-6
+    assert doc["dp_guarantee"] and doc["anchor_source"] == "summary.json"
+    assert doc["run_problems"] == []
     node = next(n for n in doc["nodes"] if n["node_id"] == "partition-0")
     assert len(node["events"]) == ROUNDS
+    assert node["relation"] == REPLACE_ONE and node["dp_guarantee"]
+    assert node["withheld_earlier_spend"] is False
+    assert node["epsilon_pld"] <= node["epsilon_rdp_bound"]
     event = node["events"][-1]
     assert {f.name for f in dataclasses.fields(LedgerEntry)} | {"seq", "row_hash"} <= set(event)
-    assert event["recomputed"]["delta"] == 1e-6 and event["recomputed"]["claim_consistent"]
+    assert event["relation"] == REPLACE_ONE and event["noise"] == SECRET_NOISE
+    recomputed = event["recomputed"]
+    assert recomputed["delta"] == 1e-6 and recomputed["relation"] == REPLACE_ONE
+    assert recomputed["claim_consistent"] and recomputed["claim_covers_pld"]
     # A smaller δ costs more ε; the claim is still checked at the node's own δ.
-    assert event["recomputed"]["epsilon_rdp"] > event["epsilon"]
-    assert event["recomputed"]["epsilon_rdp_at_entry_delta"] == pytest.approx(event["epsilon"])
+    assert recomputed["epsilon_rdp_bound"] >= recomputed["epsilon_pld"] > event["epsilon"]
+    assert recomputed["claim_at_entry_delta"] == pytest.approx(event["epsilon"], rel=1e-9)
     assert (out_dir / "audit.md").exists() and (out_dir / "epsilon.png").exists()
 
 
@@ -380,11 +469,10 @@ def test_state_dir_copy_is_audited_like_a_run(run_dir: Path, tmp_path: Path):
     assert report.ok and [n.node_id for n in report.nodes] == ["partition-1"]
 
 
-@pytest.mark.filterwarnings("ignore:Optimal order")  # the writer's epsilon_of at σ = 0
 def test_noise_free_training_is_infinite_epsilon_in_strict_json(tmp_path: Path, capsys):
     ledger = PrivacyLedger.open(tmp_path / "ledger.sqlite", owner="n1")
     _spend(ledger, [], _event(1, "n1", RECORD_LEVEL, 0.0, RATE, STEPS, 0.0), None)
     assert main(["audit", str(tmp_path), "--json"]) == 0  # claimed ∞, and ∞ it is
     node = json.loads(capsys.readouterr().out)["nodes"][0]
-    assert node["epsilon_rdp"] == node["epsilon_pld"] == node["claimed_epsilon"] == "inf"
+    assert node["epsilon_rdp_bound"] == node["epsilon_pld"] == node["claimed_epsilon"] == "inf"
 

@@ -11,11 +11,12 @@ from pathlib import Path
 import pytest
 
 from common.ledger_audit import audit
-from common.privacy_accounting import epsilon_of
+from common.privacy_accounting import ACCOUNTANT, REPLACE_ONE, epsilon_of
 from common.privacy_ledger import (
     CONFIRMATION,
     POISSON_GAUSSIAN,
     RECORD_LEVEL,
+    SECRET_NOISE,
     LedgerEntry,
     PrivacyLedger,
     unconfirmed,
@@ -32,7 +33,8 @@ def _spend(ledger: PrivacyLedger, round_: int, history: list) -> LedgerEntry:
     return ledger.append(
         run_id="7", round=round_, node_id=NODE, guarantee=RECORD_LEVEL,
         mechanism=POISSON_GAUSSIAN, noise_multiplier=SIGMA, sample_rate=RATE, steps=STEPS,
-        delta=DELTA, accountant="rdp", epsilon=epsilon_of(history, DELTA), max_epsilon=0.0)
+        delta=DELTA, accountant=ACCOUNTANT, epsilon=epsilon_of(history, DELTA, REPLACE_ONE),
+        max_epsilon=0.0, relation=REPLACE_ONE, noise=SECRET_NOISE)
 
 
 def _node_ledger(tmp_path: Path, crash_round: int | None = 2, rounds: int = 3) -> Path:
@@ -55,6 +57,7 @@ def test_a_confirmation_chains_after_its_entry_and_is_never_spend(tmp_path):
     assert confirmation.prev_hash == entry.hash
     assert confirmation.computed_hash() == confirmation.hash
     assert (confirmation.round, confirmation.epsilon) == (entry.round, entry.epsilon)
+    assert (confirmation.relation, confirmation.noise) == (REPLACE_ONE, SECRET_NOISE)
     assert ledger.history(NODE, RECORD_LEVEL) == [(SIGMA, RATE, STEPS)]  # not spend
     assert ledger.spends() == [entry] and len(ledger.entries()) == 2
     assert ledger.confirm(entry) is None  # no longer the node's latest entry
@@ -71,8 +74,10 @@ def test_a_crashed_round_is_counted_in_full_and_reported(tmp_path, capsys):
     (node,) = report.nodes
     assert [r.entry.round for r in node.crashed_rounds] == [2] and node.confirmations == 2
     # The crashed round's spend is in the recomputation: 3 rounds of steps, not 2.
-    assert node.epsilon_rdp == pytest.approx(epsilon_of([(SIGMA, RATE, 3 * STEPS)], DELTA),
-                                             rel=1e-9)
+    three = epsilon_of([(SIGMA, RATE, STEPS)] * 3, DELTA, REPLACE_ONE)
+    assert node.events[-1].recomputed_claim == three
+    assert node.epsilon_pld == pytest.approx(three, rel=1e-3)
+    assert node.epsilon_pld > epsilon_of([(SIGMA, RATE, STEPS)] * 2, DELTA, REPLACE_ONE)
     assert len(node.events) == 3  # confirmations are not events
     (note,) = [n for n in report.notes if "crashed" in n]
     assert "round 2 of run 7" in note and "over-count, never an under-count" in note
@@ -122,6 +127,7 @@ def test_deleting_a_confirmation_breaks_the_chains(tmp_path):
 @pytest.mark.parametrize(("changes", "check"), [
     ({"epsilon": 0.001}, "confirmation"),  # claims another ε than the entry it confirms
     ({"round": 9}, "confirmation"),
+    ({"noise": "seeded"}, "confirmation"),  # format-2 fields must match too
     ({"steps": 5}, "value"),  # a confirmation never spends
 ])
 def test_a_forged_confirmation_is_caught(tmp_path, changes, check):
@@ -147,6 +153,9 @@ def test_confirmations_travel_verbatim_into_the_run_ledger(tmp_path):
     for entry in node.entries():  # as the server stores a reply's ledger
         run.add(LedgerEntry.from_json(entry.to_json()))
     assert [e.hash for e in run.entries()] == [e.hash for e in node.entries()]
+    # The server's anchor (a run ledger without one fails the audit).
+    (tmp_path / "run" / "summary.json").write_text(json.dumps(
+        {"privacy": {"ledger": {"file": "ledger.sqlite", **run.head()}}}))
     report = audit(tmp_path / "run")
     assert report.ok, report.reasons
     (audited,) = report.nodes

@@ -1,16 +1,27 @@
-"""Record-level accounting: empty batches count, σ calibration hits the target ε."""
+"""Record-level accounting: replace-one PLD claims, calibration to what is left, the independent
+replace-one RDP bound, and claimed ε ≥ independent PLD for every node of every shipped preset."""
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import pytest
 
-from client.dp_training import DpSettings, train_locally
+from client.dp_training import DpSettings, poisson_sample_rate, train_locally
+from common.dp_randomness import secret_generator
+from common.epsilon_curves import pld_curve, rdp_curve, replace_one_rdp
 from common.mlm_task import per_record_loss
 from common.privacy_accounting import (
+    ADD_REMOVE,
+    RDP_ORDERS,
+    REPLACE_ONE,
     calibrate_noise_multiplier,
     epsilon_of,
-    merge_history,
+    legacy_rdp_epsilon,
 )
+from common.run_config import RunConfig
+from simulations.presets import preset_settings
 
 DELTA = 1e-5
 
@@ -19,57 +30,124 @@ def test_empty_poisson_batches_still_count_as_steps(tiny_mlm, icd_batch):
     records = tuple(t[:2] for t in icd_batch)
     settings = DpSettings(noise_multiplier=1.0, clip_norm=1.0, batch_size=1, local_steps=12,
                           learning_rate=1e-3)
-    result = train_locally(tiny_mlm.float(), records, per_record_loss, settings, [], seed=0)
+    result = train_locally(tiny_mlm.float(), records, per_record_loss, settings, seed=0,
+                           dp_generator=secret_generator())
     assert result.steps == 12
-    assert result.history == [(1.0, 0.5, 12)]  # q = 1/2: some batches were empty
+    assert result.sample_rate == 0.5  # q = 1/2: some batches were empty
 
 
 def test_calibrated_sigma_lands_at_target_epsilon():
     rate, steps = 64 / 10_000, 60
-    sigma = calibrate_noise_multiplier(3.0, DELTA, rate, steps)
-    eps = epsilon_of([(sigma, rate, steps)], DELTA)
+    sigma = calibrate_noise_multiplier(3.0, DELTA, rate, steps, REPLACE_ONE)
+    eps = epsilon_of([(sigma, rate, steps)], DELTA, REPLACE_ONE)
     assert 3.0 * 0.98 <= eps <= 3.0
-    assert epsilon_of([(sigma * 0.9, rate, steps)], DELTA) > 3.0  # the smallest σ that fits
+    assert epsilon_of([(sigma * 0.99, rate, steps)], DELTA, REPLACE_ONE) > 3.0  # smallest σ
 
 
-def test_rdp_matches_reference_mnist_point():
-    """REFERENCE.md: σ=1.1, q=256/60000, 60 epochs, δ=1e-5 → Opacus RDP ε 2.60."""
-    rate = 256 / 60_000
-    steps = int(60 / rate)
-    assert epsilon_of([(1.1, rate, steps)], DELTA) == pytest.approx(2.60, abs=0.02)
+def test_calibration_leaves_room_for_earlier_spend_and_refuses_when_none_is_left():
+    rate, steps = 1 / 20, 40
+    fresh = calibrate_noise_multiplier(8.0, DELTA, rate, steps, REPLACE_ONE)
+    prior = [(fresh, rate, steps // 2)]  # half of the plan already spent elsewhere
+    later = calibrate_noise_multiplier(8.0, DELTA, rate, steps, REPLACE_ONE, prior=prior)
+    assert later > fresh  # the same planned steps need more noise now
+    assert epsilon_of([*prior, (later, rate, steps)], DELTA, REPLACE_ONE) <= 8.0
+    spent = [(fresh, rate, 10 * steps)]
+    assert epsilon_of(spent, DELTA, REPLACE_ONE) > 8.0
+    assert calibrate_noise_multiplier(8.0, DELTA, rate, steps, REPLACE_ONE, prior=spent) is None
 
 
-def test_merge_history_combines_consecutive_equal_entries():
-    merged = merge_history([(1.0, 0.1, 2), (1.0, 0.1, 3), (0.8, 0.1, 1), (1.0, 0.1, 1)])
-    assert merged == [(1.0, 0.1, 5), (0.8, 0.1, 1), (1.0, 0.1, 1)]
-
-
-def test_cached_epsilon_is_bit_for_bit_opacus_rdp_accountant():
-    """The per-(σ, q) cache changes nothing: same ε as a fresh RDPAccountant, to the bit."""
-    from opacus.accountants import RDPAccountant
-
-    from common.privacy_accounting import RDP_ORDERS, rdp_per_step
-
-    histories = [[(1.0, 0.1, 20)], [(0.7, 0.05, 13), (1.3, 0.5, 2), (0.7, 0.05, 40)],
-                 [(0.55, 1.0, 3), (2.0, 0.002, 1000)]]
-    for _ in range(2):  # second pass: every (σ, q) now comes from the cache
-        for history in histories:
-            accountant = RDPAccountant()
-            accountant.history = list(history)
-            expected = accountant.get_epsilon(DELTA, alphas=list(RDP_ORDERS))
-            assert epsilon_of(history, DELTA) == expected
-    with pytest.raises(ValueError):  # callers cannot corrupt the shared cached array
-        rdp_per_step(1.0, 0.1)[0] = 0.0
-
-
-def test_cached_calibration_equals_opacus_bisection():
+def test_replace_one_costs_more_than_add_remove_where_the_sample_rate_is_large():
+    """REFERENCE.md: n = 5-40, B = 8, 50 steps, σ calibrated to add/remove ε = 8 → replace-one
+    PLD 11.8-17.7. A node that releases its record count is in the second regime."""
     from opacus.accountants.utils import get_noise_multiplier
 
-    from common.privacy_accounting import RDP_ORDERS
+    for n in (5, 40):
+        rate = poisson_sample_rate(n, 8)
+        # How fedssl calibrated before: Opacus RDP, add/remove-one.
+        sigma = get_noise_multiplier(target_epsilon=8.0, target_delta=DELTA, sample_rate=rate,
+                                     steps=50, accountant="rdp", epsilon_tolerance=0.005,
+                                     alphas=RDP_ORDERS)
+        assert legacy_rdp_epsilon([(sigma, rate, 50)], DELTA) <= 8.0
+        replace = epsilon_of([(sigma, rate, 50)], DELTA, REPLACE_ONE)
+        assert 11.0 < replace < 18.5
+        assert epsilon_of([(sigma, rate, 50)], DELTA, ADD_REMOVE) < replace
 
-    rate, steps = 1 / 7, 60
-    expected = get_noise_multiplier(target_epsilon=8.0, target_delta=DELTA, sample_rate=rate,
-                                    steps=steps, accountant="rdp", epsilon_tolerance=0.005,
-                                    alphas=RDP_ORDERS)
-    assert calibrate_noise_multiplier(8.0, DELTA, rate, steps) == expected
-    assert calibrate_noise_multiplier(8.0, DELTA, rate, steps) == expected  # cached
+
+def test_zero_noise_is_infinite_and_nothing_spent_is_zero():
+    assert epsilon_of([], DELTA, REPLACE_ONE) == 0.0
+    assert epsilon_of([(1.0, 0.1, 0)], DELTA, REPLACE_ONE) == 0.0
+    assert math.isinf(epsilon_of([(0.0, 0.1, 3)], DELTA, REPLACE_ONE))
+
+
+def test_legacy_claims_are_opacus_rdp_bit_for_bit():
+    """Format-1 entries claimed add/remove with Opacus's RDP accountant: the audit must still
+    recompute exactly what they claimed. REFERENCE.md's MNIST point: ε 2.60."""
+    from opacus.accountants import RDPAccountant
+
+    for history in ([(1.0, 0.1, 20)], [(0.7, 0.05, 13), (1.3, 0.5, 2), (0.7, 0.05, 40)]):
+        accountant = RDPAccountant()
+        accountant.history = list(history)
+        assert legacy_rdp_epsilon(history, DELTA) == accountant.get_epsilon(
+            DELTA, alphas=list(RDP_ORDERS))
+    rate = 256 / 60_000
+    assert legacy_rdp_epsilon([(1.1, rate, int(60 / rate))], DELTA) == pytest.approx(2.60,
+                                                                                      abs=0.02)
+
+
+def test_replace_one_rdp_is_the_gaussian_at_full_sampling_and_bounds_pld():
+    orders = np.asarray(RDP_ORDERS)
+    # q = 1: two Gaussians 2 apart (sensitivity 2 under replace-one): D_α = 2α/σ².
+    assert replace_one_rdp(0.7, 1.0, RDP_ORDERS) == pytest.approx(2 * orders / 0.49, rel=1e-9)
+    from opacus.accountants.analysis.rdp import compute_rdp
+
+    for sigma, rate in ((0.41, 0.006), (0.9, 0.09), (3.0, 0.2)):
+        replace = replace_one_rdp(sigma, rate, RDP_ORDERS)
+        add_remove = compute_rdp(q=rate, noise_multiplier=sigma, steps=1, orders=RDP_ORDERS)
+        assert np.all(replace >= add_remove * (1 - 1e-9))  # replace-one is never cheaper
+        events = [(sigma, rate, 30)]
+        # Two independent upper bounds of the same mechanism: RDP is the looser one.
+        assert rdp_curve(events, [DELTA], REPLACE_ONE)[0] >= pld_curve(events, [DELTA],
+                                                                       REPLACE_ONE)[0]
+
+
+def _preset_sizes(name: str) -> tuple[RunConfig, list[int]]:
+    """A preset's settings ("demo": the defaults) and its simulated nodes' record counts."""
+    from common.demo_data import demo_splits
+
+    extra = preset_settings(name) if name != "demo" else {}
+    config = RunConfig.from_mapping({**RunConfig().to_mapping(), **extra})
+    return config, [len(texts) for texts in demo_splits(config).client_texts]
+
+
+def _check_claims_cover_pld(config: RunConfig, sizes: list[int]) -> None:
+    """For nodes of these sizes: claimed ε (what a node writes after its last planned round)
+    ≥ dp-accounting's PLD at its default discretization, under replace-one; ≤ the target."""
+    steps = config.num_rounds * config.local_steps
+    checked = set()
+    for n in sizes:
+        rate = poisson_sample_rate(n, config.batch_size)
+        if rate in checked:
+            continue
+        checked.add(rate)
+        sigma = calibrate_noise_multiplier(config.target_epsilon, DELTA, rate, steps,
+                                           REPLACE_ONE)
+        claim = epsilon_of([(sigma, rate, config.local_steps)] * config.num_rounds, DELTA,
+                           REPLACE_ONE)  # what the node writes after its last planned round
+        independent = pld_curve([(sigma, rate, steps)], [DELTA], REPLACE_ONE)[0]
+        assert claim >= independent * (1 - 1e-3)
+        assert claim <= config.target_epsilon
+
+
+@pytest.mark.parametrize("preset", ["demo", "hospitals", "devices"])
+def test_smallest_and_largest_node_of_every_preset_claim_at_least_independent_pld(preset):
+    """The extremes of each preset's node sizes: the largest sample rate (where replace-one
+    costs most) and the smallest. The slow tier checks every node."""
+    config, sizes = _preset_sizes(preset)
+    _check_claims_cover_pld(config, [min(sizes), max(sizes)])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset", ["demo", "hospitals", "devices"])
+def test_every_node_of_every_preset_claims_at_least_independent_pld(preset):
+    """The issue's acceptance check over every simulated node of every shipped preset."""
+    _check_claims_cover_pld(*_preset_sizes(preset))

@@ -14,7 +14,7 @@ from simulation_runs import TINY_RUN, simulate
 
 from client.dp_training import poisson_sample_rate
 from common.demo_data import demo_splits
-from common.privacy_accounting import epsilon_of
+from common.privacy_accounting import REPLACE_ONE, epsilon_of
 from common.privacy_ledger import PrivacyLedger, unconfirmed
 from common.run_config import RunConfig
 from common.tasks import get_task
@@ -83,7 +83,7 @@ def test_every_attempt_spent_and_is_in_the_ledgers(short_run):
     config = RunConfig.from_mapping({**RunConfig().to_mapping(), **SETTINGS})
     rate = poisson_sample_rate(len(demo_splits(config).client_texts[0]), config.batch_size)
     assert spends[-1].epsilon == pytest.approx(
-        epsilon_of([(1.0, rate, config.local_steps * attempts)], 1e-5), rel=1e-9)
+        epsilon_of([(1.0, rate, config.local_steps)] * attempts, 1e-5, REPLACE_ONE), rel=1e-9)
     server = PrivacyLedger.open(run_dir / "ledger.sqlite", "run")
     assert [e.hash for e in server.entries("partition-0")] == [e.hash for e in node.entries()]
     # The summary reports the node's lifetime spend, every discarded attempt included.

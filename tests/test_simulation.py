@@ -12,7 +12,8 @@ import pytest
 from safetensors.torch import load_file
 from simulation_runs import ROOT, TINY_RUN, marked_env, marked_processes, simulate
 
-from common.privacy_accounting import epsilon_of
+from common.privacy_accounting import REPLACE_ONE, epsilon_of
+from common.privacy_ledger import PrivacyLedger
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +43,8 @@ def test_run_dir_layout(finished_run):
     weights = load_file(run_dir / "global_model.safetensors")
     assert "mlm.bert.embeddings.word_embeddings.weight" in weights
     report = (run_dir / "report.md").read_text()
-    assert "Max ε over clients" in report and "| SSL pretrained" in report
+    assert "max record-level ε" in report and "| SSL pretrained" in report
+    assert "replace-one" in report and "NO DP GUARANTEE" not in report
 
 
 def test_summary_has_the_contracted_fields(finished_run):
@@ -53,29 +55,47 @@ def test_summary_has_the_contracted_fields(finished_run):
         assert 0.0 <= summary[arm]["macro_f1"] <= 1.0
     assert 0.45 <= summary["pruned"]["sparsity"] <= 0.55
     privacy = summary["privacy"]
-    assert privacy["delta"] == 1e-5
+    assert privacy["delta"] == 1e-5 and privacy["relation"] == "replace-one"
+    assert privacy["dp_guarantee"] is True and privacy["accountant"] == "pld"
     assert len(privacy["per_client"]) == 3
     assert privacy["max_epsilon"] == max(privacy["per_client"].values())
+    assert not privacy["max_epsilon_lower_bound"] and privacy["unknown_nodes"] == []
     assert summary["rounds"] == 2 and summary["clients"] == 3
     assert summary["labels_used"] > 0 and summary["wall_seconds"] > 0
 
 
 def test_epsilon_accumulates_across_rounds_in_real_clients(finished_run):
-    """Round 2's ε is the accountant over *both* rounds' steps: history survived the round."""
+    """Round 2's ε composes *both* rounds' steps: the history survived the round, in the
+    nodes' ledgers, and the summary reports exactly what the nodes' own ledgers say."""
     run_dir, _, _ = finished_run
     rounds = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in rounds] == [1, 2]
     last = {c["partition-id"]: c for c in rounds[1]["clients"]}
     first = {c["partition-id"]: c for c in rounds[0]["clients"]}
     assert set(last) == set(first) == {0, 1, 2}
+    summary = json.loads((run_dir / "summary.json").read_text())["privacy"]
     for pid, client in last.items():
-        sigma, rate = client["noise-multiplier"], client["sample-rate"]
-        assert client["total-steps"] == 8
-        assert client["epsilon"] == pytest.approx(epsilon_of([(sigma, rate, 8)], 1e-5), rel=1e-9)
+        rate = client["sample-rate"]
+        events = [(first[pid]["noise-multiplier"], rate, 4), (client["noise-multiplier"], rate, 4)]
+        assert client["epsilon"] == epsilon_of(events, 1e-5, REPLACE_ONE)
         assert client["epsilon"] > first[pid]["epsilon"]
-        # σ was calibrated once, for all planned steps, to the target ε.
-        assert 4.0 * 0.97 <= client["epsilon"] <= 4.0 + 1e-9
+        # σ was calibrated, for all planned steps, to the target ε (the node's default cap).
+        assert 4.0 * 0.97 <= client["epsilon"] <= 4.0
         assert client["update-norm"] >= 0 and client["received-norm"] <= 5.0 * (1 + 1e-4)
+        assert "train-loss" not in client  # nodes keep their loss by default
+        own = PrivacyLedger.open(run_dir / "nodes" / f"partition-{pid}" / "ledger.sqlite",
+                                 f"partition-{pid}").spends()
+        assert summary["per_client"][f"partition-{pid}"] == own[-1].epsilon == client["epsilon"]
+        assert {e.noise for e in own} == {"secret"}
+
+
+def test_audit_of_the_run_passes(finished_run, capsys):
+    from simulations.cli import main
+
+    run_dir, _, _ = finished_run
+    assert main(["audit", str(run_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "cross-checked 3 simulated node ledger(s)" in out and "PASS" in out
 
 
 def test_sigterm_mid_run_stops_every_process(tmp_path):

@@ -1,0 +1,42 @@
+"""Spend whose reply never reached the server still reaches the run's reports.
+
+In Flower's real simulation engine with `round-timeout=1`: every node trains, but no reply
+arrives in time, so both rounds are skipped and every reply is dropped. Before the ledger sync,
+summary.json said `max_epsilon 0.0` and `fedssl audit` passed with "no privacy-consuming event"
+while each node's own ledger held two rounds of spend. Now the server asks every node it
+sampled for its ledger after the last round: the summary shows exactly what the nodes' own
+ledgers say, and the audit cross-checks them.
+"""
+
+from __future__ import annotations
+
+import json
+
+from simulation_runs import TINY_RUN, simulate
+
+from common.privacy_ledger import PrivacyLedger
+from simulations.cli import main as fedssl
+
+SETTINGS = {**TINY_RUN, "num-clients": 3, "num-rounds": 2, "round-timeout": 1,
+            "downstream": "false", "target-epsilon": 4.0}
+
+
+def test_lost_replies_are_in_the_summary_and_the_audit(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    result, leftovers = simulate(run_dir, SETTINGS)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert not leftovers
+    lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert all(line["skipped"] and len(line["dropouts"]) == 3 for line in lines)
+    assert "[fedssl] ledger sync: 3 node(s) answered" in result.stdout
+    privacy = json.loads((run_dir / "summary.json").read_text())["privacy"]
+    assert privacy["unknown_nodes"] == []
+    for pid in range(3):
+        node = f"partition-{pid}"
+        own = PrivacyLedger.open(run_dir / "nodes" / node / "ledger.sqlite", node).spends()
+        assert [e.round for e in own] == [1, 2]  # it trained both rounds; no reply counted
+        client = next(c for c in privacy["clients"] if c["node"] == node)
+        assert client["epsilon"] == own[-1].epsilon > 0 and not client["lower_bound"]
+        assert client["run_steps"] == 2 * TINY_RUN["local-steps"]
+    assert privacy["max_epsilon"] == max(e for e in privacy["per_client"].values()) > 3.9
+    assert fedssl(["audit", str(run_dir)]) == 0, capsys.readouterr()
