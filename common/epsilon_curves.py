@@ -119,8 +119,10 @@ def rdp_curve(events: Sequence[HistoryEntry], deltas: Sequence[float],
 @functools.lru_cache(maxsize=4096)
 def _step_rdp(sigma: float, rate: float, relation: str) -> np.ndarray:
     if relation == ADD_REMOVE:
-        return np.asarray(compute_rdp(q=rate, noise_multiplier=sigma, steps=1,
-                                      orders=list(RDP_ORDERS)))
+        rdp = np.array(compute_rdp(q=rate, noise_multiplier=sigma, steps=1,
+                                   orders=list(RDP_ORDERS)))
+        rdp.setflags(write=False)  # shared by every caller in this process
+        return rdp
     if relation == REPLACE_ONE:
         return replace_one_rdp(sigma, rate, RDP_ORDERS)
     raise ValueError(f"unknown neighbouring relation {relation!r}")

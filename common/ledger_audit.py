@@ -45,7 +45,7 @@ from common.privacy_ledger import (
     read_ledger,
     unconfirmed,
 )
-from common.run_dir_checks import run_dir_anchor, run_dir_problems
+from common.run_dir_checks import run_dir_anchor, run_dir_problems, simulated_node_ledgers
 from common.run_dir_layout import LEDGER_FILE, RUN_OWNER, SUMMARY_FILE
 
 __all__ = [
@@ -247,7 +247,10 @@ def audit_node(rows: Sequence[LedgerRow], delta: float | None = None,
     # entry); the budget shown is the one in force at the latest event (0 = none). Where
     # earlier spend is withheld, the node's own claim is the best known ε.
     budget = entries[-1].max_epsilon if entries[-1].max_epsilon > 0 else None
-    known = [max(c, e.epsilon) if withheld else c for c, e in zip(claims, entries, strict=True)]
+    # The budget holds for the relation that holds: a format-1 claim under add/remove does
+    # not keep a node within budget when its replace-one ε is past it.
+    known = [max(max(c, e.epsilon) if withheld else c, p)
+             for c, e, p in zip(claims, entries, pld_own, strict=True)]
     breaches = [(e, eps) for e, eps in zip(entries, known, strict=True)
                 if e.max_epsilon > 0 and eps > e.max_epsilon * (1 + BUDGET_TOLERANCE)]
     if breaches:
@@ -313,7 +316,7 @@ def audit(path: Path | str, delta: float | None = None) -> AuditReport:
         anchor, anchor_source, anchor_problems = None, "", []
         notes.append("a node's own ledger has no anchor: a cut-off tail cannot be detected "
                      "(compare its row count with the server's copy)")
-    anchor_problems += check_anchor(head, anchor)
+    anchor_problems += check_anchor(head, anchor, anchor_source or "summary.json")
     chain_problems = verify_chain(rows, withheld_starts=is_run)
     withheld = withheld_chains(rows) if is_run else {}
     broken = {p.seq for p in chain_problems if p.check in ("type", "value")}
@@ -352,9 +355,31 @@ def audit(path: Path | str, delta: float | None = None) -> AuditReport:
                             confirmations=confirmations.get(key, 0))
         for key, group in groups.items())
     notes += _confirmation_notes(nodes)
+    if withheld:  # simulation: the withheld part is on disk, so check those claims in full
+        run_problems += _withheld_claim_problems(ledger_path.parent, set(withheld))
     return AuditReport(ledger_path, summary_path, owner, len(rows), head["head"], anchor, delta,
                        tuple(chain_problems), tuple(anchor_problems), nodes, tuple(notes),
                        tuple(run_problems), anchor_source)
+
+
+def _withheld_claim_problems(run_dir: Path, nodes: set[str]) -> list[Problem]:
+    """For simulated nodes whose run-ledger chain continues a withheld earlier part, audit the
+    claims of their own ledgers (which hold everything) with the same checks."""
+    problems = []
+    for path in simulated_node_ledgers(run_dir):
+        try:
+            ledger = read_ledger(path)
+            owner, rows = ledger.owner, ledger.rows()
+        except LedgerError:
+            continue  # reported by the RUN_DIR cross-checks
+        if owner not in nodes:
+            continue
+        spends = [r for r in rows if r.entry.node_id == owner and not r.entry.is_confirmation]
+        if spends:
+            problems += [Problem("node-ledger", f"node '{owner}''s own ledger ({path}): {reason}",
+                                 node_id=owner)
+                         for reason in audit_node(spends).reasons]
+    return problems
 
 
 def _confirmation_notes(nodes: Sequence[NodeAudit]) -> list[str]:

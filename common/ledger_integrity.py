@@ -120,9 +120,11 @@ def withheld_chains(rows: Sequence[LedgerRow]) -> dict[str, str]:
 
 
 def check_anchor(
-    ledger_head: Mapping[str, Any], summary_anchor: Mapping[str, Any] | None
+    ledger_head: Mapping[str, Any], summary_anchor: Mapping[str, Any] | None,
+    source: str = "summary.json",
 ) -> list[Problem]:
-    """Compare the ledger's head with the one summary.json recorded when the run finished.
+    """Compare the ledger's head with the anchor `source` recorded (summary.json when the run
+    finished, checkpoint.json after each committed round).
 
     Only the anchor reveals a cut-off tail: deleting the last rows leaves both chains intact.
     """
@@ -130,17 +132,17 @@ def check_anchor(
         return []
     rows, head = summary_anchor.get("rows"), summary_anchor.get("head")
     if not isinstance(rows, int) or isinstance(rows, bool) or not isinstance(head, str):
-        return [Problem("anchor", f"summary.json's ledger anchor is malformed: {summary_anchor}")]
+        return [Problem("anchor", f"{source}'s ledger anchor is malformed: {summary_anchor}")]
     have = ledger_head["rows"]
     if have < rows:
-        text = (f"the ledger has {have} rows but summary.json recorded {rows} when the run "
-                f"finished: the last {rows - have} row(s) were cut off")
+        text = (f"the ledger has {have} rows but {source} recorded {rows}: the last "
+                f"{rows - have} row(s) were cut off")
     elif have > rows:
-        text = (f"the ledger has {have} rows but summary.json recorded {rows} when the run "
-                "finished: rows were added or inserted afterwards")
+        text = (f"the ledger has {have} rows but {source} recorded {rows}: rows were added "
+                "or inserted afterwards")
     elif ledger_head["head"] != head:
-        text = ("the ledger's last row hash differs from the one summary.json recorded: "
-                "rows were altered or replaced")
+        text = (f"the ledger's last row hash differs from the one {source} recorded: rows "
+                "were altered or replaced")
     else:
         return []
     return [Problem("anchor", text)]

@@ -139,8 +139,13 @@ def _metrics_problems(run_dir: Path, rows: Sequence[LedgerRow]) -> list[Problem]
     """Every accepted update in metrics.jsonl has its node's spend for that run and round."""
     spent = {(r.entry.run_id, r.entry.round, r.entry.node_id) for r in rows
              if not r.entry.is_confirmation and r.entry.guarantee == RECORD_LEVEL}
-    problems = []
-    for line in (run_dir / METRICS_FILE).read_text().splitlines():
+    problems: list[Problem] = []
+    metrics = run_dir / METRICS_FILE
+    if not metrics.is_file():
+        return [Problem("metrics", f"{METRICS_FILE} is missing, but summary.json names this "
+                                   "RUN_DIR's runs: the rounds the server used cannot be "
+                                   "checked against the ledger")]
+    for line in metrics.read_text().splitlines():
         if not line.strip():
             continue
         data = json.loads(line)
@@ -157,15 +162,24 @@ def _metrics_problems(run_dir: Path, rows: Sequence[LedgerRow]) -> list[Problem]
     return problems
 
 
+def simulated_node_ledgers(run_dir: Path) -> list[Path]:
+    """The simulated nodes' own ledgers of this RUN_DIR (config `sim-state-dir`, default
+    RUN_DIR/nodes); none outside simulation."""
+    try:
+        config = json.loads((run_dir / CONFIG_FILE).read_text())
+    except (OSError, ValueError):
+        config = {}
+    root = Path(str(config.get("sim-state-dir") or run_dir / NODES_DIR)).expanduser()
+    return sorted(root.glob(f"*/{LEDGER_FILE}")) if root.is_dir() else []
+
+
 def _node_ledger_problems(run_dir: Path, config: Mapping[str, Any] | None,
                           rows: Sequence[LedgerRow], ids: set[str]
                           ) -> tuple[list[Problem], list[str]]:
-    state_root = Path(str(config.get("sim-state-dir") or "")) if config else Path()
-    if not config or not config.get("sim-state-dir"):
-        state_root = run_dir / NODES_DIR
-    ledgers = sorted(state_root.glob(f"*/{LEDGER_FILE}")) if state_root.is_dir() else []
+    ledgers = simulated_node_ledgers(run_dir)
     if not ledgers:
         return [], []
+    state_root = ledgers[0].parent.parent
     have = {r.entry.hash for r in rows}
     problems: list[Problem] = []
     notes: list[str] = []

@@ -1,8 +1,19 @@
-"""The run report's one-sentence verdict: did pretraining beat every baseline of the run?"""
+"""The run report: the one-sentence verdict (did pretraining beat every baseline of the run?)
+and the privacy section, built from the run's ledger (server/privacy_summary.py)."""
 
 from __future__ import annotations
 
-from server.run_report import pretraining_verdict, summary_table
+import math
+from pathlib import Path
+
+from test_ledger_audit import RATE, SIGMA, STEPS, _event
+
+from common.privacy_accounting import REPLACE_ONE, epsilon_of
+from common.privacy_ledger import RECORD_LEVEL, PrivacyLedger
+from common.run_config import RunConfig
+from server.ledger_sync import LedgerCoverage
+from server.privacy_summary import privacy_section
+from server.run_report import epsilon_text, pretraining_verdict, privacy_markdown, summary_table
 
 ARMS = [["finetuned", "SSL + fine-tune"], ["baseline", "scratch"], ["tfidf", "TF-IDF"],
         ["probe", "SSL probe"], ["probe_random", "random probe"], ["pruned", "pruned"]]
@@ -29,3 +40,80 @@ def test_pretraining_that_wins_leads_the_best_baseline():
 
 def test_no_verdict_without_downstream_arms():
     assert pretraining_verdict({"arms": []}) == ""
+
+
+
+RUN_ID = "run-1"
+History = list[tuple[float, float, int]]
+
+
+def _spend_at(ledger: PrivacyLedger, history: History, node: str, rnd: int, delta: float,
+              run_id: str = RUN_ID) -> None:
+    """One round of a node as it writes it, claiming at its own δ."""
+    history.append((SIGMA, RATE, STEPS))
+    ledger.append(**{**_event(rnd, node, RECORD_LEVEL, SIGMA, RATE, STEPS, 0.0, run_id=run_id),
+                     "delta": delta, "epsilon": epsilon_of(history, delta, REPLACE_ONE)})
+
+
+def test_privacy_section_marks_unseen_spend_and_puts_every_node_at_the_run_delta(tmp_path: Path):
+    config = RunConfig()  # δ = 1e-5
+    run = PrivacyLedger.open(tmp_path / "run" / "ledger.sqlite", owner="run")
+    own = {n: (PrivacyLedger.open(tmp_path / f"{n}.sqlite", owner=n), [])
+           for n in ("partition-0", "partition-1", "partition-2")}
+    # partition-2 spent in an earlier run (another federation) and sends only this run's part.
+    _spend_at(*own["partition-2"], "partition-2", 1, 1e-4, run_id="run-0")
+    deltas = {"partition-0": 1e-6, "partition-1": 1e-5, "partition-2": 1e-4}
+    flower_ids = {"partition-0": 1, "partition-1": 2, "partition-2": 4}
+    coverage = LedgerCoverage(run_id=RUN_ID)
+    for rnd in (1, 2):
+        # Flower node 3 is sampled in round 2 and never heard from at all.
+        coverage.sending(set(flower_ids.values()) | ({3} if rnd == 2 else set()), rnd)
+        for node, (ledger, history) in own.items():
+            _spend_at(ledger, history, node, rnd, deltas[node])
+            if node == "partition-1" and rnd == 2:
+                continue  # its round-2 reply (and so its spend) never reaches the server
+            run.add_many(ledger.run_entries(node, RUN_ID))
+            coverage.replied(flower_ids[node], node, rnd, spent=True)
+
+    privacy = privacy_section(run, coverage, config, {RUN_ID}, {"partition-0": 5000}, 0)
+    clients = {c["node"]: c for c in privacy["clients"]}
+    assert set(clients) == set(own)
+    assert [c["node"] for c in privacy["clients"] if c["lower_bound"]] == ["partition-1"]
+    assert any(n.startswith("≥: ") and "round(s) 2" in n for n in clients["partition-1"]["notes"])
+    assert privacy["max_epsilon_lower_bound"] is True
+    (unknown,) = privacy["unknown_nodes"]
+    assert unknown["node"] == "node-3" and "round(s) 2" in unknown["reason"]
+    assert epsilon_text(privacy).startswith(f"max record-level ε ≥ {privacy['max_epsilon']:.3f} "
+                                            "at δ=1e-05 (replace-one neighbours, PLD)")
+    one_round, two_rounds = [(SIGMA, RATE, STEPS)], [(SIGMA, RATE, STEPS)] * 2
+    # A δ other than the run's: recomputed from the node's history at the run's δ.
+    zero = clients["partition-0"]
+    assert zero["delta"] == 1e-6 and zero["epsilon"] == epsilon_of(two_rounds, 1e-6, REPLACE_ONE)
+    assert zero["epsilon_at_run_delta"] == epsilon_of(two_rounds, 1e-5, REPLACE_ONE)
+    assert zero["epsilon_at_run_delta"] < zero["epsilon"]
+    assert zero["run_epsilon"] == zero["epsilon"] and zero["run_steps"] == 2 * STEPS
+    assert not zero["lower_bound"] and zero["num_examples"] == 5000
+    one = clients["partition-1"]  # at the run's δ: its claim as the server last saw it
+    assert one["epsilon_at_run_delta"] == one["epsilon"] == epsilon_of(one_round, 1e-5,
+                                                                       REPLACE_ONE)
+    # Earlier spend withheld at a larger δ: not recomputable at the run's δ (NaN, shown "-").
+    two = clients["partition-2"]
+    assert math.isnan(two["epsilon_at_run_delta"])
+    assert two["epsilon"] == epsilon_of([(SIGMA, RATE, STEPS)] * 3, 1e-4, REPLACE_ONE)
+    assert two["run_epsilon"] == epsilon_of(two_rounds, 1e-4, REPLACE_ONE) < two["epsilon"]
+    assert any("earlier spend withheld" in n for n in two["notes"])
+    assert privacy["max_epsilon"] == max(zero["epsilon_at_run_delta"],
+                                         one["epsilon_at_run_delta"])  # NaN left out
+    assert privacy["dp_guarantee"] is True and privacy["relation"] == REPLACE_ONE
+    assert privacy["ledger"] == {"file": "ledger.sqlite", **run.head()}
+    markdown = privacy_markdown(privacy)
+    assert "| partition-1 | - |" in markdown and f"| ≥ {one['epsilon']:.3f} |" in markdown
+    assert "- node-3: sampled, but the server never saw its ledger" in markdown
+
+    # The ledger sync brings partition-1's round-2 spend after all: no longer a lower bound
+    # (node 3 still is unknown, so the maximum stays a lower bound).
+    run.add_many(own["partition-1"][0].run_entries("partition-1", RUN_ID))
+    privacy = privacy_section(run, coverage, config, {RUN_ID}, {}, 0)
+    assert not any(c["lower_bound"] for c in privacy["clients"])
+    assert [u["node"] for u in privacy["unknown_nodes"]] == ["node-3"]
+    assert privacy["max_epsilon_lower_bound"] is True

@@ -71,7 +71,7 @@ def test_each_short_round_was_retried_then_skipped_with_the_model_unchanged(shor
     assert "node partition-1 failed: cannot use privacy ledger" in log
 
 
-def test_every_attempt_spent_and_is_in_the_ledgers(short_run):
+def test_every_attempt_spent_and_is_in_the_ledgers(short_run, capsys):
     run_dir, _, _ = short_run
     attempts = ROUNDS * (RETRIES + 1)
     node = PrivacyLedger.open(run_dir / "nodes" / "partition-0" / "ledger.sqlite",
@@ -89,4 +89,9 @@ def test_every_attempt_spent_and_is_in_the_ledgers(short_run):
     # The summary reports the node's lifetime spend, every discarded attempt included.
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["privacy"]["per_client"]["partition-0"] == pytest.approx(spends[-1].epsilon)
-    assert fedssl(["audit", str(run_dir)]) == 0
+    # The run's audit cross-checks every simulated node's own ledger: partition-1's is the
+    # planted garbage, so its completeness cannot be confirmed, and that is the one reason.
+    assert fedssl(["audit", str(run_dir), "--json"]) == 1
+    reasons = json.loads(capsys.readouterr().out)["reasons"]
+    assert len(reasons) == 1 and "partition-1" in reasons[0] and "cannot be read" in reasons[0]
+    assert fedssl(["audit", str(run_dir / "nodes" / "partition-0")]) == 0

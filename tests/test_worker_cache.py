@@ -15,15 +15,19 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
+# Bit-for-bit comparisons need DP noise that repeats: the simulation switch (secret noise is
+# tested in tests/test_secret_noise.py with the same `serve`).
 SETTINGS = {"max-records": 2000, "num-clients": 4, "local-steps": 3, "batch-size": 8,
             "hidden-size": 32, "num-layers": 1, "intermediate-size": 64, "max-length": 32,
-            "noise-multiplier": "auto", "target-epsilon": 4.0}
+            "noise-multiplier": "auto", "target-epsilon": 4.0, "reproducible-noise": True}
 
 
-def serve(partition_id: int, state_dir: Path, node_id: int) -> dict:
+def serve(partition_id: int, state_dir: Path, node_id: int,
+          settings: dict | None = None) -> dict:
     """Run the real ClientApp `train` for one simulated node's round 1; a digest of its reply."""
     from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
     from flwr.supercore.task_identity import TaskIdentity
@@ -33,7 +37,7 @@ def serve(partition_id: int, state_dir: Path, node_id: int) -> dict:
     from common.tasks import get_task
 
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 1, 1
-    config = RunConfig.from_mapping(SETTINGS)
+    config = RunConfig.from_mapping(settings or SETTINGS)
     task = get_task(config.task)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
@@ -95,15 +99,40 @@ def test_cached_records_cannot_be_changed_by_a_caller():
     assert all(a.data_ptr() != b.data_ptr() for a, b in zip(again, handed_out, strict=True))
 
 
-def test_cached_rdp_curve_is_read_only():
-    from common.privacy_accounting import rdp_per_step
+def test_cached_accounting_arrays_are_read_only():
+    """The per-(σ, q) RDP arrays are shared by every node a worker serves: read-only."""
+    from common.epsilon_curves import replace_one_rdp
+    from common.privacy_accounting import RDP_ORDERS, _legacy_rdp_per_step
 
-    curve = rdp_per_step(1.0, 0.125)
-    try:
-        curve[0] = 0.0
-    except ValueError:
-        return
-    raise AssertionError("the cached RDP curve was writable")
+    for curve in (_legacy_rdp_per_step(1.0, 0.125), replace_one_rdp(1.0, 0.125, RDP_ORDERS)):
+        with pytest.raises(ValueError):
+            curve[0] = 0.0
+
+
+def test_cached_epsilon_is_the_same_whatever_the_worker_computed_before():
+    """ε of node B is bit-for-bit the same in a fresh process and after the worker served
+    node A, whose history shares B's first event (the PLD prefix cache then serves B's first
+    event from A's entry). Calibration and budgets evaluate exactly this function."""
+    from common import privacy_accounting as accounting
+    from common.privacy_accounting import REPLACE_ONE, epsilon_of
+
+    node_a = [(1.3, 0.125, 4), (0.9, 0.125, 4)]
+    node_b = [(1.3, 0.125, 4), (1.1, 0.25, 2)]
+
+    def cold() -> None:
+        accounting._PREFIXES.clear()
+        accounting.event_pld.cache_clear()
+        accounting._calibrate.cache_clear()
+
+    def node_b_numbers() -> tuple[float, float]:
+        return epsilon_of(node_b, 1e-5, REPLACE_ONE), epsilon_of(node_b[:1], 1e-5, REPLACE_ONE)
+
+    cold()
+    fresh = node_b_numbers()
+    cold()
+    epsilon_of(node_a, 1e-5, REPLACE_ONE)
+    assert node_b_numbers() == fresh
+    assert node_b_numbers() == fresh  # and again, every value now from the cache
 
 
 if __name__ == "__main__":  # the fresh process: serve node B only, write its digest
