@@ -2,7 +2,8 @@
 
 For one client with N records, expected batch B (Poisson rate q = B/N), T planned DP-SGD steps
 and a target ε at δ: σ is calibrated exactly as a client calibrates it
-(`common.privacy_accounting.calibrate_noise_multiplier`, RDP). One noisy step adds a Gaussian
+(`common.privacy_accounting.calibrate_noise_multiplier`: PLD, replace-one neighbours; before
+the ledger's format 2 this table was made with RDP, add/remove). One noisy step adds a Gaussian
 of norm ≈ σ·C·√d to the sum of B clipped per-record gradients, whose norm is at most B·C (all
 records agreeing). The ratio
 
@@ -25,7 +26,7 @@ from __future__ import annotations
 import argparse
 import math
 
-from common.privacy_accounting import calibrate_noise_multiplier
+from common.privacy_accounting import REPLACE_ONE, calibrate_noise_multiplier
 
 FULL, FROZEN = 1_340_928, 288_256  # trained parameters of the default mlm model
 BATCHES = (64, 128, 512, 2048)
@@ -36,7 +37,7 @@ def noise_to_signal(records: int, batch: int, steps: int, epsilon: float, delta:
                     trained: int) -> tuple[float, float]:
     """(σ, σ·√d / B) for one client; q = B / N as Opacus' Poisson loader uses."""
     rate = 1.0 / math.ceil(records / batch)
-    sigma = calibrate_noise_multiplier(epsilon, delta, rate, steps)
+    sigma = calibrate_noise_multiplier(epsilon, delta, rate, steps, REPLACE_ONE)
     return sigma, sigma * math.sqrt(trained) / batch
 
 
@@ -48,7 +49,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=5, help="K, for the FedAvg column")
     args = parser.parse_args()
     print(f"One client, N = {args.records} records, target ε = {args.epsilon} at δ = "
-          f"{args.delta} (RDP); FedAvg over K = {args.clients} clients.\n")
+          f"{args.delta} (PLD, replace-one); FedAvg over K = {args.clients} clients.\n")
     print("| batch B | steps T | epochs | σ | noise/signal, all trained | frozen vocabulary "
           "| frozen, after FedAvg |")
     print("|---|---|---|---|---|---|---|")

@@ -15,6 +15,7 @@ from test_client_round import CONFIG, SIGMA, _node
 from torch.utils.data import DataLoader, TensorDataset
 
 from client.local_round import run_client_round
+from common.dp_randomness import secret_generator
 from common.mlm_task import VOCABULARY_PARAMETERS, mask_tokens, per_sequence_loss
 from common.privacy_ledger import PrivacyLedger
 from common.run_config import ConfigError, RunConfig
@@ -31,7 +32,7 @@ def test_a_frozen_round_sends_exactly_zero_for_the_vocabulary(tmp_path, icd_batc
     output = run_client_round(
         config=config, task=task, global_state=task.build_model(config).state_dict(),
         records=records, node=node, ledger=PrivacyLedger.open(node.ledger_path, node.node_id),
-        noise_multiplier=SIGMA, run_id="1", server_round=1, seed=1,
+        run_id="1", server_round=1, seed=1, dp_generator=secret_generator(),
     )
     assert output.update is not None
     for name in VOCABULARY_PARAMETERS:  # no gradient, no noise, no step: Δ is exactly 0
