@@ -86,9 +86,7 @@ def plan_round(config: RunConfig, node: NodeSettings, sample_rate: float,
     sigma = config.fixed_noise_multiplier
     if sigma is None:
         remaining_rounds = max(config.num_rounds - server_round + 1, 1)
-        sigma = calibrate_noise_multiplier(
-            node.max_epsilon, node.delta, sample_rate, remaining_rounds * config.local_steps,
-            REPLACE_ONE, prior=history)
+        sigma = _planned_sigma(config, node, sample_rate, history, remaining_rounds)
         if sigma is None:
             return RoundPlan(None, spent, spent, refusal=(
                 f"budget: lifetime ε is already {spent:.4g} (δ={node.delta:g}, "
@@ -101,6 +99,25 @@ def plan_round(config: RunConfig, node: NodeSettings, sample_rate: float,
             f"budget: this round would take ε from {spent:.4g} to {projected:.4g} "
             f"(δ={node.delta:g}, {REPLACE_ONE}), past the node's cap {node.max_epsilon:g}"))
     return RoundPlan(sigma, spent, projected)
+
+
+def _planned_sigma(config: RunConfig, node: NodeSettings, sample_rate: float,
+                   history: list[HistoryEntry], remaining_rounds: int) -> float | None:
+    """σ that lands history + the remaining rounds at the cap (None: nothing left).
+
+    When nothing unplanned happened since the last round, the last round's σ is still the
+    answer (history + plan is the same composition it was calibrated for) and one evaluation
+    confirms it; otherwise, or when it would now waste more than 1% of the cap, calibrate.
+    """
+    if history and history[-1][1:] == (sample_rate, config.local_steps):
+        previous = history[-1][0]
+        planned = epsilon_of([*history, *[(previous, sample_rate, config.local_steps)]
+                              * remaining_rounds], node.delta, REPLACE_ONE)
+        if 0.99 * node.max_epsilon <= planned <= node.max_epsilon:
+            return previous
+    return calibrate_noise_multiplier(node.max_epsilon, node.delta, sample_rate,
+                                      config.local_steps, REPLACE_ONE, prior=history,
+                                      repeats=remaining_rounds)
 
 
 def run_client_round(

@@ -27,7 +27,7 @@ from __future__ import annotations
 import functools
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from dp_accounting import NeighboringRelation
 from dp_accounting.pld.privacy_loss_distribution import (
@@ -44,6 +44,7 @@ REPLACE_ONE = "replace-one"
 ADD_REMOVE = "add-remove"
 RELATIONS = (REPLACE_ONE, ADD_REMOVE)
 PLD_DISCRETIZATION = 1e-3
+COARSE_DISCRETIZATION = 1e-2  # calibration's first pass only; never a claim
 # Opacus's default RDP orders stop at 63; few-step, small-σ regimes want higher orders, and a
 # too-short range only loosens (never breaks) the bound. Legacy claims were computed with these.
 RDP_ORDERS = (
@@ -72,17 +73,19 @@ def epsilon_of(history: Sequence[HistoryEntry], delta: float, relation: str) -> 
 
 def calibrate_noise_multiplier(
     target_epsilon: float, delta: float, sample_rate: float, steps: int, relation: str,
-    prior: Sequence[HistoryEntry] = (),
+    prior: Sequence[HistoryEntry] = (), repeats: int = 1,
 ) -> float | None:
-    """Smallest σ (to SIGMA_PRECISION, rounded up) such that `prior` plus `steps` steps at
-    rate q spend at most `target_epsilon`; None when `prior` alone already reaches it (or it
-    would take more than MAX_SIGMA).
+    """Smallest σ (to SIGMA_PRECISION, rounded up) such that `prior` plus `repeats` events of
+    `steps` steps at rate q spend at most `target_epsilon`; None when `prior` alone already
+    reaches it (or it would take more than MAX_SIGMA).
 
-    The result always satisfies `epsilon_of([*prior, (σ, q, steps)], δ, relation) ≤ target`,
-    evaluated with exactly the function that claims and budgets use.
+    The result always satisfies `epsilon_of([*prior, *[(σ, q, steps)] * repeats], δ, relation)
+    ≤ target`, evaluated with exactly the function that claims and budgets use. A node plans
+    its remaining rounds as `repeats` events of one round's steps, the way its ledger will
+    record them, so the same plan evaluates to the same number next round.
     """
     return _calibrate(float(target_epsilon), float(delta), float(sample_rate), int(steps),
-                      relation, _events(prior))
+                      relation, _events(prior), int(repeats))
 
 
 def _events(history: Sequence[HistoryEntry]) -> tuple[HistoryEntry, ...]:
@@ -92,46 +95,66 @@ def _events(history: Sequence[HistoryEntry]) -> tuple[HistoryEntry, ...]:
 
 @functools.lru_cache(maxsize=256)
 def _calibrate(target: float, delta: float, rate: float, steps: int, relation: str,
-               prior: tuple[HistoryEntry, ...]) -> float | None:
-    if steps <= 0:
+               prior: tuple[HistoryEntry, ...], repeats: int) -> float | None:
+    if steps <= 0 or repeats <= 0:
         raise ValueError("calibration needs at least one planned step")
 
-    def spent(sigma: float) -> float:
-        return epsilon_of((*prior, (sigma, rate, steps)), delta, relation)
+    def spent(sigma: float, discretization: float = PLD_DISCRETIZATION) -> float:
+        events = (*prior, *[(sigma, rate, steps)] * repeats)
+        return float(_history_pld(events, relation, discretization)
+                     .get_epsilon_for_delta(delta))
 
     if epsilon_of(prior, delta, relation) >= target:
         return None
-    low, high = 0.0, 1.0
-    while spent(high) > target:  # σ too small: double until the target is met
+    # A coarse discretization (10x cheaper) finds the neighbourhood; the claim's own
+    # discretization then decides, so the result holds for exactly what is claimed.
+    rough = _bisect(lambda sigma: spent(sigma, COARSE_DISCRETIZATION) > target, 0.0, 1.0)
+    if rough is None:
+        return None
+    low, high = rough * (1 - 5 * SIGMA_PRECISION), rough
+    while spent(high) > target:  # the coarse answer is (almost always) already enough
+        low, high = high, high * (1 + 5 * SIGMA_PRECISION)
+        if high > MAX_SIGMA:
+            return None
+    if spent(low) <= target:  # not bracketed after all: search the whole range below
+        low = 0.0
+    return _bisect(lambda sigma: spent(sigma) > target, low, high)
+
+
+def _bisect(too_small: Callable[[float], bool], low: float, high: float) -> float | None:
+    """Smallest σ above `low` with not too_small(σ), to SIGMA_PRECISION (rounded up towards
+    more noise); `high` doubles until it qualifies (None past MAX_SIGMA)."""
+    while too_small(high):
         low, high = high, high * 2
         if high > MAX_SIGMA:
             return None
     while high - low > SIGMA_PRECISION * high:
         middle = (low + high) / 2
-        if spent(middle) > target:
+        if too_small(middle):
             low = middle
         else:
             high = middle
     return high
 
 
-_PREFIXES: dict[tuple[str, tuple[HistoryEntry, ...]], PrivacyLossDistribution] = {}
+_PREFIXES: dict[tuple[str, float, tuple[HistoryEntry, ...]], PrivacyLossDistribution] = {}
 _MAX_PREFIXES = 512
 
 
-def _history_pld(events: tuple[HistoryEntry, ...], relation: str) -> PrivacyLossDistribution:
+def _history_pld(events: tuple[HistoryEntry, ...], relation: str,
+                 discretization: float = PLD_DISCRETIZATION) -> PrivacyLossDistribution:
     """PLD of the composition of `events`. Every prefix is cached, so a history that grows by
     one event per round (or an audit walking a node's events) costs one composition per event."""
     done = len(events)
-    while done > 0 and (relation, events[:done]) not in _PREFIXES:
+    while done > 0 and (relation, discretization, events[:done]) not in _PREFIXES:
         done -= 1
-    total = _PREFIXES[(relation, events[:done])] if done else None
+    total = _PREFIXES[(relation, discretization, events[:done])] if done else None
     for i in range(done, len(events)):
-        step = event_pld(*events[i], relation, PLD_DISCRETIZATION)
+        step = event_pld(*events[i], relation, discretization)
         total = step if total is None else total.compose(step)
         if len(_PREFIXES) >= _MAX_PREFIXES:
             _PREFIXES.pop(next(iter(_PREFIXES)))  # oldest first
-        _PREFIXES[(relation, events[: i + 1])] = total
+        _PREFIXES[(relation, discretization, events[: i + 1])] = total
     assert total is not None, "an empty history has no PLD"
     return total
 

@@ -129,8 +129,10 @@ def _check_claims_cover_pld(config: RunConfig, sizes: list[int]) -> None:
         if rate in checked:
             continue
         checked.add(rate)
-        sigma = calibrate_noise_multiplier(config.target_epsilon, DELTA, rate, steps,
-                                           REPLACE_ONE)
+        # As a node plans round 1: its rounds as events of local-steps steps each.
+        sigma = calibrate_noise_multiplier(config.target_epsilon, DELTA, rate,
+                                           config.local_steps, REPLACE_ONE,
+                                           repeats=config.num_rounds)
         claim = epsilon_of([(sigma, rate, config.local_steps)] * config.num_rounds, DELTA,
                            REPLACE_ONE)  # what the node writes after its last planned round
         independent = pld_curve([(sigma, rate, steps)], [DELTA], REPLACE_ONE)[0]
