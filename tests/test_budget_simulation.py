@@ -30,6 +30,9 @@ from common.privacy_ledger import (
 )
 from common.run_config import RunConfig
 
+# Slow tier (`make test-slow`): two simulations sharing node ledgers: ~2 min.
+pytestmark = pytest.mark.slow
+
 SETTINGS = {**TINY_RUN, "num-clients": 3, "noise-multiplier": 1.0, "dirichlet-alpha": 1000.0}
 NODES = [f"partition-{i}" for i in range(3)]
 DELTA = 1e-5

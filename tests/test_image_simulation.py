@@ -9,6 +9,9 @@ import sys
 import pytest
 from simulation_runs import ROOT, simulate
 
+# Slow tier (`make test-slow`): the whole image pipeline in simulation: ~1.5 min.
+pytestmark = pytest.mark.slow
+
 SETTINGS = {"task": "mae", "num-clients": 3, "num-rounds": 2, "local-steps": 4,
             "batch-size": 32, "label-fraction": 0.05, "finetune-epochs": 3,
             "prune-recover-epochs": 1, "target-epsilon": 4.0,

@@ -35,6 +35,9 @@ from common.run_config import RunConfig
 from simulations.cli import main as fedssl
 from simulations.local_deployment import Credentials, LocalDeployment
 
+# Slow tier (`make test-slow`): a TLS deployment with a crashed and a frozen node: ~3 min.
+pytestmark = pytest.mark.slow
+
 NODES = ("a", "b", "c")
 RECORDS = 300
 STEPS = 20  # enough DP-SGD steps that training outlasts the poll that catches it

@@ -20,6 +20,9 @@ from common.privacy_ledger import PrivacyLedger
 from common.run_config import ConfigError, RunConfig
 from server.run_checkpoint import ResumeError, find_checkpoint
 
+# Slow tier (`make test-slow`): a simulation killed mid-run, then resumed: ~2.5 min.
+pytestmark = pytest.mark.slow
+
 SETTINGS = {**TINY_RUN, "num-clients": 2, "num-rounds": 3, "target-epsilon": 4.0}
 
 

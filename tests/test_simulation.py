@@ -98,6 +98,7 @@ def test_audit_of_the_run_passes(finished_run, capsys):
     assert "cross-checked 3 simulated node ledger(s)" in out and "PASS" in out
 
 
+@pytest.mark.slow  # a second simulation, interrupted: ~40 s
 def test_sigterm_mid_run_stops_every_process(tmp_path):
     """Interrupting `fedssl simulate` (SIGTERM, as Ctrl-C) leaves no Flower or Ray process."""
     env, token = marked_env()  # finds only this run's processes, never another run's

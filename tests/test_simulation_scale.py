@@ -20,6 +20,9 @@ from common.own_data import text_splits
 from common.run_config import RunConfig
 from server.run_checkpoint import find_checkpoint
 
+# Slow tier (`make test-slow`): a 1000-node preset and a Ctrl-C mid-run: ~3 min.
+pytestmark = pytest.mark.slow
+
 TINY_MODEL = {k: v for k, v in TINY_RUN.items() if k not in ("max-records", "label-fraction")}
 
 

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from simulation_runs import ROOT, TINY_RUN, flower_processes
 
 GRID = """
@@ -44,6 +45,7 @@ def _rows(out: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
+@pytest.mark.slow  # several pretraining runs and a resume: ~2 min
 def test_sweep_runs_every_cell_once_and_resumes(tmp_path: Path):
     settings = {k: v for k, v in TINY_RUN.items() if not k.startswith("prune")}
     settings.pop("label-fraction")
