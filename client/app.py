@@ -83,8 +83,10 @@ def train(msg: Message, context: Context) -> Message:
         # Did this attempt record its spend before failing? The server counts on it.
         spent = any(e.round == server_round and not e.is_confirmation
                     for e in unconfirmed(ledger.run_entries(node.node_id, run_id)))
-        return _reply(msg, status=STATUS_ERROR, reason=f"training failed: {type(err).__name__}: "
-                      f"{err}", node=node, ledger=ledger, run_id=run_id, spent=spent)
+        # Only the exception's type leaves the node: its text could describe the data.
+        return _reply(msg, status=STATUS_ERROR, reason=f"training failed: {type(err).__name__} "
+                      "(details in the node's log)", node=node, ledger=ledger, run_id=run_id,
+                      spent=spent)
     if output.refusal:
         log(30, "fedssl node %s refuses round %d: %s", node.node_id, server_round,
             output.refusal)
@@ -105,12 +107,11 @@ def query(msg: Message, context: Context) -> Message:
         return _reply(msg, status=STATUS_ERROR, reason="unknown query")
     node: NodeSettings | None = None
     try:
-        config = RunConfig.from_mapping(context.run_config)
-        node = node_settings(context.node_config, context.node_id, config,
-                             request.get("sim-state-dir"))
+        _, node = _settings(context, request)
         ledger = PrivacyLedger.open(node.ledger_path, owner=node.node_id)
     except (ConfigError, LedgerError) as err:
-        return _reply(msg, status=STATUS_ERROR, reason=str(err), node=node)
+        log(40, "fedssl node cannot answer the ledger sync: %s", err)
+        return _reply(msg, status=STATUS_ERROR, reason=_public_reason(err), node=node)
     return _reply(msg, status=STATUS_LEDGER, node=node, ledger=ledger,
                   run_id=_run_id(request, context))
 
@@ -123,11 +124,9 @@ def _setup_or_error(
     node: NodeSettings | None = None
     ledger: PrivacyLedger | None = None
     try:
-        config = RunConfig.from_mapping(context.run_config)
-        node = node_settings(context.node_config, context.node_id, config,
-                             round_config.get("sim-state-dir"))
+        config, node = _settings(context, round_config)
         ledger = PrivacyLedger.open(node.ledger_path, owner=node.node_id)
-        if config.reproducible_noise and node.partition_id is None:
+        if config.reproducible_noise and not node.simulated:
             raise ConfigError("reproducible-noise", "a deployed node never draws its DP noise "
                               "from the run seed (the server knows it: no DP guarantee); "
                               "this switch is for simulations only")
@@ -135,15 +134,31 @@ def _setup_or_error(
         _check_public_inputs(task, config, round_config.get("public-inputs-sha256"))
         records = _node_records(task, config, node)
     except (ConfigError, LedgerError, DataFolderError) as err:
-        reason = f"data-dir {err.kind}: {err}" if isinstance(err, DataFolderError) else str(err)
-        log(40, "fedssl node cannot take part: %s", reason)
-        return _reply(msg, status=STATUS_ERROR, reason=reason, node=node, ledger=ledger,
-                      run_id=_run_id(round_config, context))
+        log(40, "fedssl node cannot take part: %s", err)
+        return _reply(msg, status=STATUS_ERROR, reason=_public_reason(err), node=node,
+                      ledger=ledger, run_id=_run_id(round_config, context))
     if node.delta > 1 / max(len(records[0]), 1):
         log(30, "fedssl node %s: delta %g is above 1/n = 1/%d: a guarantee that fails with "
             "probability delta could expose a whole record", node.node_id, node.delta,
             len(records[0]))
     return config, node, ledger, task, records
+
+
+def _public_reason(err: Exception) -> str:
+    """What an error reply says: the setting at fault, or only the kind of data or ledger
+    problem. File names, line numbers and record sizes stay in the node's own log."""
+    if isinstance(err, DataFolderError):
+        return f"data-dir {err.kind} (details in the node's log)"
+    if isinstance(err, LedgerError):
+        return "cannot use privacy ledger (details in the node's log)"
+    return str(err)  # ConfigError: names a setting and its rule, never data
+
+
+def _settings(context: Context, message_config: ConfigRecord) -> tuple[RunConfig, NodeSettings]:
+    """The run's settings and this node's own (ConfigError when either is unusable)."""
+    config = RunConfig.from_mapping(context.run_config)
+    return config, node_settings(context.node_config, context.node_id, config,
+                                 message_config.get("sim-state-dir"))
 
 
 def _run_id(config: ConfigRecord, context: Context) -> str:

@@ -207,7 +207,7 @@ def run_client_round(
         "local-steps": result.steps,
         "update-norm": raw_norm,  # a function of the DP-SGD output: covered by its guarantee
     }
-    if config.release_train_loss and node.partition_id is not None:
+    if config.release_train_loss and node.simulated:
         # Simulation switch: the raw loss of the node's own batches, outside any DP guarantee.
         metrics["train-loss"] = result.mean_loss
     return RoundOutput(update=update, entry=entry, metrics=metrics)

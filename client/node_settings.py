@@ -46,6 +46,12 @@ class NodeSettings:
     data_dir: Path | None = None  # deployment: the node's own records
 
     @property
+    def simulated(self) -> bool:
+        """A simulated node (a partition, no data folder of its own): only these honour the
+        simulation switches `reproducible-noise` and `release-train-loss`."""
+        return self.partition_id is not None and self.data_dir is None
+
+    @property
     def ledger_path(self) -> Path:
         """The node's own durable privacy ledger."""
         return self.state_dir / LEDGER_FILE

@@ -199,14 +199,15 @@ def audit_node(rows: Sequence[LedgerRow], delta: float | None = None,
                          [e.relation for e in entries])
     report = own if delta is None else [delta] * len(entries)
     pld_own = pld_curve(events, own, relation)
+    floor = pld_curve(events, own, relation, pessimistic=False)  # a lower bound on true ε
     pld = pld_own if delta is None else pld_curve(events, report, relation)
     rdp = rdp_curve(events, report, relation)
     audits = tuple(
         EventAudit(r, a, b, c,
                    claim_covers(r.entry.epsilon, c) if withheld
                    else claim_consistent(r.entry.epsilon, c),
-                   claim_covers(r.entry.epsilon, p))
-        for r, a, b, c, p in zip(rows, rdp, pld, claims, pld_own, strict=True))
+                   claim_covers(r.entry.epsilon, low))
+        for r, a, b, c, low in zip(rows, rdp, pld, claims, floor, strict=True))
     who = f"node '{node_id}' ({guarantee_label(node_id, guarantee)})"
     reasons, status = [], []
     wrong = [e for e in audits if not e.claim_consistent]
@@ -228,7 +229,7 @@ def audit_node(rows: Sequence[LedgerRow], delta: float | None = None,
             f"ε={first.row.entry.epsilon:.6g} at round {first.row.entry.round} (row "
             f"{first.row.seq}, δ={first.row.entry.delta:g}"
             + (", format 1: add/remove-one" if first.row.entry.is_legacy else "")
-            + f") but PLD under {relation} gives ε={pld_own[audits.index(first)]:.6g}"
+            + f") but PLD under {relation} gives at least ε={floor[audits.index(first)]:.6g}"
             + (f"; {len(short) - 1} more such event(s)" if len(short) > 1 else ""))
         status.append(f"under-claims for {relation}")
     reproducible = tuple(r for r in rows if r.entry.reproducible_noise)
@@ -345,9 +346,9 @@ def audit(path: Path | str, delta: float | None = None) -> AuditReport:
             notes.append(f"node '{node}' ({guarantee}) changed δ between events; each claim "
                          "is checked at its own δ")
     for node in sorted(withheld):
-        notes.append(f"node '{node}' sent only this run's entries: its chain here continues "
-                     f"from {withheld[node][:16]}… (earlier spend, kept by the node; its own "
-                     "`fedssl audit STATE_DIR` verifies it). Its claims include that spend.")
+        notes.append(f"node '{node}' sent only this run's entries: {withheld[node]} of them "
+                     "link to entries it kept to itself (other runs; its own `fedssl audit "
+                     "STATE_DIR` verifies them). Its claims include that spend.")
     open_hashes = {e.hash for e in unconfirmed([r.entry for r in rows if r.seq not in broken])}
     nodes = tuple(
         dataclasses.replace(audit_node(group, delta, withheld=key[0] in withheld),

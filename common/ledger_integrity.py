@@ -59,9 +59,11 @@ def verify_chain(rows: Sequence[LedgerRow], withheld_starts: bool = False) -> li
 
     Each link is compared with the *stored* hash it should point at, so one edit is reported
     where it happened rather than at every later row. With `withheld_starts` (a run's ledger:
-    nodes send only the current run's entries), a node's first entry in the file may continue
-    an earlier chain the node kept to itself (`withheld_chains` lists them); a node's own
-    ledger must start every chain at the beginning.
+    nodes send only the current run's entries), a node's entry may link to an entry that is
+    not in the file at all — one the node kept to itself (another run's, before or in between;
+    `withheld_chains` lists them). A link to an entry that *is* in the file must still be to
+    the node's previous one, and a node's own ledger must be one unbroken chain from GENESIS.
+    A deleted entry of this run shows as a broken row chain instead.
     """
     problems: list[Problem] = []
     by_row_hash = {r.row_hash: r for r in rows}
@@ -93,7 +95,7 @@ def verify_chain(rows: Sequence[LedgerRow], withheld_starts: bool = False) -> li
             flag("row-hash", "its row hash does not cover its link and entry hash: the row "
                  "hash or the link was altered")
         node_previous = last_of_node.get(entry.node_id)
-        continues_withheld = withheld_starts and node_previous is None \
+        continues_withheld = withheld_starts and entry.prev_hash != GENESIS \
             and entry.prev_hash not in by_entry_hash
         if not continues_withheld and \
                 entry.prev_hash != (node_previous.entry.hash if node_previous else GENESIS):
@@ -110,13 +112,15 @@ def verify_chain(rows: Sequence[LedgerRow], withheld_starts: bool = False) -> li
     return problems
 
 
-def withheld_chains(rows: Sequence[LedgerRow]) -> dict[str, str]:
-    """Node → the hash its first entry in this file continues from, for nodes whose chain
-    starts with a withheld earlier part (their ε claims include spend not shown here)."""
-    first: dict[str, LedgerEntry] = {}
+def withheld_chains(rows: Sequence[LedgerRow]) -> dict[str, int]:
+    """Node → how many of its entries here link to an entry the node kept to itself (its
+    ε claims then include spend not shown here)."""
+    present = {r.entry.hash for r in rows}
+    gaps: dict[str, int] = {}
     for row in rows:
-        first.setdefault(str(row.entry.node_id), row.entry)
-    return {node: e.prev_hash for node, e in first.items() if e.prev_hash != GENESIS}
+        if row.entry.prev_hash != GENESIS and row.entry.prev_hash not in present:
+            gaps[str(row.entry.node_id)] = gaps.get(str(row.entry.node_id), 0) + 1
+    return gaps
 
 
 def check_anchor(

@@ -54,7 +54,7 @@ RDP_ORDERS = (
 SIGMA_PRECISION = 1e-3
 MAX_SIGMA = 1e4  # a target that needs more noise than this is refused as unreachable
 
-_RELATIONS = {REPLACE_ONE: NeighboringRelation.REPLACE_ONE,
+NEIGHBOURS = {REPLACE_ONE: NeighboringRelation.REPLACE_ONE,
               ADD_REMOVE: NeighboringRelation.ADD_OR_REMOVE_ONE}
 
 
@@ -164,17 +164,17 @@ def event_pld(sigma: float, rate: float, steps: int, relation: str,
               discretization: float) -> PrivacyLossDistribution:
     """PLD of `steps` Poisson-subsampled Gaussian steps (a plain Gaussian when q = 1) under
     `relation`, at a value discretization of `discretization` (cached)."""
-    if relation not in _RELATIONS:
+    if relation not in NEIGHBOURS:
         raise ValueError(f"unknown neighbouring relation {relation!r}")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # dp-accounting warns about truncation it accounts for
         if rate >= 1:
             # Self-composing a Gaussian n times is a Gaussian with σ/√n: exact and cheap.
             return from_gaussian_mechanism(sigma / math.sqrt(steps),
-                                           neighboring_relation=_RELATIONS[relation],
+                                           neighboring_relation=NEIGHBOURS[relation],
                                            value_discretization_interval=discretization)
         step = from_gaussian_mechanism(sigma, sampling_prob=rate,
-                                       neighboring_relation=_RELATIONS[relation],
+                                       neighboring_relation=NEIGHBOURS[relation],
                                        value_discretization_interval=discretization)
         return step.self_compose(steps)
 

@@ -11,7 +11,8 @@ DP events, in RUN_DIR/ledger.sqlite. Two chains make tampering evident:
   entry's hash, so a deleted, inserted or reordered row breaks it.
 
 A chain cannot reveal a cut-off *tail* by itself; the server records the head (row count and
-last row hash) in summary.json, and the audit checks it when present.
+last row hash) in checkpoint.json after every round and in summary.json at the end, and the
+audit checks it (a run's ledger without one fails).
 
 **Write-ahead entries and confirmations.** A node appends its round's spend *before* it
 trains (the write-ahead entry) and, once training finished and before its reply leaves, a
@@ -33,139 +34,56 @@ their original hashes and old ledgers open unchanged (the file gains the two col
 
 **What leaves a node.** Timestamps are kept to the hour (the exact time of a write-ahead entry
 and its confirmation would tell how long training took, which depends on the Poisson batches
-drawn), and a node's reply carries only the entries of the current run (`run_entries`): the
-first one's `prev_hash` commits to the node's earlier chain without revealing it.
+drawn), and a node's reply carries only its entries of the current run (`run_entries`): their
+`prev_hash` links commit to the rest of its chain without revealing it.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import closing, contextmanager
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import psutil
+
+# The entry format lives in common/ledger_entry.py; its names are re-exported here, where the
+# code that reads and writes ledgers has always found them.
+from common.ledger_entry import (
+    CLIENT_LEVEL,
+    CONFIRMATION,
+    FEDERATION_NODE,
+    FORMAT_VERSION,
+    GAUSSIAN_NO_AMPLIFICATION,
+    GENESIS,
+    POISSON_GAUSSIAN,
+    RECORD_LEVEL,
+    SECRET_NOISE,
+    SEEDED_NOISE,
+    V2_FIELDS,
+    LedgerEntry,
+    LedgerError,
+    LedgerRow,
+    row_hash,
+    unconfirmed,
+    utc_now,
+)
 from common.privacy_accounting import HistoryEntry
 
-FORMAT_VERSION = 2
-GENESIS = "0" * 64
-RECORD_LEVEL = "record-level"
-CLIENT_LEVEL = "client-level"
-POISSON_GAUSSIAN = "poisson-subsampled-gaussian"
-GAUSSIAN_NO_AMPLIFICATION = "gaussian-no-amplification"
-FEDERATION_NODE = "federation"  # node id of the server's client-level DP events
-# Mechanism of a confirmation entry: "the write-ahead entry before me completed". Not a
-# privacy mechanism; it never spends (history() and the audit leave it out).
-CONFIRMATION = "write-ahead-confirmed"
-SECRET_NOISE = "secret"  # noise and sampling from a per-message secret source
-SEEDED_NOISE = "seeded"  # reproducible from the run seed: no DP guarantee (simulation only)
-V2_FIELDS = ("relation", "noise")  # hashed only when set (format-1 entries leave them empty)
+__all__ = [
+    "CLIENT_LEVEL", "CONFIRMATION", "FEDERATION_NODE", "FORMAT_VERSION",
+    "GAUSSIAN_NO_AMPLIFICATION", "GENESIS", "MAX_IN_FLIGHT_S", "POISSON_GAUSSIAN",
+    "RECORD_LEVEL", "SECRET_NOISE", "SEEDED_NOISE", "LedgerEntry", "LedgerError", "LedgerRow",
+    "PrivacyLedger", "read_ledger", "row_hash", "unconfirmed", "utc_now",
+]
+
 # A write-ahead entry whose process is alive blocks a second round of the same node for this
 # long at most (a process that hangs for longer is treated as crashed: its entry still counts).
 MAX_IN_FLIGHT_S = 24 * 3600.0
-
-
-class LedgerError(RuntimeError):
-    """The ledger file cannot be read or written (corrupt, wrong format, not SQLite)."""
-
-
-@dataclass(frozen=True)
-class LedgerEntry:
-    """One privacy-consuming event and the cumulative ε of its node's guarantee after it.
-
-    `epsilon` is what the writer claims: ε(δ) of all of this node's events of the same
-    guarantee up to and including this one, with `accountant`. `max_epsilon` is the node's
-    budget at the time (0 = none).
-    """
-
-    run_id: str
-    round: int
-    node_id: str
-    guarantee: str
-    mechanism: str
-    noise_multiplier: float
-    sample_rate: float
-    steps: int
-    delta: float
-    accountant: str
-    epsilon: float
-    max_epsilon: float
-    timestamp: str
-    prev_hash: str
-    hash: str = ""
-    relation: str = ""  # format 2: "replace-one" / "add-remove"; "" in format-1 entries
-    noise: str = ""  # format 2: "secret" / "seeded"; "" in format-1 entries (seeded)
-
-    @property
-    def is_confirmation(self) -> bool:
-        """True for a confirmation entry (never spend), False for a privacy-consuming event."""
-        return self.mechanism == CONFIRMATION
-
-    @property
-    def is_legacy(self) -> bool:
-        """Written in format 1: add/remove-one RDP claim, noise seeded from the run seed."""
-        return not self.relation and not self.noise
-
-    @property
-    def reproducible_noise(self) -> bool:
-        """Its noise can be recomputed by whoever knows the run seed: no DP guarantee."""
-        return self.noise != SECRET_NOISE
-
-    def body(self) -> dict[str, Any]:
-        """Every field except `hash` (and unset format-2 fields): what the hash covers."""
-        fields = dataclasses.asdict(self)
-        del fields["hash"]
-        for name in V2_FIELDS:
-            if fields[name] == "":
-                del fields[name]
-        return fields
-
-    def computed_hash(self) -> str:
-        """SHA-256 of the canonical JSON of `body()` (floats as shortest round-trip repr)."""
-        canonical = json.dumps(self.body(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).hexdigest()
-
-    def to_json(self) -> str:
-        """Canonical JSON of the whole entry (how it travels in a Flower reply)."""
-        return json.dumps(dataclasses.asdict(self), sort_keys=True, separators=(",", ":"))
-
-    @classmethod
-    def from_json(cls, text: str) -> LedgerEntry:
-        """Parse an entry sent by a node; LedgerError if it is not one."""
-        try:
-            data = json.loads(text)
-            return cls(**{f.name: _typed(f.type, data[f.name] if f.name in data or f.name
-                                         not in V2_FIELDS else "")
-                          for f in dataclasses.fields(cls)})
-        except (ValueError, KeyError, TypeError) as err:
-            raise LedgerError(f"not a ledger entry: {err}") from None
-
-
-@dataclass(frozen=True)
-class LedgerRow:
-    """An entry as stored in one ledger file, with its position and row-chain links."""
-
-    seq: int
-    entry: LedgerEntry
-    row_prev: str
-    row_hash: str
-
-
-def row_hash(row_prev: str, entry_hash: str) -> str:
-    """The row chain's link: covers the previous row and this entry's hash."""
-    return hashlib.sha256(f"{row_prev}:{entry_hash}".encode()).hexdigest()
-
-
-def utc_now() -> str:
-    """Timestamp of ledger entries: ISO 8601, UTC, to the hour (see "What leaves a node")."""
-    return datetime.now(UTC).replace(minute=0, second=0, microsecond=0).isoformat()
 
 
 _FIELDS = [f.name for f in dataclasses.fields(LedgerEntry)]
@@ -182,7 +100,7 @@ _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
     # Local only, never hashed or sent: which process holds an unconfirmed entry.
     "CREATE TABLE IF NOT EXISTS in_flight (hash TEXT PRIMARY KEY, pid INTEGER NOT NULL, "
-    "started REAL NOT NULL);"
+    "process_started REAL NOT NULL, reserved REAL NOT NULL);"
 )
 
 
@@ -239,15 +157,12 @@ class PrivacyLedger:
             ]
 
     def run_entries(self, node_id: str, run_id: str) -> list[LedgerEntry]:
-        """What a node sends the server: its entries of run `run_id`, from the first one on.
+        """What a node sends the server: its entries of run `run_id`, and nothing else.
 
-        The first entry's `prev_hash` commits to everything the node wrote before (other
-        runs, other federations) without revealing it; entries are never skipped inside the
-        span, so the server can check the chain from there on.
+        Each entry's `prev_hash` commits to what the node wrote before it (other runs, other
+        federations, also in between this run's entries) without revealing it.
         """
-        entries = self.entries(node_id)
-        first = next((i for i, e in enumerate(entries) if e.run_id == run_id), len(entries))
-        return entries[first:]
+        return [e for e in self.entries(node_id) if e.run_id == run_id]
 
     def entries(self, node_id: str | None = None) -> list[LedgerEntry]:
         """Entries in order (confirmations included), optionally only one node's."""
@@ -302,9 +217,11 @@ class PrivacyLedger:
     def _busy(self, conn: sqlite3.Connection, entries: list[LedgerEntry]) -> bool:
         """Another live process holds an unconfirmed entry of this node (a round in flight)."""
         open_hashes = {e.hash for e in unconfirmed(entries)}
-        for hash_, pid, started in conn.execute("SELECT hash, pid, started FROM in_flight"):
-            if hash_ in open_hashes and pid != os.getpid() and _alive(pid) \
-                    and time.time() - started < MAX_IN_FLIGHT_S:
+        for hash_, pid, process_started, reserved in conn.execute(
+                "SELECT hash, pid, process_started, reserved FROM in_flight"):
+            if hash_ in open_hashes and pid != os.getpid() \
+                    and abs(_process_started(pid) - process_started) < 1e-3 \
+                    and time.time() - reserved < MAX_IN_FLIGHT_S:
                 return True
         return False
 
@@ -327,8 +244,9 @@ class PrivacyLedger:
             if decision.get("node_id", node_id) != node_id:
                 raise ValueError("decide() must append for the node it was asked about")
             entry = self._append(conn, {**decision, "node_id": node_id})
-            conn.execute("INSERT OR REPLACE INTO in_flight VALUES (?, ?, ?)",
-                         (entry.hash, os.getpid(), time.time()))
+            # The process's start time beside its pid: a reused pid is not this process.
+            conn.execute("INSERT OR REPLACE INTO in_flight VALUES (?, ?, ?, ?)",
+                         (entry.hash, os.getpid(), _process_started(os.getpid()), time.time()))
         return entry
 
     def abandon(self, entry: LedgerEntry) -> None:
@@ -412,18 +330,6 @@ class PrivacyLedger:
             raise LedgerError(f"cannot use privacy ledger {self.path}: {err}") from None
 
 
-def unconfirmed(entries: list[LedgerEntry]) -> list[LedgerEntry]:
-    """Nodes' record-level write-ahead entries that no confirmation follows (crashed rounds).
-
-    The server's client-level events are written in one step after the release, so they
-    have no write-ahead phase and are never "unconfirmed".
-    """
-    confirmed = {e.prev_hash for e in entries if e.is_confirmation}
-    return [e for e in entries
-            if not e.is_confirmation and e.guarantee == RECORD_LEVEL
-            and e.node_id != FEDERATION_NODE and e.hash not in confirmed]
-
-
 def read_ledger(path: Path | str) -> PrivacyLedger:
     """An existing ledger for reading (LedgerError when missing or not a ledger)."""
     path = Path(path)
@@ -447,26 +353,11 @@ def _migrate(conn: sqlite3.Connection) -> None:
     conn.execute("INSERT OR REPLACE INTO meta VALUES ('format', ?)", (str(FORMAT_VERSION),))
 
 
-def _alive(pid: int) -> bool:
+def _process_started(pid: int) -> float:
+    """When process `pid` started (seconds since the epoch); -1 when there is none."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        return float(psutil.Process(pid).create_time())
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return -1.0
 
 
-def _typed(kind: Any, value: Any) -> Any:
-    kind = str(kind)
-    if kind == "int":
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError(f"expected int, got {value!r}")
-        return value
-    if kind == "float":
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise TypeError(f"expected float, got {value!r}")
-        return float(value)
-    if not isinstance(value, str):
-        raise TypeError(f"expected str, got {value!r}")
-    return value

@@ -22,7 +22,13 @@ from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.common import log
 from flwr.serverapp import Grid
 
-from common.privacy_ledger import RECORD_LEVEL, LedgerEntry, LedgerError, PrivacyLedger
+from common.privacy_ledger import (
+    FEDERATION_NODE,
+    RECORD_LEVEL,
+    LedgerEntry,
+    LedgerError,
+    PrivacyLedger,
+)
 from common.wire_format import LEDGER_SYNC, QUERY_KEY, REPLY_KEY, STATUS_LEDGER
 
 SYNC_TIMEOUT_S = 60.0
@@ -39,6 +45,7 @@ class LedgerCoverage:
     implied: dict[int, Counter[int]] = field(default_factory=dict)  # replies that spent
     unanswered: dict[int, Counter[int]] = field(default_factory=dict)  # messages, no reply
     unknown_history: bool = False  # a resumed server: who was sampled before is unknown
+    synced: set[str] = field(default_factory=set)  # ledger names that answered the sync
 
     def sending(self, node_ids: set[int], server_round: int) -> None:
         """Train messages of `server_round` are about to go to these nodes."""
@@ -57,13 +64,16 @@ class LedgerCoverage:
         if spent:
             self.implied.setdefault(node_id, Counter())[server_round] += 1
 
-    def missing(self, ledger: PrivacyLedger) -> dict[int, str]:
-        """Nodes whose ledger copy holds fewer spends of a round than the server must expect:
-        node id → which rounds, in words."""
+    def missing(self, ledger: PrivacyLedger) -> dict[str, str]:
+        """Nodes whose ledger copy may lack spend: node (ledger name, else `node-<id>`) →
+        why, in words. Either it holds fewer spends of a round than this server process must
+        expect, or (after a restart, when earlier rounds are unknown) the node did not answer
+        the ledger sync."""
         short = {}
         spends: dict[str, Counter[int]] = {}
         for entry in ledger.spends():  # one read of the ledger for every node
-            if entry.run_id == self.run_id and entry.guarantee == RECORD_LEVEL:
+            if entry.run_id == self.run_id and entry.guarantee == RECORD_LEVEL \
+                    and entry.node_id != FEDERATION_NODE:
                 spends.setdefault(entry.node_id, Counter())[entry.round] += 1
         for node in sorted(set(self.unanswered) | set(self.implied)):
             need = self.implied.get(node, Counter()) + self.unanswered.get(node, Counter())
@@ -72,8 +82,14 @@ class LedgerCoverage:
             have = spends.get(self.label(node), Counter())
             rounds = sorted(r for r, n in need.items() if have[r] < n)
             if rounds:
-                short[node] = ("no reply, and no spend in its ledger at the ledger sync, for "
-                               f"round(s) {', '.join(map(str, rounds))}")
+                short[self.label(node)] = (
+                    "no reply, and no spend in its ledger at the ledger sync, for round(s) "
+                    f"{', '.join(map(str, rounds))}")
+        if self.unknown_history:
+            for name in sorted(set(spends) - self.synced):
+                short.setdefault(name, "the server restarted during this run and this node "
+                                       "did not answer the ledger sync: rounds before the "
+                                       "restart may hold spend the server never saw")
         return short
 
     def label(self, node_id: int) -> str:
@@ -82,14 +98,22 @@ class LedgerCoverage:
 
 
 def reply_entries(content: RecordDict, node: str) -> list[LedgerEntry]:
-    """The ledger entries a fedssl reply carries (malformed ones are logged, not trusted)."""
+    """The ledger entries a fedssl reply carries: the sender's own. Malformed ones, and ones
+    in another node's name (`federation` included), are logged and dropped: a node must not
+    write into another node's chain, nor into the server's own."""
     info = content.config_records.get(REPLY_KEY)
     entries = []
     for text in (info.get("ledger", []) if info is not None else []):
         try:
-            entries.append(LedgerEntry.from_json(str(text)))
+            entry = LedgerEntry.from_json(str(text))
         except LedgerError as err:
             log(30, "node %s sent a malformed ledger entry: %s", node, err)
+            continue
+        if entry.node_id != node or node == FEDERATION_NODE:
+            log(30, "node %s sent a ledger entry in the name of '%s': dropped", node,
+                entry.node_id)
+            continue
+        entries.append(entry)
     return entries
 
 
@@ -119,9 +143,11 @@ def sync_ledgers(grid: Grid, coverage: LedgerCoverage, ledger: PrivacyLedger,
                 continue
             name = str(info.get("node", "")) or f"node-{node_id}"
             coverage.names[node_id] = name
+            coverage.synced.add(name)
             ledger.add_many(reply_entries(reply.content, name))
             answered.add(node_id)
-        targets = set(coverage.missing(ledger)) & connected
+        short = set(coverage.missing(ledger))
+        targets = {n for n in connected if coverage.label(n) in short}
         if not targets or time.monotonic() + SYNC_RETRY_S >= deadline:
             break
         time.sleep(SYNC_RETRY_S)  # a node training late writes its spend within seconds

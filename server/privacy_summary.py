@@ -10,7 +10,6 @@ reason; a sampled node never heard from at all is listed as unknown.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -40,7 +39,7 @@ def privacy_section(
     """summary.json's `privacy` object (see the README, "RUN_DIR layout")."""
     entries = ledger.entries()
     spends = [e for e in entries if not e.is_confirmation]
-    incomplete = {coverage.label(n): why for n, why in coverage.missing(ledger).items()}
+    incomplete = coverage.missing(ledger)
     nodes = sorted({e.node_id for e in spends
                     if e.guarantee == RECORD_LEVEL and e.node_id != FEDERATION_NODE})
     clients = [_node_view(node, entries, config, run_ids, records.get(node), incomplete)
@@ -48,8 +47,8 @@ def privacy_section(
     heard = set(nodes)
     unknown = [{"node": name, "reason": why} for name, why in sorted(incomplete.items())
                if name not in heard]
-    ours = [e for e in spends if e.run_id in run_ids]
-    guaranteed = all(e.noise == SECRET_NOISE for e in ours)
+    guaranteed = all(c["dp_guarantee"] for c in clients) and all(
+        e.noise == SECRET_NOISE for e in spends if e.run_id in run_ids)
     at_run_delta = [c["epsilon_at_run_delta"] for c in clients]
     return {
         "guarantee": RECORD_GUARANTEE,
@@ -58,7 +57,7 @@ def privacy_section(
         "relation": REPLACE_ONE,
         "accountant": ACCOUNTANT,
         "delta": config.delta,
-        "max_epsilon": max((x for x in at_run_delta if not math.isnan(x)), default=0.0),
+        "max_epsilon": max(at_run_delta, default=0.0),
         "max_epsilon_lower_bound": any(c["lower_bound"] for c in clients) or bool(unknown),
         "per_client": {c["node"]: c["epsilon"] for c in clients},
         "clients": clients,
@@ -86,8 +85,12 @@ def _node_view(node: str, entries: list[LedgerEntry], config: RunConfig, run_ids
     history = [(e.noise_multiplier, e.sample_rate, e.steps) for e in spends]
     this_run = [(e.noise_multiplier, e.sample_rate, e.steps) for e in spends
                 if e.run_id in run_ids]
-    withheld = own[0].prev_hash != GENESIS  # earlier spend the node kept to itself
+    hashes = {e.hash for e in own}
+    # Spend the node kept to itself: entries here that link to one not sent (other runs).
+    withheld = any(e.prev_hash != GENESIS and e.prev_hash not in hashes for e in own)
     delta = latest.delta
+    lower_bound = node in incomplete
+    notes = [f"≥: {incomplete[node]}"] if lower_bound else []
     if latest.delta == config.delta:
         at_run_delta = latest.epsilon
     elif not withheld:
@@ -95,24 +98,30 @@ def _node_view(node: str, entries: list[LedgerEntry], config: RunConfig, run_ids
     elif latest.delta <= config.delta:
         at_run_delta = latest.epsilon  # ε falls as δ grows: the claim bounds it from above
     else:
-        at_run_delta = math.nan  # not recomputable: the earlier history stays on the node
-    notes = []
-    if node in incomplete:
-        notes.append(f"≥: {incomplete[node]}")
+        # Not recomputable (the earlier history stays on the node), and ε at the smaller run
+        # δ is larger than the claim: the claim is a lower bound there.
+        at_run_delta = latest.epsilon
+        lower_bound = True
+        notes.append(f"≥ at the run's δ: claimed at δ={delta:g} > {config.delta:g} with "
+                     "earlier spend withheld, so it cannot be recomputed at the run's δ")
     if withheld:
         notes.append("earlier spend withheld by the node (included in its claim)")
     if records is not None and delta > 1 / max(records, 1):
         notes.append(f"δ={delta:g} is above 1/n = 1/{records}")
-    if latest.noise != SECRET_NOISE:
-        notes.append("no DP guarantee (reproducible noise)" if latest.noise
-                     else "format-1 entry: noise from the run seed, no DP guarantee")
+    seeded = [e for e in spends if e.noise != SECRET_NOISE]
+    if seeded:
+        notes.append("NO DP GUARANTEE: " + ("format-1 entries (noise from the run seed)"
+                                            if all(e.is_legacy for e in seeded)
+                                            else "reproducible noise")
+                     + f" in {len(seeded)} of its events")
     return {
         "node": node,
         "epsilon": latest.epsilon,
         "delta": delta,
         "epsilon_at_run_delta": at_run_delta,
         "run_epsilon": epsilon_of(this_run, delta, REPLACE_ONE),
-        "lower_bound": node in incomplete,
+        "lower_bound": lower_bound,
+        "dp_guarantee": not seeded,
         "max_epsilon": latest.max_epsilon,
         "noise_multiplier": latest.noise_multiplier,
         "sample_rate": latest.sample_rate,

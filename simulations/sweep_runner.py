@@ -144,7 +144,19 @@ def pretrain(grid: SweepGrid, seed: int, arm: PretrainArm, rounds: int, out: Pat
     summary = json.loads(summary_file.read_text())
     model = get_task(config.task).build_model(config)
     model.load_state_dict(load_state(run_dir / "global_model.safetensors"))
-    return config, model, float(summary["privacy"]["max_epsilon"])
+    return config, model, _spent_epsilon(summary["privacy"], run_dir, say)
+
+
+def _spent_epsilon(privacy: dict[str, object], run_dir: Path, say: Say) -> float:
+    """The ε a results row records for a pretraining run: infinite without a DP guarantee
+    (reproducible noise), and said out loud when it is only a lower bound."""
+    if privacy.get("dp_guarantee") is False:
+        say(f"[sweep] {run_dir.name}: no DP guarantee (reproducible noise): ε recorded as inf")
+        return math.inf
+    if privacy.get("max_epsilon_lower_bound"):
+        say(f"[sweep] warning: {run_dir.name}: ε {privacy['max_epsilon']:.3f} is a lower bound "
+            "(a node's latest spend may be missing; see its summary.json)")
+    return float(privacy["max_epsilon"])  # type: ignore[arg-type]
 
 
 def _run_to_end(command: list[str], log: IO[str]) -> int:

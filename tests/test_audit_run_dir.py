@@ -34,6 +34,7 @@ from common.privacy_ledger import (
     CLIENT_LEVEL,
     FEDERATION_NODE,
     GENESIS,
+    POISSON_GAUSSIAN,
     RECORD_LEVEL,
     PrivacyLedger,
     read_ledger,
@@ -264,13 +265,13 @@ def test_a_run_ledger_may_continue_a_chain_the_node_withheld(tmp_path: Path):
     assert verify_chain(rows, withheld_starts=True) == []
     # A node's own ledger must start at GENESIS: the same rows there would be a broken chain.
     assert [p.check for p in verify_chain(rows)] == ["node-chain"]
-    assert withheld_chains(rows) == {"partition-0": earlier}
+    assert withheld_chains(rows) == {"partition-0": 1}  # one link leads to a kept entry
     report = audit(run_dir)
     assert report.ok, report.reasons
     (audited,) = report.nodes
     assert audited.withheld and "earlier spend withheld by the node" in audited.status
-    assert any("partition-0' sent only this run's entries" in n and earlier[:16] in n
-               for n in report.notes)
+    assert any("partition-0' sent only this run's entries: 1 of them link to entries it kept"
+               in n for n in report.notes)
     # Its claims include run-0's spend, so they exceed what the run ledger shows.
     shown = epsilon_of([(SIGMA, RATE, STEPS)] * ROUNDS, DELTA, REPLACE_ONE)
     assert audited.events[-1].recomputed_claim == shown < audited.claimed_epsilon
@@ -292,3 +293,24 @@ def test_a_withheld_chain_cannot_hide_a_claim_below_this_runs_own_spend(tmp_path
     assert [p.check for p in report.run_problems] == ["node-ledger"] * len(report.run_problems)
     assert any("own ledger" in p.message and "under-claims" in p.message
                for p in report.run_problems)
+
+
+def test_another_runs_entries_in_between_stay_on_the_node(tmp_path: Path):
+    """A node in two federations at once: the entries of the other run, written between this
+    run's, are not sent; this run's entries link across them, and the run ledger verifies."""
+    node = PrivacyLedger.open(tmp_path / "node.sqlite", "partition-0")
+    history: list[tuple[float, float, int]] = []
+    for run_id, rnd in ((RUN_ID, 1), ("other-federation", 1), (RUN_ID, 2)):
+        history.append((SIGMA, RATE, STEPS))
+        node.append(run_id=run_id, round=rnd, node_id="partition-0", guarantee=RECORD_LEVEL,
+                    mechanism=POISSON_GAUSSIAN, noise_multiplier=SIGMA, sample_rate=RATE,
+                    steps=STEPS, delta=DELTA, accountant="pld", max_epsilon=0.0,
+                    epsilon=epsilon_of(history, DELTA, REPLACE_ONE), relation=REPLACE_ONE,
+                    noise="secret")
+    sent = node.run_entries("partition-0", RUN_ID)
+    assert [e.run_id for e in sent] == [RUN_ID, RUN_ID]  # the other federation's stays home
+    run = PrivacyLedger.open(tmp_path / "run.sqlite", "run")
+    run.add_many(sent)
+    rows = run.rows()
+    assert verify_chain(rows, withheld_starts=True) == []
+    assert withheld_chains(rows) == {"partition-0": 1}

@@ -10,6 +10,7 @@ import multiprocessing
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 from conftest import TINY
@@ -263,3 +264,27 @@ def test_node_settings_errors_name_the_node_config_key(tmp_path):
     assert deployed.node_id == "node-7" and deployed.data_dir == tmp_path.resolve()
     simulated = node_settings({"partition-id": 2, "num-partitions": 5}, 9, CONFIG, "/sim")
     assert simulated.node_id == "partition-2" and simulated.state_dir == Path("/sim/partition-2")
+
+
+def test_a_reused_pid_does_not_keep_a_node_busy(tmp_path):
+    """In-flight means: the same process (pid and start time) still runs. A pid that a later,
+    unrelated process reuses does not block the node."""
+    import sqlite3
+
+    ledger = PrivacyLedger.open(tmp_path / "ledger.sqlite", "n")
+    event = {"run_id": "1", "round": 1, "guarantee": RECORD_LEVEL, "mechanism": "m",
+             "noise_multiplier": 1.0, "sample_rate": 0.5, "steps": 1, "delta": DELTA,
+             "accountant": "pld", "epsilon": 1.0, "max_epsilon": 0.0, "relation": REPLACE_ONE,
+             "noise": SECRET_NOISE}
+    entry = ledger.reserve("n", lambda entries, busy: event)
+    parent = 1  # alive (init), but it did not write the entry: a "reused" pid
+    with sqlite3.connect(ledger.path) as conn:
+        conn.execute("UPDATE in_flight SET pid=? WHERE hash=?", (parent, entry.hash))
+    seen = []
+    ledger.reserve("n", lambda entries, busy: seen.append(busy) or "stop")
+    assert seen == [False]
+    with sqlite3.connect(ledger.path) as conn:  # now the real start time of that process
+        conn.execute("UPDATE in_flight SET process_started=? WHERE hash=?",
+                     (psutil.Process(parent).create_time(), entry.hash))
+    ledger.reserve("n", lambda entries, busy: seen.append(busy) or "stop")
+    assert seen == [False, True]

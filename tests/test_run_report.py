@@ -3,13 +3,18 @@ and the privacy section, built from the run's ledger (server/privacy_summary.py)
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 from test_ledger_audit import RATE, SIGMA, STEPS, _event
 
 from common.privacy_accounting import REPLACE_ONE, epsilon_of
-from common.privacy_ledger import RECORD_LEVEL, PrivacyLedger
+from common.privacy_ledger import (
+    FEDERATION_NODE,
+    GENESIS,
+    RECORD_LEVEL,
+    LedgerEntry,
+    PrivacyLedger,
+)
 from common.run_config import RunConfig
 from server.ledger_sync import LedgerCoverage
 from server.privacy_summary import privacy_section
@@ -78,7 +83,9 @@ def test_privacy_section_marks_unseen_spend_and_puts_every_node_at_the_run_delta
     privacy = privacy_section(run, coverage, config, {RUN_ID}, {"partition-0": 5000}, 0)
     clients = {c["node"]: c for c in privacy["clients"]}
     assert set(clients) == set(own)
-    assert [c["node"] for c in privacy["clients"] if c["lower_bound"]] == ["partition-1"]
+    # partition-1 lost a reply; partition-2's lifetime ε cannot be put at the run's δ.
+    assert [c["node"] for c in privacy["clients"] if c["lower_bound"]] == ["partition-1",
+                                                                           "partition-2"]
     assert any(n.startswith("≥: ") and "round(s) 2" in n for n in clients["partition-1"]["notes"])
     assert privacy["max_epsilon_lower_bound"] is True
     (unknown,) = privacy["unknown_nodes"]
@@ -96,14 +103,15 @@ def test_privacy_section_marks_unseen_spend_and_puts_every_node_at_the_run_delta
     one = clients["partition-1"]  # at the run's δ: its claim as the server last saw it
     assert one["epsilon_at_run_delta"] == one["epsilon"] == epsilon_of(one_round, 1e-5,
                                                                        REPLACE_ONE)
-    # Earlier spend withheld at a larger δ: not recomputable at the run's δ (NaN, shown "-").
+    # Earlier spend withheld at a larger δ: not recomputable at the run's δ, where ε is larger
+    # than the claim, so the claim stands there as a lower bound ("≥"), never left out.
     two = clients["partition-2"]
-    assert math.isnan(two["epsilon_at_run_delta"])
+    assert two["epsilon_at_run_delta"] == two["epsilon"] and two["lower_bound"]
     assert two["epsilon"] == epsilon_of([(SIGMA, RATE, STEPS)] * 3, 1e-4, REPLACE_ONE)
     assert two["run_epsilon"] == epsilon_of(two_rounds, 1e-4, REPLACE_ONE) < two["epsilon"]
     assert any("earlier spend withheld" in n for n in two["notes"])
-    assert privacy["max_epsilon"] == max(zero["epsilon_at_run_delta"],
-                                         one["epsilon_at_run_delta"])  # NaN left out
+    assert any(n.startswith("≥ at the run's δ") for n in two["notes"])
+    assert privacy["max_epsilon"] == max(c["epsilon_at_run_delta"] for c in clients.values())
     assert privacy["dp_guarantee"] is True and privacy["relation"] == REPLACE_ONE
     assert privacy["ledger"] == {"file": "ledger.sqlite", **run.head()}
     markdown = privacy_markdown(privacy)
@@ -111,9 +119,42 @@ def test_privacy_section_marks_unseen_spend_and_puts_every_node_at_the_run_delta
     assert "- node-3: sampled, but the server never saw its ledger" in markdown
 
     # The ledger sync brings partition-1's round-2 spend after all: no longer a lower bound
-    # (node 3 still is unknown, so the maximum stays a lower bound).
+    # (partition-2's δ still is, and node 3 still is unknown).
     run.add_many(own["partition-1"][0].run_entries("partition-1", RUN_ID))
     privacy = privacy_section(run, coverage, config, {RUN_ID}, {}, 0)
-    assert not any(c["lower_bound"] for c in privacy["clients"])
+    assert [c["node"] for c in privacy["clients"] if c["lower_bound"]] == ["partition-2"]
     assert [u["node"] for u in privacy["unknown_nodes"]] == ["node-3"]
     assert privacy["max_epsilon_lower_bound"] is True
+
+
+def test_after_a_restart_a_node_that_does_not_answer_the_sync_is_a_lower_bound(tmp_path: Path):
+    """The restarted server does not know whom it sampled before: every node in its ledger
+    that stays silent at the sync may hold spend it never saw."""
+    run = PrivacyLedger.open(tmp_path / "ledger.sqlite", owner="run")
+    for node in ("partition-0", "partition-1"):
+        ledger, history = PrivacyLedger.open(tmp_path / f"{node}.sqlite", owner=node), []
+        _spend_at(ledger, history, node, 1, 1e-5)
+        run.add_many(ledger.run_entries(node, RUN_ID))
+    coverage = LedgerCoverage(run_id=RUN_ID, unknown_history=True)
+    coverage.synced.add("partition-0")
+    assert list(coverage.missing(run)) == ["partition-1"]
+    privacy = privacy_section(run, coverage, RunConfig(), {RUN_ID}, {}, 0)
+    assert [c["node"] for c in privacy["clients"] if c["lower_bound"]] == ["partition-1"]
+    assert privacy["max_epsilon_lower_bound"] is True
+
+
+def test_a_reply_can_carry_only_its_own_nodes_entries():
+    """A node cannot write into another node's chain, nor into the server's own."""
+    from flwr.app import ConfigRecord, RecordDict
+
+    from server.ledger_sync import reply_entries
+
+    def entry(node_id: str) -> str:
+        fields = _event(1, node_id, RECORD_LEVEL, SIGMA, RATE, STEPS, 1.0, run_id=RUN_ID)
+        return LedgerEntry(**fields, epsilon=1.0, timestamp="2026-01-01T00:00:00+00:00",
+                           prev_hash=GENESIS).to_json()
+
+    content = RecordDict({"fedssl": ConfigRecord({"ledger": [
+        entry("partition-0"), entry("partition-1"), entry(FEDERATION_NODE)]})})
+    assert [e.node_id for e in reply_entries(content, "partition-0")] == ["partition-0"]
+    assert reply_entries(content, FEDERATION_NODE) == []

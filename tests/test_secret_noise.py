@@ -90,3 +90,17 @@ def test_format_2_entries_hash_their_new_fields_and_format_1_entries_keep_their_
                          noise=SEEDED_NOISE)
     assert forged.computed_hash() != modern.computed_hash()  # the stamp cannot be swapped
     assert LedgerEntry.from_json(legacy.to_json().replace(',"noise":""', "")) == legacy
+
+
+def test_a_deployed_node_ignores_a_partition_id_for_the_switches(tmp_path):
+    """Only a node with no data folder of its own is simulated: a hospital that happens to
+    carry a `partition-id` in its node config still refuses reproducible noise."""
+    from client.node_settings import node_settings
+    from common.run_config import RunConfig
+
+    config = RunConfig.from_mapping(SEEDED)
+    hospital = node_settings({"data-dir": str(tmp_path), "state-dir": str(tmp_path),
+                              "partition-id": 1, "num-partitions": 4}, 3, config, None)
+    assert not hospital.simulated
+    simulated = node_settings({"partition-id": 1, "num-partitions": 4}, 3, config, "/sim")
+    assert simulated.simulated
