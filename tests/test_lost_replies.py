@@ -1,11 +1,13 @@
 """Spend whose reply never reached the server still reaches the run's reports.
 
-In Flower's real simulation engine with `round-timeout=1`: every node trains, but no reply
-arrives in time, so both rounds are skipped and every reply is dropped. Before the ledger sync,
-summary.json said `max_epsilon 0.0` and `fedssl audit` passed with "no privacy-consuming event"
-while each node's own ledger held two rounds of spend. Now the server asks every node it
-sampled for its ledger after the last round: the summary shows exactly what the nodes' own
-ledgers say, and the audit cross-checks them.
+In Flower's real simulation engine with `round-timeout=1`: every node trains its one round,
+but no reply arrives in time, so the round is skipped and every reply is dropped. Before the
+ledger sync, summary.json said `max_epsilon 0.0` and `fedssl audit` passed with "no
+privacy-consuming event" while each node's own ledger held its spend (measured with the same
+settings and `round-timeout=8`: nodes at ε 1.70-1.86, summary 0.0). Now the server asks every
+node it sampled for its ledger after the last round: the summary shows exactly what the nodes'
+own ledgers say, and the audit cross-checks them. (One round: with two, a node may never get
+to a message the server stopped waiting for, and is then rightly reported as "≥".)
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from simulation_runs import TINY_RUN, simulate
 from common.privacy_ledger import PrivacyLedger
 from simulations.cli import main as fedssl
 
-SETTINGS = {**TINY_RUN, "num-clients": 3, "num-rounds": 2, "round-timeout": 1,
+SETTINGS = {**TINY_RUN, "num-clients": 3, "num-rounds": 1, "round-timeout": 1,
             "downstream": "false", "target-epsilon": 4.0}
 
 
@@ -34,9 +36,10 @@ def test_lost_replies_are_in_the_summary_and_the_audit(tmp_path, capsys):
     for pid in range(3):
         node = f"partition-{pid}"
         own = PrivacyLedger.open(run_dir / "nodes" / node / "ledger.sqlite", node).spends()
-        assert [e.round for e in own] == [1, 2]  # it trained both rounds; no reply counted
+        assert [e.round for e in own] == [1]  # it trained; its reply did not count
         client = next(c for c in privacy["clients"] if c["node"] == node)
         assert client["epsilon"] == own[-1].epsilon > 0 and not client["lower_bound"]
-        assert client["run_steps"] == 2 * TINY_RUN["local-steps"]
+        assert client["run_steps"] == TINY_RUN["local-steps"]
     assert privacy["max_epsilon"] == max(e for e in privacy["per_client"].values()) > 3.9
+    assert not privacy["max_epsilon_lower_bound"]
     assert fedssl(["audit", str(run_dir)]) == 0, capsys.readouterr()

@@ -21,6 +21,9 @@ from common.tasks import get_task
 from server.safetensors_export import save_state
 from simulations.cli import main as fedssl
 
+# Slow tier (`make test-slow`): a simulation with retried short rounds: ~1 min.
+pytestmark = pytest.mark.slow
+
 RETRIES, ROUNDS = 2, 2
 SETTINGS = {**TINY_RUN, "num-clients": 2, "num-rounds": ROUNDS, "min-clients": 2,
             "short-round": "retry", "round-retries": RETRIES, "noise-multiplier": 1.0}
