@@ -28,9 +28,10 @@ from flwr.serverapp.strategy import FedAvg
 from common.dp_randomness import secret_generator, secret_sampler, seeded_generator
 from common.model_updates import State, apply_update, clip_to_bound, update_norm
 from common.privacy_ledger import LedgerEntry
-from common.wire_format import REPLY_KEY, STATUS_REFUSED, STATUS_TRAINED
+from common.wire_format import STATUS_REFUSED, STATUS_TRAINED
 from server.client_level_dp import ClientDpSettings, noisy_mean_update, poisson_sample
 from server.ledger_sync import LedgerCoverage, reply_entries
+from server.reply_schema import canonical_content, parse_reply
 
 NORM_TOLERANCE = 1e-4  # float32 rounding when the client rescales Δ to exactly S
 
@@ -194,7 +195,12 @@ class DeltaFedAvg(FedAvg):
         return valid
 
     def _accept(self, msg: Message, record: RoundRecord) -> bool:
-        """Record what the reply says (ledger, spend, status); True if its Δ is usable."""
+        """Record what the reply says (ledger, spend, status); True if its Δ is usable.
+
+        Nothing a reply carries is used before it passed the schema (server/reply_schema.py):
+        a malformed reply is rejected and logged like a bad update, never fatal. An accepted
+        reply is rebuilt in the one canonical shape Flower aggregates.
+        """
         flower_id = msg.metadata.src_node_id
         if msg.has_error():
             log(30, "round %d: node-%d failed: %s", record.server_round, flower_id,
@@ -202,33 +208,31 @@ class DeltaFedAvg(FedAvg):
             record.rejected.append({"node": f"node-{flower_id}", "reason": msg.error.reason,
                                     "attempt": record.attempts})
             return False
-        info = msg.content.config_records.get(REPLY_KEY)
-        if info is None:
-            record.rejected.append({"node": f"node-{flower_id}", "attempt": record.attempts,
-                                    "reason": "not a fedssl reply (no ledger)"})
+        reply = parse_reply(msg)
+        if isinstance(reply, str):
+            log(30, "round %d: rejected reply from node-%d: %s", record.server_round,
+                flower_id, reply)
+            record.rejected.append({"node": f"node-{flower_id}", "reason": reply,
+                                    "attempt": record.attempts})
             return False
-        node = str(info["node"]) or f"node-{flower_id}"
+        node = reply.node or f"node-{flower_id}"
         record.ledger.extend(reply_entries(msg.content, node))
-        status, reason = str(info["status"]), str(info["reason"])
-        self.coverage.replied(flower_id, str(info["node"]), record.server_round,
-                              spent=status == STATUS_TRAINED or bool(info.get("spent")))
-        if status == STATUS_REFUSED:
-            log(30, "round %d: node %s refused: %s", record.server_round, node, reason)
-            record.refused.append({"node": node, "reason": reason, "attempt": record.attempts})
+        self.coverage.replied(flower_id, reply.node, record.server_round,
+                              spent=reply.status == STATUS_TRAINED or reply.spent)
+        if reply.status == STATUS_REFUSED:
+            log(30, "round %d: node %s refused: %s", record.server_round, node, reply.reason)
+            record.refused.append({"node": node, "reason": reply.reason,
+                                   "attempt": record.attempts})
             return False
-        if status != STATUS_TRAINED:
-            log(30, "round %d: node %s failed: %s", record.server_round, node, reason)
-            record.rejected.append({"node": node, "reason": reason or status,
+        if reply.status != STATUS_TRAINED:
+            log(30, "round %d: node %s failed: %s", record.server_round, node, reply.reason)
+            record.rejected.append({"node": node, "reason": reply.reason or reply.status,
                                     "attempt": record.attempts})
             return False
-        metrics = {**dict(msg.content.get("metrics", {})), "node": node,
-                   "attempt": record.attempts}
+        metrics = {**reply.metrics, "node": node, "attempt": record.attempts}
         record.spend.append(metrics)  # spent whether or not its update is used
-        if "arrays" not in msg.content or "metrics" not in msg.content:
-            record.rejected.append({"node": node, "reason": "reply lacks arrays/metrics",
-                                    "attempt": record.attempts})
-            return False
-        update = msg.content["arrays"].to_torch_state_dict()
+        assert reply.arrays is not None  # the schema requires them in a trained reply
+        update = reply.arrays.to_torch_state_dict()
         problem = update_problem(update, self._global, self.update_clip_norm)
         if problem:
             log(30, "round %d: rejected update from node %s: %s", record.server_round, node,
@@ -238,7 +242,8 @@ class DeltaFedAvg(FedAvg):
             return False
         received = update_norm(update)
         # Accepted up to float rounding above S; the accountant assumes exactly ≤ S.
-        msg.content["arrays"] = ArrayRecord(clip_to_bound(update, self.update_clip_norm))
+        clipped = ArrayRecord(clip_to_bound(update, self.update_clip_norm))
+        msg.content = canonical_content(clipped, reply.metrics)
         record.clients.append({**metrics, "received-norm": received})
         return True
 

@@ -1,0 +1,127 @@
+"""One hostile or broken reply can neither poison the model nor abort the round.
+
+Each case goes through the real strategy (`DeltaFedAvg.configure_train` to sample and
+`aggregate_train` to aggregate) with replies built as Flower builds them. Before the reply
+schema, a NaN `num-examples` turned the model into NaN, a weight of −99 beside an honest 100
+moved every coordinate ~170× past the clip bound, all-zero weights raised ZeroDivisionError,
+and an extra or missing metric key (or a second MetricRecord) raised Flower's
+InconsistentMessageReplies. The Grid is a stand-in that lists node ids (the strategy's
+sampling only asks it for them); everything else is fedssl's and Flower's own code.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+
+from common.model_updates import update_norm
+from server.delta_fedavg import DeltaFedAvg
+
+CLIP = 1.0
+NODES = (1, 2, 3)
+
+
+class NodeList:
+    """The only part of a Grid that sampling uses."""
+
+    def get_node_ids(self) -> list[int]:
+        return list(NODES)
+
+
+def _metrics(**changes: object) -> dict[str, object]:
+    honest: dict[str, object] = {"num-examples": 100, "epsilon": 1.0, "noise-multiplier": 1.0,
+                                 "sample-rate": 0.1, "local-steps": 3, "update-norm": 0.5,
+                                 "delta": 1e-5, "max-epsilon": 8.0}
+    return {k: v for k, v in {**honest, **changes}.items() if v is not None}
+
+
+def _reply(instruction: Message, metrics: dict[str, object] | None = None,
+           value: float = 0.1, **content: object) -> Message:
+    info = ConfigRecord({"status": "trained", "reason": "", "spent": False, "ledger": [],
+                         "node": f"h{instruction.metadata.dst_node_id}"})
+    record = RecordDict({"fedssl": info,
+                         "arrays": ArrayRecord({"w": torch.full((4,), value)}),
+                         "metrics": MetricRecord(metrics or _metrics())})
+    for key, item in content.items():
+        record[key] = item
+    return Message(record, reply_to=instruction)
+
+
+def _round(make_replies) -> tuple[torch.Tensor | None, list]:
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 1, 1
+    seen = []
+    strategy = DeltaFedAvg(update_clip_norm=CLIP, on_round=lambda r, s: seen.append(r),
+                           fraction_train=1.0, fraction_evaluate=0.0,
+                           min_available_nodes=len(NODES))
+    start = ArrayRecord({"w": torch.zeros(4)})
+    instructions = {m.metadata.dst_node_id: m for m in
+                    strategy.configure_train(1, start, ConfigRecord({}), NodeList())}
+    arrays, _ = strategy.aggregate_train(1, make_replies(instructions))
+    return (None if arrays is None else arrays.to_torch_state_dict()["w"]), seen
+
+
+def _check_bounded(model: torch.Tensor | None) -> None:
+    assert model is not None and torch.isfinite(model).all()
+    assert update_norm({"w": model}) <= CLIP * (1 + 1e-6)  # a convex mix of ‖Δ‖ ≤ S
+
+
+def test_honest_replies_are_averaged():
+    model, (record,) = _round(lambda i: [_reply(i[n]) for n in NODES])
+    assert torch.allclose(model, torch.full((4,), 0.1)) and len(record.clients) == 3
+
+
+@pytest.mark.parametrize("weight", [math.nan, -99, 0, 10**12, 2.5, [100], math.inf, -1.0])
+def test_a_bad_weight_is_rejected_and_the_round_goes_on(weight):
+    def replies(i):
+        return [_reply(i[1], _metrics(**{"num-examples": weight}), value=0.4),
+                _reply(i[2]), _reply(i[3])]
+
+    model, (record,) = _round(replies)
+    _check_bounded(model)
+    assert torch.allclose(model, torch.full((4,), 0.1))  # only the two honest updates count
+    (rejected,) = record.rejected
+    assert rejected["node"] == "node-1" and "num-examples" in rejected["reason"]
+
+
+def test_all_zero_weights_skip_the_round_instead_of_crashing():
+    model, (record,) = _round(lambda i: [_reply(i[n], _metrics(**{"num-examples": 0}))
+                                         for n in NODES])
+    assert model is None and record.skipped and len(record.rejected) == 3
+
+
+def test_extra_metric_keys_are_dropped_and_never_abort_aggregation():
+    model, (record,) = _round(lambda i: [
+        _reply(i[1], _metrics(surprise=1.0)), _reply(i[2]), _reply(i[3])])
+    _check_bounded(model)
+    assert len(record.clients) == 3 and "surprise" not in record.clients[0]
+
+
+@pytest.mark.parametrize("case", ["missing-metric", "second-metric-record", "no-node",
+                                  "status-number", "nan-epsilon", "second-array-record"])
+def test_a_malformed_reply_is_rejected_and_logged(case):
+    def bad(instruction: Message) -> Message:
+        if case == "missing-metric":
+            return _reply(instruction, _metrics(epsilon=None))
+        if case == "second-metric-record":
+            return _reply(instruction, extra=MetricRecord({"x": 1.0}))
+        if case == "second-array-record":
+            return _reply(instruction, more=ArrayRecord({"w": torch.ones(4)}))
+        if case == "nan-epsilon":
+            return _reply(instruction, _metrics(epsilon=math.nan))
+        reply = _reply(instruction)
+        info = dict(reply.content["fedssl"])
+        if case == "no-node":
+            del info["node"]
+        else:
+            info["status"] = 7
+        reply.content["fedssl"] = ConfigRecord(info)
+        return reply
+
+    model, (record,) = _round(lambda i: [bad(i[1]), _reply(i[2]), _reply(i[3])])
+    _check_bounded(model)
+    assert [r["node"] for r in record.rejected] == ["node-1"]
+    assert len(record.clients) == 2
