@@ -15,6 +15,18 @@ from pathlib import Path
 from typing import Any
 
 AUTO = "auto"
+MAX_TARGET_EPSILON = 100.0
+MAX_NOISE_MULTIPLIER = 1e4  # calibration's own ceiling (common/privacy_accounting.py)
+MIN_DIRICHLET_ALPHA = 1e-3
+# Far above anything this product runs, far below what overflows or exhausts a machine.
+SIZE_LIMITS = {
+    "num-clients": 100_000, "num-rounds": 100_000, "local-steps": 1_000_000,
+    "batch-size": 1_000_000, "hidden-size": 8192, "num-layers": 128, "num-heads": 256,
+    "intermediate-size": 65_536, "max-length": 4096, "finetune-epochs": 100_000,
+    "finetune-batch-size": 1_000_000, "finetune-min-steps": 10_000_000,
+    "warm-start-steps": 10_000_000, "warm-start-batch-size": 1_000_000,
+    "max-records": 100_000_000, "round-retries": 100, "prune-recover-epochs": 10_000,
+}
 CLIENT_SAMPLING = ("fixed", "poisson")
 AGGREGATORS = ("mean", "median", "trimmed-mean")
 PARTITIONS = ("dirichlet", "iid", "column")  # how simulated clients split the unlabeled pool
@@ -160,7 +172,8 @@ class RunConfig:
         from common.tasks import get_task  # late import: the registry imports this module
 
         task = get_task(self.task)
-        _require("seed", self.seed >= 0, "must be >= 0")
+        _require("seed", 0 <= self.seed < 2**32, "must be an integer in [0, 2^32)")
+        self._require_sizes()
         _require("num-rounds", self.num_rounds >= 0,
                  "must be >= 0 (0: no federated rounds, e.g. a warm-start-only control)")
         for key in ("num-clients", "local-steps", "batch-size", "hidden-size",
@@ -180,14 +193,19 @@ class RunConfig:
         _require("fraction-train", 0 < self.fraction_train <= 1, "must be in (0, 1]")
         _require("freeze-embeddings", not self.freeze_embeddings or bool(task.vocabulary_parameters),
                  f"task '{self.task}' has no vocabulary matrices to freeze (only mlm has)")
-        _require("learning-rate", self.learning_rate > 0, "must be > 0")
-        _require("finetune-learning-rate", self.finetune_learning_rate > 0, "must be > 0")
-        _require("clip-norm", self.clip_norm > 0, "must be > 0 (per-record gradient clip norm)")
-        _require("update-clip-norm", self.update_clip_norm > 0, "must be > 0")
+        _require("learning-rate", 0 < self.learning_rate < math.inf, "must be a finite number > 0")
+        _require("finetune-learning-rate", 0 < self.finetune_learning_rate < math.inf,
+                 "must be a finite number > 0")
+        _require("clip-norm", 0 < self.clip_norm < math.inf,
+                 "must be a finite number > 0 (per-record gradient clip norm)")
+        _require("update-clip-norm", 0 < self.update_clip_norm < math.inf,
+                 "must be a finite number > 0")
         _require("delta", 0 < self.delta < 1, "must be in (0, 1)")
         _require("label-fraction", 0 < self.label_fraction <= 1, "must be in (0, 1]")
         _require("test-fraction", 0 < self.test_fraction < 1, "must be in (0, 1)")
-        _require("dirichlet-alpha", self.dirichlet_alpha > 0, "must be > 0")
+        _require("dirichlet-alpha", MIN_DIRICHLET_ALPHA <= self.dirichlet_alpha < math.inf,
+                 f"must be a finite number >= {MIN_DIRICHLET_ALPHA:g} (smaller gives every "
+                 "record to one client)")
         _require("prune-amount", 0 <= self.prune_amount < 1, "must be in [0, 1)")
         _require("client-max-epsilon", 0 <= self.client_max_epsilon < math.inf,
                  "must be a finite number >= 0 (0 means no cap)")
@@ -224,11 +242,22 @@ class RunConfig:
         if noise is not None:
             _require("noise-multiplier", math.isfinite(noise) and noise >= 0, "must be >= 0")
         if self.noise_multiplier == AUTO:
-            _require("target-epsilon", 0 < self.target_epsilon < math.inf,
-                     "must be a finite number > 0")
+            _require("target-epsilon", 0 < self.target_epsilon <= MAX_TARGET_EPSILON,
+                     f"must be in (0, {MAX_TARGET_EPSILON:g}]: a larger ε guarantees nothing "
+                     "(use noise-multiplier=0 for a run without noise)")
+        if noise is not None:
+            _require("noise-multiplier", noise <= MAX_NOISE_MULTIPLIER,
+                     f"must be at most {MAX_NOISE_MULTIPLIER:g}")
         if self.tokenizer:
             _require("tokenizer", Path(self.tokenizer).is_file(),
                      f"file not found: {self.tokenizer}")
+
+    def _require_sizes(self) -> None:
+        """Upper bounds: values that validation used to let through and the run then died on
+        (after minutes, without naming the setting) or silently wasted hours on."""
+        for key, limit in SIZE_LIMITS.items():
+            value = getattr(self, key.replace("-", "_"))
+            _require(key, value <= limit, f"must be at most {limit:,} (got {value:,})")
 
     def _noise_is_number(self) -> bool:
         try:
