@@ -53,6 +53,7 @@ RDP_ORDERS = (
 # Calibration: σ is searched to this relative precision, always rounded towards more noise.
 SIGMA_PRECISION = 1e-3
 MAX_SIGMA = 1e4  # a target that needs more noise than this is refused as unreachable
+MIN_SIGMA = 1e-3  # the search stops here (a target this loose is beyond any sane setting)
 
 NEIGHBOURS = {REPLACE_ONE: NeighboringRelation.REPLACE_ONE,
               ADD_REMOVE: NeighboringRelation.ADD_OR_REMOVE_ONE}
@@ -128,7 +129,7 @@ def _bisect(too_small: Callable[[float], bool], low: float, high: float) -> floa
         low, high = high, high * 2
         if high > MAX_SIGMA:
             return None
-    while high - low > SIGMA_PRECISION * high:
+    while high - low > SIGMA_PRECISION * high and high > MIN_SIGMA:
         middle = (low + high) / 2
         if too_small(middle):
             low = middle

@@ -68,15 +68,26 @@ def main(grid: Grid, context: Context) -> None:
         update_anchor(run_dir, ledger.head())
         print(f"[fedssl] ledger sync: {answered} node(s) answered", flush=True)
     save_state(model.state_dict(), run_dir / GLOBAL_MODEL)  # also with 0 rounds (warm start)
-    downstream = run_downstream(config, model, run_dir) if config.downstream \
+    # A run whose every round was skipped has no federated model: fine-tuning it would
+    # report an untrained model as if it were one. Say so, and fail.
+    untrained = config.num_rounds > 0 and recorder.rounds_trained == 0
+    if untrained:
+        print(f"[fedssl] no round trained: all {recorder.rounds_done} round(s) were skipped "
+              f"({recorder.refusals} budget refusal(s); see {run_dir}/metrics.jsonl for "
+              "every node's status); downstream stage skipped", flush=True)
+    downstream = run_downstream(config, model, run_dir) if config.downstream and not untrained \
         else skipped_downstream()
     privacy = privacy_section(ledger, coverage, config, recorder.run_ids, recorder.records,
                               recorder.refusals)
     summary = build_summary(config, downstream, privacy, rounds_done=recorder.rounds_done,
-                            wall_seconds=time.monotonic() - started, run_ids=recorder.run_ids)
+                            wall_seconds=time.monotonic() - started, run_ids=recorder.run_ids,
+                            rounds_trained=recorder.rounds_trained)
     write_reports(run_dir, summary)
     print("[fedssl] results\n" + summary_table(summary), flush=True)
     print(f"[fedssl] {epsilon_text(privacy)}; wrote {run_dir}/summary.json", flush=True)
+    if untrained:  # after the summary: its privacy section still counts every spend
+        raise RuntimeError(f"no federated round trained in {run_dir}: every round was "
+                           "skipped (see metrics.jsonl)")
 
 
 def federated_rounds(

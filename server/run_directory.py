@@ -80,12 +80,14 @@ class RoundRecorder:
         self.records: dict[str, int] = {}  # node → record count it reported (not privacy)
         self.refusals = 0
         self.rounds_done = 0
+        self.rounds_trained = 0  # rounds in which at least one update was used
 
     def __call__(self, record: RoundRecord, global_state: State) -> None:
         """Record one finished round (its privacy spend before anything else)."""
         federation = record_round(self.ledger, record, self.run_id, self.delta,
                                   self.config.reproducible_noise)
         self.rounds_done += 1
+        self.rounds_trained += bool(record.clients) and not record.skipped
         self.refusals += len(record.refused)
         for client in record.spend:
             if "num-examples" in client:
@@ -128,6 +130,7 @@ class RoundRecorder:
         lines = [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
         for line in lines:
             self.rounds_done += 1
+            self.rounds_trained += bool(line.get("clients")) and not line.get("skipped")
             self.refusals += len(line.get("refused", []))
             if line.get("run_id"):
                 self.run_ids.add(str(line["run_id"]))

@@ -17,6 +17,7 @@ def build_summary(
     rounds_done: int,
     wall_seconds: float,
     run_ids: set[str],
+    rounds_trained: int | None = None,
 ) -> dict[str, Any]:
     """The summary document (see README, "RUN_DIR layout"); `privacy` comes from the ledger
     (server/privacy_summary.py)."""
@@ -27,6 +28,7 @@ def build_summary(
             "privacy": privacy,
             "task": config.task,
             "rounds": rounds_done,
+            "rounds_trained": rounds_done if rounds_trained is None else rounds_trained,
             "clients": config.num_clients,
             "run_ids": sorted(run_ids),
             "labels_used": downstream["labels"]["labels_used"],

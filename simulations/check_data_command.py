@@ -10,9 +10,10 @@ on stderr); 2 a usage problem (unknown task).
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from common.local_data import DataFolderError, check_folder
-from common.run_config import ConfigError
+from common.run_config import ConfigError, RunConfig
 
 PROG = "fedssl check-data"
 
@@ -29,6 +30,9 @@ def check_data_command(data_dir: str, task_name: str) -> int:
         return 2
     try:
         report = check_folder(data_dir, task.data_kind)
+        # Then the node's own loader, so that "ok" here means the node accepts the folder
+        # (e.g. an image task also needs 1 x 28 x 28 images): one loader, one verdict.
+        task.folder_tensors(RunConfig(task=task.name), Path(data_dir).expanduser().resolve())
     except DataFolderError as err:
         print(f"{PROG}: {err.kind}: {err}", file=sys.stderr)
         return 1

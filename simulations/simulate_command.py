@@ -102,17 +102,28 @@ def simulate_command(
         print(interrupted_message(run_dir, config), file=sys.stderr, flush=True)
         return 130
     # `flwr run --stream` exits 0 even when the run failed: the summary is the proof.
-    if code != 0 or not summary_file.exists():
+    summary = json.loads(summary_file.read_text()) if summary_file.exists() else None
+    if summary is not None and untrained(summary, config):
+        print(f"fedssl: error: no federated round trained: all {summary['rounds']} round(s) "
+              f"were skipped ({summary['privacy']['budget_refusals']} budget refusal(s)); "
+              f"every node's status is in {run_dir}/metrics.jsonl, its spend in the summary",
+              file=sys.stderr)
+        return 1
+    if code != 0 or summary is None:
         print(f"fedssl: error: the run did not finish (flwr exit code {code}); "
               f"last lines of {log_file}:", file=sys.stderr)
         print("\n".join(log_file.read_text().splitlines()[-30:]), file=sys.stderr)
         return 1
-    summary = json.loads(summary_file.read_text())
     print(f"\nfedssl: done in {time.monotonic() - started:.0f}s; results in {run_dir}\n")
     if summary["arms"]:  # none when downstream=false (pretraining only)
         print(summary_table(summary))
     print(f"\nrecord-level DP per client: {epsilon_text(summary['privacy'])}")
     return 0
+
+
+def untrained(summary: dict[str, object], config: RunConfig) -> bool:
+    """The run asked for federated rounds and none of them used a single update."""
+    return config.num_rounds > 0 and summary.get("rounds_trained") == 0
 
 
 def interrupted_message(run_dir: Path, config: RunConfig) -> str:

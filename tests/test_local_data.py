@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from common import tasks
 from common.local_data import (
     DataFolderError,
     check_folder,
@@ -354,13 +353,19 @@ def test_cli_missing_folder_exits_1(tmp_path, capsys):
     assert "fedssl check-data: missing-folder:" in capsys.readouterr().err
 
 
-def test_cli_image_task_uses_the_image_loader(tmp_path, capsys, monkeypatch):
-    image_task = dataclasses.replace(tasks.get_task("mlm"), name="toy-image", data_kind="image")
-    monkeypatch.setitem(tasks.TASKS, "toy-image", image_task)
-    _png(tmp_path, "a.png", np.zeros((4, 5, 3), np.uint8))
-    assert main(["check-data", str(tmp_path), "--task", "toy-image"]) == 0
+def test_cli_image_task_gives_the_nodes_own_verdict(tmp_path, capsys):
+    """`check-data --task mae` says ok exactly when the node's loader accepts the folder: a
+    folder of 64x64 RGB images loads as images, but the node (1 x 28 x 28) refuses it."""
+    _png(tmp_path, "a.png", np.zeros((28, 28), np.uint8))
+    assert main(["check-data", str(tmp_path), "--task", "mae"]) == 0
     out = capsys.readouterr().out
-    assert "1 image in 1 file" in out and "3 channels x 4 x 5" in out
+    assert "1 image in 1 file" in out and "ok: usable by task 'mae'" in out
+    rgb = tmp_path / "rgb"
+    rgb.mkdir()
+    _png(rgb, "big.png", np.zeros((64, 64, 3), np.uint8))
+    assert main(["check-data", str(rgb), "--task", "mae"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("fedssl check-data: wrong-format: images are 3 channels x 64 x 64")
     _png(tmp_path, "b.png", np.zeros((5, 5, 3), np.uint8))
-    assert main(["check-data", str(tmp_path), "--task", "toy-image"]) == 1
+    assert main(["check-data", str(tmp_path), "--task", "mae"]) == 1
     assert "wrong-format: b.png" in capsys.readouterr().err

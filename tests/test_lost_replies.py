@@ -7,7 +7,8 @@ privacy-consuming event" while each node's own ledger held its spend (measured w
 settings and `round-timeout=8`: nodes at ε 1.70-1.86, summary 0.0). Now the server asks every
 node it sampled for its ledger after the last round: the summary shows exactly what the nodes'
 own ledgers say, and the audit cross-checks them. (One round: with two, a node may never get
-to a message the server stopped waiting for, and is then rightly reported as "≥".)
+to a message the server stopped waiting for, and is then rightly reported as "≥".) And since no
+round used a single update, the run exits 1 instead of reporting an untrained model as trained.
 """
 
 from __future__ import annotations
@@ -26,7 +27,11 @@ SETTINGS = {**TINY_RUN, "num-clients": 3, "num-rounds": 1, "round-timeout": 1,
 def test_lost_replies_are_in_the_summary_and_the_audit(tmp_path, capsys):
     run_dir = tmp_path / "run"
     result, leftovers = simulate(run_dir, SETTINGS)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    # No round used an update: the run must not exit 0 as if it had trained, but its summary
+    # (with every node's spend) is written all the same.
+    assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "fedssl: error: no federated round trained: all 1 round(s) were skipped" \
+        in result.stderr
     assert not leftovers
     lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert all(line["skipped"] and len(line["dropouts"]) == 3 for line in lines)

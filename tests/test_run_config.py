@@ -45,6 +45,18 @@ def test_pyproject_defaults_equal_runconfig_defaults():
         ("num-rounds", 2.5),
         ("num-rounds", "many"),
         ("tokenizer", "/no/such/tokenizer.json"),
+        # Values validation used to let through and the run then died on or wasted hours on
+        # (issue "Hardening", §4): each is now refused up front, naming the setting.
+        ("target-epsilon", 1e300),
+        ("local-steps", 1e15),
+        ("learning-rate", float("inf")),
+        ("clip-norm", float("inf")),
+        ("update-clip-norm", float("inf")),
+        ("hidden-size", 1e9),
+        ("max-length", 1e9),
+        ("dirichlet-alpha", 1e-300),
+        ("seed", 1e30),
+        ("noise-multiplier", "1e9"),
     ],
 )
 def test_impossible_settings_name_the_setting(key, value):
