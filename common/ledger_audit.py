@@ -45,7 +45,12 @@ from common.privacy_ledger import (
     read_ledger,
     unconfirmed,
 )
-from common.run_dir_checks import run_dir_anchor, run_dir_problems, simulated_node_ledgers
+from common.run_dir_checks import (
+    RunDirError,
+    run_dir_anchor,
+    run_dir_problems,
+    simulated_node_ledgers,
+)
 from common.run_dir_layout import LEDGER_FILE, RUN_OWNER, SUMMARY_FILE
 
 __all__ = [
@@ -309,8 +314,11 @@ def audit(path: Path | str, delta: float | None = None) -> AuditReport:
     is_run = owner == RUN_OWNER
     run_problems: list[Problem] = []
     if is_run:
-        anchor, anchor_source, anchor_problems = run_dir_anchor(ledger_path.parent)
-        checked, run_notes = run_dir_problems(ledger_path.parent, rows)
+        try:
+            anchor, anchor_source, anchor_problems = run_dir_anchor(ledger_path.parent)
+            checked, run_notes = run_dir_problems(ledger_path.parent, rows)
+        except RunDirError as err:
+            raise AuditInputError(str(err)) from None
         run_problems += checked
         notes += run_notes
     else:

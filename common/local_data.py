@@ -28,6 +28,7 @@ import csv
 import io
 import json
 import os
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +42,10 @@ TEXT_EXTENSIONS = (".txt", ".jsonl", ".csv")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".pgm", ".gif", ".npy")
 DATA_KINDS = ("text", "image")
 ERROR_KINDS = ("missing-folder", "not-a-folder", "no-records", "unreadable", "not-utf8",
-               "blank-only", "oversize-record", "wrong-format")
+               "blank-only", "oversize-record", "oversize-file", "wrong-format")
+# One data file is read whole into memory (as the node trains on it): bound it, so that a
+# stray multi-GB file (or a link to one) fails with a message instead of exhausting memory.
+MAX_FILE_BYTES = 512 * 2**20
 SUMMARY_FILES_SHOWN = 20  # a folder of 10,000 images should not print 10,000 lines
 
 
@@ -75,6 +79,7 @@ class FolderReport:
     folder: str
     files: tuple[FileCount, ...]
     shape: tuple[int, int, int] | None = None  # images: (C, H, W) of every record
+    skipped: int = 0  # entries that are not regular files (FIFOs, devices, links to them)
 
     @property
     def total_records(self) -> int:
@@ -104,6 +109,10 @@ class FolderReport:
             lines.append(line)
         if len(self.files) > SUMMARY_FILES_SHOWN:
             lines.append(f"  ... and {len(self.files) - SUMMARY_FILES_SHOWN:,} more files")
+        if self.skipped:
+            what = "entry" if self.skipped == 1 else "entries"
+            lines.append(f"  {self.skipped:,} {what} skipped: not regular files (FIFOs, "
+                         "devices, sockets, or links to them)")
         return lines
 
 
@@ -131,25 +140,44 @@ def load_image_folder(data_dir: str | Path) -> tuple[np.ndarray, FolderReport]:
     return load_images(data_dir)
 
 
-def data_files(data_dir: str | Path, extensions: tuple[str, ...]) -> tuple[Path, list[str]]:
-    """The folder and its data files (relative POSIX names, sorted); checks every extension."""
+def data_files(data_dir: str | Path, extensions: tuple[str, ...]
+               ) -> tuple[Path, list[str], int]:
+    """The folder, its data files (relative POSIX names, sorted) and how many entries were
+    skipped for not being regular files (a FIFO would hang a read, a link to /dev/zero never
+    end it); checks every extension and every file's size (at most MAX_FILE_BYTES)."""
     folder = Path(data_dir).expanduser()
     if not folder.exists():
         raise DataFolderError("missing-folder", f"data folder {folder} does not exist")
     if not folder.is_dir():
         raise DataFolderError("not-a-folder", f"data folder {folder} is a file, not a folder")
     try:
-        names = sorted(_visible_files(folder))
+        visible = sorted(_visible_files(folder))
     except OSError as err:
         raise DataFolderError("unreadable", f"cannot list {err.filename or folder}: "
                               f"{err.strerror or type(err).__name__}") from None
+    names, sizes = [], {}
+    for name in visible:
+        try:
+            info = (folder / name).stat()  # follows links: what a read would open
+        except OSError as err:  # e.g. a dangling link: the data it names is missing
+            raise DataFolderError("unreadable", f"{name}: cannot be read "
+                                  f"({err.strerror or type(err).__name__})") from None
+        if stat.S_ISREG(info.st_mode):
+            names.append(name)
+            sizes[name] = info.st_size
+    skipped = len(visible) - len(names)
     wrong = [n for n in names if Path(n).suffix.lower() not in extensions]
     if wrong:
         others = f" (and {len(wrong) - 1:,} more)" if len(wrong) > 1 else ""
         raise DataFolderError(
             "wrong-format", f"{wrong[0]}{others}: unsupported file type; the folder may hold "
             f"only {', '.join(extensions)} files (names starting with '.' are ignored)")
-    return folder, names
+    big = [n for n in names if sizes[n] > MAX_FILE_BYTES]
+    if big:
+        raise DataFolderError("oversize-file", f"{big[0]}: {sizes[big[0]]:,} bytes, more than "
+                              f"the limit of {MAX_FILE_BYTES:,} per file; split it into "
+                              "smaller files")
+    return folder, names, skipped
 
 
 def _visible_files(folder: Path) -> Iterator[str]:
@@ -183,7 +211,7 @@ def load_text_records(
     missing, null or blank value is left out of the record's dict); .txt records have none.
     Raises DataFolderError("wrong-format") for a field value of another type.
     """
-    folder, names = data_files(data_dir, TEXT_EXTENSIONS)
+    folder, names, skipped = data_files(data_dir, TEXT_EXTENSIONS)
     if not names:
         raise DataFolderError("no-records", f"data folder {folder} has no "
                               f"{', '.join(TEXT_EXTENSIONS)} files")
@@ -205,7 +233,7 @@ def load_text_records(
         records.extend(record for _, record, _ in found)
         extras.extend(extra for _, _, extra in found)
         counts.append(FileCount(name, len(found), blank))
-    report = FolderReport("text", str(folder), tuple(counts))
+    report = FolderReport("text", str(folder), tuple(counts), skipped=skipped)
     if not records:
         raise DataFolderError(
             "blank-only", f"data folder {folder}: its {len(names)} file(s) hold only blank "

@@ -31,7 +31,7 @@ def load_images(data_dir: str | Path) -> tuple[np.ndarray, FolderReport]:
 
     Raises DataFolderError naming the file of the first problem.
     """
-    folder, names = data_files(data_dir, IMAGE_EXTENSIONS)
+    folder, names, skipped = data_files(data_dir, IMAGE_EXTENSIONS)
     blocks: list[np.ndarray] = []
     counts: list[FileCount] = []
     first: tuple[str, tuple[int, int, int]] | None = None  # the file that fixed the shape
@@ -56,7 +56,8 @@ def load_images(data_dir: str | Path) -> tuple[np.ndarray, FolderReport]:
         raise DataFolderError("no-records", f"data folder {folder} has no images "
                               f"({', '.join(IMAGE_EXTENSIONS)} files)")
     images = np.ascontiguousarray(np.concatenate(blocks), dtype=np.float32)
-    return images, FolderReport("image", str(folder), tuple(counts), shape=first[1])
+    return images, FolderReport("image", str(folder), tuple(counts), shape=first[1],
+                                skipped=skipped)
 
 
 def _shape_words(shape: tuple[int, ...]) -> str:
@@ -116,6 +117,7 @@ def _npy_records(path: Path, name: str) -> np.ndarray:
             read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
                            else np.lib.format.read_array_header_2_0)
             shape, _, dtype = read_header(handle)
+            header_end = handle.tell()
     except OSError as err:
         raise DataFolderError("unreadable", f"{name}: cannot be read "
                               f"({err.strerror or type(err).__name__})") from None
@@ -128,6 +130,13 @@ def _npy_records(path: Path, name: str) -> np.ndarray:
         raise DataFolderError("wrong-format", f"{name}: dtype {dtype} is not supported; use "
                               "uint8 (0..255) or floats in [0, 1]")
     layout = _npy_layout(shape, name)
+    # The header's shape must match the file: a forged header claiming a huge array would
+    # otherwise make np.load try to allocate it (a MemoryError, not a data error).
+    expected = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+    if expected != path.stat().st_size - header_end:
+        raise DataFolderError("unreadable", f"{name}: its header describes {expected:,} bytes "
+                              f"of data but the file holds {path.stat().st_size - header_end:,} "
+                              "(truncated or not a valid .npy file)")
     try:
         array = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError):

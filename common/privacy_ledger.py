@@ -144,9 +144,15 @@ class PrivacyLedger:
 
     def rows(self) -> list[LedgerRow]:
         """Every row in file order (seq). A format-1 file (read, never migrated, by an audit)
-        has no format-2 columns: its entries read them as empty."""
+        has no format-2 columns: its entries read them as empty. LedgerError when any other
+        column is missing (a damaged file, or not a fedssl ledger)."""
         with self._connect() as conn:
             present = _columns(conn)
+            missing = [c for c in (*_FIELDS, "row_prev", "row_hash")
+                       if c not in present and c not in V2_FIELDS]
+            if missing:
+                raise LedgerError(f"{self.path} lacks the column(s) {', '.join(missing)}: a "
+                                  "damaged file, or not a fedssl ledger")
             cursor = conn.execute(
                 "SELECT seq, " + ", ".join(f'"{f}"' if f in present else "''" for f in _FIELDS)
                 + ", row_prev, row_hash FROM entries ORDER BY seq"

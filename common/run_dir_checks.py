@@ -42,19 +42,25 @@ from common.run_dir_layout import (
 )
 
 
+class RunDirError(ValueError):
+    """A RUN_DIR file the audit needs is not readable JSON (the audit's bad-input case)."""
+
+
 def run_dir_anchor(run_dir: Path) -> tuple[Mapping[str, Any] | None, str, list[Problem]]:
-    """(anchor, where it came from, problems): summary.json's, else checkpoint.json's."""
+    """(anchor, where it came from, problems): summary.json's, else checkpoint.json's.
+
+    RunDirError when one of the two exists but is not readable JSON."""
     for name, path in ((SUMMARY_FILE, ("privacy", "ledger")), (CHECKPOINT_FILE, ("ledger",))):
         file = run_dir / name
         if not file.is_file():
             continue
         try:
             data: Any = json.loads(file.read_text())
-            for key in path:
-                data = data.get(key) if isinstance(data, Mapping) else None
         except (OSError, ValueError) as err:
-            return None, name, [Problem("anchor", f"{file} cannot be read, so the ledger's "
-                                                  f"anchor cannot be checked: {err}")]
+            raise RunDirError(f"{file} is not readable JSON ({err}): the ledger's anchor "
+                              "cannot be checked") from None
+        for key in path:
+            data = data.get(key) if isinstance(data, Mapping) else None
         if data is None:
             continue
         if not isinstance(data, Mapping):
@@ -92,8 +98,9 @@ def run_dir_problems(run_dir: Path, rows: Sequence[LedgerRow]) -> tuple[list[Pro
         ids = run_ids(run_dir)
         config = json.loads((run_dir / CONFIG_FILE).read_text()) \
             if (run_dir / CONFIG_FILE).is_file() else None
-    except (OSError, ValueError) as err:
-        return [Problem("run-dir", f"RUN_DIR files cannot be read: {err}")], notes
+    except (OSError, ValueError, AttributeError) as err:
+        raise RunDirError(f"a RUN_DIR file (config.json, metrics.jsonl or summary.json) is "
+                          f"not readable JSON: {err}") from None
     if not ids:
         notes.append("metrics.jsonl records no run ids (a RUN_DIR written before fedssl "
                      "recorded them, or no round finished): config, metrics and node-ledger "
@@ -104,7 +111,11 @@ def run_dir_problems(run_dir: Path, rows: Sequence[LedgerRow]) -> tuple[list[Pro
         notes.append("no config.json next to the ledger: steps and σ not cross-checked")
     else:
         problems += _config_problems(ours, config)
-    problems += _metrics_problems(run_dir, rows)
+    try:
+        problems += _metrics_problems(run_dir, rows)
+    except (ValueError, KeyError, TypeError) as err:
+        raise RunDirError(f"{run_dir / METRICS_FILE} is not valid (one JSON object per round "
+                          f"expected): {err}") from None
     node_problems, node_notes = _node_ledger_problems(run_dir, config, rows, ids)
     return problems + node_problems, notes + node_notes
 

@@ -50,6 +50,9 @@ def add_certs_parser(commands: argparse._SubParsersAction) -> None:
         action.add_argument("--force", action="store_true", help="replace existing files")
 
 
+MAX_NODES = 10_000  # key pairs one call writes (each takes a moment; a typo should not hang)
+
+
 def certs_command(args: argparse.Namespace) -> int:
     """Run one `fedssl certs` action from parsed arguments; return the exit code."""
     # Imported here so `fedssl --help` does not load cryptography.
@@ -66,6 +69,10 @@ def certs_command(args: argparse.Namespace) -> int:
             written = _all(Path(args.out), args.host, args.nodes, args.force)
     except CredentialError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # e.g. --out under a folder this user may not search
+        print(f"{PROG}: error: cannot use {err.filename or args.out}: "
+              f"{err.strerror or type(err).__name__}", file=sys.stderr)
         return 2
     for path, role in written.items():
         print(f"wrote {path}  ({role})")
@@ -134,8 +141,8 @@ def _nodes(names: list[str], out: Path, force: bool) -> dict[Path, str]:
 def _all(out: Path, hosts: list[str], nodes: int, force: bool) -> dict[Path, str]:
     from simulations import deployment_credentials as dc
 
-    if nodes < 1:
-        raise dc.CredentialError(f"--nodes must be at least 1, not {nodes}")
+    if not 1 <= nodes <= MAX_NODES:
+        raise dc.CredentialError(f"--nodes must be between 1 and {MAX_NODES:,}, not {nodes}")
     # Validate every input and existing file before writing anything.
     for host in hosts:
         dc.parse_host(host)

@@ -204,6 +204,7 @@ def test_step_by_step_commands_and_overwrite_protection(tmp_path, capsys):
     (["certs", "all", "--out", "{tmp}/x", "--host", "https://link.org"], "not a DNS name"),
     (["certs", "all", "--out", "{tmp}/x", "--host", "10.0.0.300"], "not a valid IP"),
     (["certs", "all", "--out", "{tmp}/x", "--host", "a.org", "--nodes", "0"], "--nodes"),
+    (["certs", "all", "--out", "{tmp}/x", "--host", "a.org", "--nodes", "1000000"], "--nodes"),
     (["certs", "node", "../escape", "--out", "{tmp}/x"], "node name"),
 ])
 def test_user_mistakes_are_one_line_errors_and_write_nothing(tmp_path, capsys, args, expected):
@@ -232,3 +233,24 @@ def test_load_ca_rejects_a_key_that_does_not_belong(tmp_path):
 def test_hosts_become_dns_or_ip_sans(host, kind, value):
     entry = dc.parse_host(host)
     assert isinstance(entry, kind) and entry.value == value
+
+
+def test_an_out_folder_this_user_cannot_search_is_a_one_line_error(tmp_path, capsys,
+                                                                   monkeypatch):
+    """An unsearchable parent makes every look inside it a PermissionError. These tests run as
+    root, which searches every folder, so the operating system's answer is stood in for."""
+    import pathlib
+
+    locked = tmp_path / "locked"
+    real_exists = pathlib.Path.exists
+
+    def exists(path: pathlib.Path, *args, **kwargs) -> bool:
+        if locked in path.parents:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_exists(path, *args, **kwargs)
+
+    monkeypatch.setattr(pathlib.Path, "exists", exists)
+    code = main(["certs", "all", "--out", str(locked / "x"), "--host", "a.org"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("fedssl certs: error: cannot use ")
+    assert "Permission denied" in err and len(err.strip().splitlines()) == 1

@@ -450,9 +450,19 @@ def test_cli_bad_input_exits_2_with_one_line(run_dir: Path, tmp_path: Path, caps
     foreign = tmp_path / "foreign.sqlite"
     with sqlite3.connect(foreign) as conn:
         conn.execute("CREATE TABLE t (x)")
+    # A ledger with a dropped column (issue "Hardening" §5: it used to give 24 confusing
+    # problems and exit 1), and a RUN_DIR whose summary.json is not JSON: one line, exit 2.
+    dropped = tmp_path / "dropped" / "ledger.sqlite"
+    dropped.parent.mkdir()
+    shutil.copy(run_dir / "ledger.sqlite", dropped)
+    with sqlite3.connect(dropped) as conn:
+        conn.execute('ALTER TABLE entries DROP COLUMN "epsilon"')
+    broken_summary = tmp_path / "broken-summary"
+    shutil.copytree(run_dir, broken_summary)
+    (broken_summary / "summary.json").write_text('{"privacy": ')
     cases = [[str(tmp_path / "missing")], [str(tmp_path / "nodes")], [str(text_file)],
              [str(corrupt)], [str(foreign)], [str(run_dir), "--delta", "abc"],
-             [str(run_dir), "--delta", "2"]]
+             [str(run_dir), "--delta", "2"], [str(dropped)], [str(broken_summary)]]
     for args in cases:
         assert main(["audit", *args]) == 2, args
         captured = capsys.readouterr()

@@ -369,3 +369,41 @@ def test_cli_image_task_gives_the_nodes_own_verdict(tmp_path, capsys):
     _png(tmp_path, "b.png", np.zeros((5, 5, 3), np.uint8))
     assert main(["check-data", str(tmp_path), "--task", "mae"]) == 1
     assert "wrong-format: b.png" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ bounded reads
+
+
+def test_non_regular_entries_are_skipped_and_counted(tmp_path):
+    """A FIFO would hang a read and a link to /dev/zero would never end one: both are skipped,
+    and the report says how many entries were."""
+    import os
+
+    _write(tmp_path, "notes.txt", "one record\n")
+    os.mkfifo(tmp_path / "pipe.txt")
+    (tmp_path / "zeros.txt").symlink_to("/dev/zero")
+    records, report = load_text_folder(tmp_path)
+    assert records == ["one record"] and report.skipped == 2
+    assert "2 entries skipped: not regular files" in "\n".join(report.summary_lines())
+
+
+def test_a_file_past_the_size_limit_is_refused_before_it_is_read(tmp_path):
+    from common.local_data import MAX_FILE_BYTES
+
+    with open(tmp_path / "huge.txt", "wb") as handle:  # sparse: no disk, no memory
+        handle.truncate(MAX_FILE_BYTES + 1)
+    with pytest.raises(DataFolderError) as err:
+        load_text_folder(tmp_path)
+    assert err.value.kind == "oversize-file" and str(err.value).startswith("huge.txt:")
+
+
+def test_an_npy_header_claiming_a_huge_array_is_refused_without_allocating(tmp_path):
+    from common.local_data import load_image_folder
+
+    header = {"descr": "|u1", "fortran_order": False, "shape": (10**9, 28, 28)}
+    with open(tmp_path / "forged.npy", "wb") as handle:
+        np.lib.format.write_array_header_1_0(handle, header)
+        handle.write(b"\x00" * 784)  # one image's worth of data, not a billion
+    with pytest.raises(DataFolderError) as err:
+        load_image_folder(tmp_path)
+    assert err.value.kind == "unreadable" and "header describes" in str(err.value)
