@@ -23,6 +23,7 @@ from server.round_progress import ProgressGrid
 from server.run_checkpoint import GLOBAL_MODEL, find_checkpoint, update_anchor
 from server.run_directory import RoundRecorder, prepare_run_dir, weighted_loss
 from server.run_ledger import open_run_ledger
+from server.run_lock import hold_run_dir
 from server.run_report import build_summary, epsilon_text, summary_table, write_reports
 from server.safetensors_export import save_state
 
@@ -36,6 +37,7 @@ def main(grid: Grid, context: Context) -> None:
     started = time.monotonic()
     config = RunConfig.from_mapping(context.run_config)
     task = get_task(config.task)
+    hold_run_dir(Path(config.run_dir).expanduser().resolve())  # one run per RUN_DIR
     checkpoint = find_checkpoint(Path(config.run_dir).expanduser().resolve(), config)
     done = checkpoint.round if checkpoint else 0
     run_dir = prepare_run_dir(config, task.public_files(config),

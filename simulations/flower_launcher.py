@@ -27,6 +27,8 @@ from urllib.request import urlopen
 
 import psutil
 
+from simulations.run_watchdog import start_watchdog
+
 APP_DIR = Path(__file__).resolve().parent.parent  # holds pyproject.toml ([tool.flwr.app])
 STARTUP_TIMEOUT_S = 60.0
 
@@ -89,6 +91,8 @@ def simulation_superlink(log_file: Path) -> Iterator[dict[str, str]]:
         "--host", "127.0.0.1", "--port", str(http_port),
         "--database", str(flwr_home / "state.db"),
     ]
+    # Whatever kills this process (SIGKILL included), the watchdog stops what it started.
+    watchdog = start_watchdog(flwr_home)
     log_handle = open(log_file, "ab")
     process = subprocess.Popen(
         command, env=env, stdout=log_handle, stderr=subprocess.STDOUT, start_new_session=True
@@ -101,6 +105,8 @@ def simulation_superlink(log_file: Path) -> Iterator[dict[str, str]]:
         process.wait()
         log_handle.close()
         shutil.rmtree(flwr_home, ignore_errors=True)
+        watchdog.kill()  # its work is done
+        watchdog.wait()
 
 
 def run_app(
@@ -140,17 +146,17 @@ def run_app(
 
 
 def stop_process_tree(
-    pid: int, marker: tuple[str, str] | None = None, grace_s: float = 10.0
+    pid: int | None, marker: tuple[str, str] | None = None, grace_s: float = 10.0
 ) -> list[int]:
-    """Stop `pid`, all its descendants, and any process whose environment has `marker`.
-
-    SIGTERM first, SIGKILL after `grace_s`. Returns the PIDs that were signalled.
+    """Stop `pid` (if any), all its descendants, and any process whose environment has
+    `marker`. SIGTERM first, SIGKILL after `grace_s`. Returns the PIDs that were signalled.
     """
     targets: dict[int, psutil.Process] = {}
     try:
-        root = psutil.Process(pid)
-        targets[root.pid] = root
-        targets.update({p.pid: p for p in root.children(recursive=True)})
+        if pid is not None:
+            root = psutil.Process(pid)
+            targets[root.pid] = root
+            targets.update({p.pid: p for p in root.children(recursive=True)})
     except psutil.NoSuchProcess:
         pass
     if marker is not None:

@@ -50,6 +50,7 @@ def simulate_command(
     from common.privacy_ledger import LedgerError
     from common.tasks import check_run_data
     from server.run_checkpoint import ResumeError, find_checkpoint
+    from server.run_lock import RunDirBusy, check_run_dir_free
     from server.run_report import epsilon_text, summary_table
     from simulations.flower_launcher import SimulationError, run_app, simulation_superlink
 
@@ -63,6 +64,11 @@ def simulate_command(
     run_dir.mkdir(parents=True, exist_ok=True)
     state_dir = Path(config.sim_state_dir).expanduser() if config.sim_state_dir \
         else run_dir / "nodes"
+    try:
+        check_run_dir_free(run_dir)  # the ServerApp holds it for the run; fail early here
+    except RunDirBusy as err:
+        print(f"fedssl: error: {err}", file=sys.stderr)
+        return 1
     try:
         checkpoint = find_checkpoint(run_dir, config)  # a different run there: ConfigError
         if checkpoint is not None:

@@ -138,3 +138,46 @@ def test_ctrl_c_mid_run_stops_everything_and_the_run_continues(tmp_path):
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["rounds"] == 4
     assert Path(run_dir / "checkpoint.json").is_file()
+
+
+def test_sigkill_of_the_whole_command_leaves_nothing_and_the_rerun_resumes(tmp_path):
+    """SIGKILL of `fedssl simulate`'s process group in round 2 of 4 (issue "Hardening" §2):
+    it used to leave 12 of 14 processes running a federation on, and a rerun started a second
+    federation on the same RUN_DIR (rounds [1..6, 5, 6], nodes paying twice). Now the run's
+    watchdog stops everything within seconds, and the rerun continues after the last
+    committed round, with every round exactly once."""
+    run_dir = tmp_path / "run"
+    settings = {**TINY_RUN, "num-clients": 2, "num-rounds": 4, "local-steps": 12,
+                "max-records": 2000}
+    command = [sys.executable, "-m", "simulations.cli", "simulate", "--out", str(run_dir),
+               *[a for k, v in settings.items() for a in ("--set", f"{k}={v}")]]
+    env, token = marked_env()
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True, cwd=ROOT, start_new_session=True, env=env)
+    started: set[int] = set()
+    try:
+        assert process.stdout is not None
+        for line in process.stdout:
+            if line.startswith("[fedssl] round 1/4 | clients 2/2"):
+                break
+        else:
+            pytest.fail("the simulation never finished round 1")
+        started = _started_by(process.pid, token)
+        os.killpg(process.pid, signal.SIGKILL)  # no handler runs: the command just vanishes
+        process.wait(timeout=30)
+        deadline = time.monotonic() + 60
+        while _alive(started | marked_processes(token)) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        survivors = _alive(started | marked_processes(token))
+    finally:
+        if process.poll() is None:
+            process.kill()
+        for pid in _alive(started | marked_processes(token)):  # even when a check fails
+            psutil.Process(pid).kill()
+    assert not survivors, f"still running after SIGKILL: {[_cmdline(p) for p in survivors]}"
+
+    result, leftovers = simulate(run_dir, settings)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "continuing it" in result.stdout and not leftovers
+    rounds = [json.loads(x)["round"] for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert rounds == [1, 2, 3, 4]
