@@ -81,24 +81,31 @@ def _alive(pids: set[int]) -> set[int]:
     return alive
 
 
-def test_ctrl_c_mid_run_stops_everything_and_the_run_continues(tmp_path):
-    run_dir = tmp_path / "run"
-    settings = {**TINY_RUN, "num-clients": 2, "num-rounds": 4, "local-steps": 12,
-                "max-records": 2000}
+INTERRUPTED = {**TINY_RUN, "num-clients": 2, "num-rounds": 4, "local-steps": 12,
+               "max-records": 2000}
+
+
+def _in_round_two(run_dir: Path) -> tuple[subprocess.Popen[str], str]:
+    """`fedssl simulate` with INTERRUPTED settings, in its own process group (as a terminal's
+    foreground job), once round 1 is committed; and its environment marker."""
     command = [sys.executable, "-m", "simulations.cli", "simulate", "--out", str(run_dir),
-               *[a for k, v in settings.items() for a in ("--set", f"{k}={v}")]]
-    # Its own process group, as a terminal's foreground job: Ctrl-C signals the whole group.
+               *[a for k, v in INTERRUPTED.items() for a in ("--set", f"{k}={v}")]]
     env, token = marked_env()
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                text=True, cwd=ROOT, start_new_session=True, env=env)
+    assert process.stdout is not None
+    for line in process.stdout:
+        if line.startswith("[fedssl] round 1/4 | clients 2/2"):
+            return process, token
+    process.kill()
+    pytest.fail("the simulation never finished round 1")
+
+
+def test_ctrl_c_mid_run_stops_everything_and_the_run_continues(tmp_path):
+    run_dir = tmp_path / "run"
+    process, token = _in_round_two(run_dir)
     started: set[int] = set()
     try:
-        assert process.stdout is not None
-        for line in process.stdout:  # the first round is committed: interrupt round 2
-            if line.startswith("[fedssl] round 1/4 | clients 2/2"):
-                break
-        else:
-            pytest.fail("the simulation never finished round 1")
         started = _started_by(process.pid, token)
         names = " ".join(_cmdline(p) for p in started)
         for expected in ("flower-superlink", "flwr run", "flwr-simulation", "raylet"):
@@ -119,7 +126,7 @@ def test_ctrl_c_mid_run_stops_everything_and_the_run_continues(tmp_path):
 
     # RUN_DIR is consistent: its checkpoint is a committed round with a matching model.
     config = RunConfig.from_mapping({**RunConfig().to_mapping(),
-                                     **{k: str(v) for k, v in settings.items()},
+                                     **{k: str(v) for k, v in INTERRUPTED.items()},
                                      "run-dir": str(run_dir)})
     checkpoint = find_checkpoint(run_dir, config)
     assert checkpoint is not None and 1 <= checkpoint.round <= 4
@@ -129,7 +136,7 @@ def test_ctrl_c_mid_run_stops_everything_and_the_run_continues(tmp_path):
     assert rounds[: checkpoint.round] == list(range(1, checkpoint.round + 1))
 
     # The same command continues after the committed round and finishes the run.
-    result, leftovers = simulate(run_dir, settings)
+    result, leftovers = simulate(run_dir, INTERRUPTED)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert not leftovers, f"processes left running: {leftovers}"
     assert f"holds this run up to round {checkpoint.round}/4; continuing it" in result.stdout
@@ -147,21 +154,9 @@ def test_sigkill_of_the_whole_command_leaves_nothing_and_the_rerun_resumes(tmp_p
     watchdog stops everything within seconds, and the rerun continues after the last
     committed round, with every round exactly once."""
     run_dir = tmp_path / "run"
-    settings = {**TINY_RUN, "num-clients": 2, "num-rounds": 4, "local-steps": 12,
-                "max-records": 2000}
-    command = [sys.executable, "-m", "simulations.cli", "simulate", "--out", str(run_dir),
-               *[a for k, v in settings.items() for a in ("--set", f"{k}={v}")]]
-    env, token = marked_env()
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True, cwd=ROOT, start_new_session=True, env=env)
+    process, token = _in_round_two(run_dir)
     started: set[int] = set()
     try:
-        assert process.stdout is not None
-        for line in process.stdout:
-            if line.startswith("[fedssl] round 1/4 | clients 2/2"):
-                break
-        else:
-            pytest.fail("the simulation never finished round 1")
         started = _started_by(process.pid, token)
         os.killpg(process.pid, signal.SIGKILL)  # no handler runs: the command just vanishes
         process.wait(timeout=30)
@@ -176,7 +171,7 @@ def test_sigkill_of_the_whole_command_leaves_nothing_and_the_rerun_resumes(tmp_p
             psutil.Process(pid).kill()
     assert not survivors, f"still running after SIGKILL: {[_cmdline(p) for p in survivors]}"
 
-    result, leftovers = simulate(run_dir, settings)
+    result, leftovers = simulate(run_dir, INTERRUPTED)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "continuing it" in result.stdout and not leftovers
     rounds = [json.loads(x)["round"] for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
