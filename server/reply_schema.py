@@ -35,7 +35,8 @@ ARRAYS_KEY = "arrays"
 _REQUIRED: dict[str, tuple[Any, str]] = {
     "num-examples": (lambda v: _is_int(v) and 1 <= v <= MAX_WEIGHT,
                      f"an integer in [1, {MAX_WEIGHT}]"),
-    "epsilon": (lambda v: _is_number(v) and 0 <= v < math.inf, "a finite number >= 0"),
+    # ε is infinite, honestly, for a run without noise (noise-multiplier=0).
+    "epsilon": (lambda v: _is_number(v) and v >= 0, "a number >= 0 (or infinity)"),
     "noise-multiplier": (lambda v: _is_number(v) and 0 <= v < math.inf,
                          "a finite number >= 0"),
     "sample-rate": (lambda v: _is_number(v) and 0 < v <= 1, "a number in (0, 1]"),

@@ -160,7 +160,14 @@ def stop_process_tree(
     except psutil.NoSuchProcess:
         pass
     if marker is not None:
-        targets.update({p.pid: p for p in _processes_with_env(*marker)})
+        for proc in _processes_with_env(*marker):
+            targets[proc.pid] = proc
+            # Their children too: Ray starts some agents with an environment of their own,
+            # and would orphan them (alive, under init) when their raylet is stopped.
+            try:
+                targets.update({c.pid: c for c in proc.children(recursive=True)})
+            except psutil.NoSuchProcess:
+                pass
     targets.pop(os.getpid(), None)
     for proc in targets.values():
         try:

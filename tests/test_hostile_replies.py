@@ -93,6 +93,13 @@ def test_all_zero_weights_skip_the_round_instead_of_crashing():
     assert model is None and record.skipped and len(record.rejected) == 3
 
 
+def test_a_run_without_noise_reports_infinite_epsilon_and_still_trains():
+    model, (record,) = _round(lambda i: [_reply(i[n], _metrics(epsilon=math.inf))
+                                         for n in NODES])
+    _check_bounded(model)
+    assert len(record.clients) == 3 and not record.rejected
+
+
 def test_extra_metric_keys_are_dropped_and_never_abort_aggregation():
     model, (record,) = _round(lambda i: [
         _reply(i[1], _metrics(surprise=1.0)), _reply(i[2]), _reply(i[3])])
