@@ -51,6 +51,16 @@ def main(argv: list[str] | None = None) -> int:
     check_data.add_argument("data_dir", metavar="DIR", help="the folder a node's data-dir names")
     check_data.add_argument("--task", default="mlm",
                             help="SSL task whose data kind to expect (default: mlm)")
+    gateway = commands.add_parser(
+        "gateway", help="coordinator: the public TLS gateway that forwards the Fleet API only "
+        "(docs/deploy.md)")
+    gateway.add_argument("--listen", default="0.0.0.0:9092", help="public HOST:PORT "
+                         "(default 0.0.0.0:9092)")
+    gateway.add_argument("--superlink", default="127.0.0.1:9093",
+                         help="the SuperLink's loopback HOST:PORT (default 127.0.0.1:9093)")
+    gateway.add_argument("--ca", required=True, help="ca.crt (verifies the SuperLink)")
+    gateway.add_argument("--certfile", required=True, help="the SuperLink's server.pem")
+    gateway.add_argument("--keyfile", required=True, help="the SuperLink's server.key")
     add_certs_parser(commands)
     add_sweep_parser(commands)
     args = parser.parse_args(argv)
@@ -76,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
             return check_data_command(args.data_dir, args.task)
         if args.command == "certs":
             return certs_command(args)
+        if args.command == "gateway":
+            return _gateway(args)
         if args.command == "sweep":
             return sweep_command(args)
     except ConfigError as err:
@@ -86,6 +98,26 @@ def main(argv: list[str] | None = None) -> int:
         print("fedssl: interrupted; all processes stopped", file=sys.stderr)
         return 130
     return 2
+
+
+def _gateway(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from simulations.fleet_gateway import serve
+
+    for name in ("ca", "certfile", "keyfile"):
+        if not Path(getattr(args, name)).is_file():
+            print(f"fedssl gateway: error: --{name} {getattr(args, name)} is not a file",
+                  file=sys.stderr)
+            return 2
+    for name in ("listen", "superlink"):
+        host, _, port = getattr(args, name).rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            print(f"fedssl gateway: error: --{name} {getattr(args, name)!r} is not HOST:PORT",
+                  file=sys.stderr)
+            return 2
+    serve(args.listen, args.superlink, Path(args.ca), Path(args.certfile), Path(args.keyfile))
+    return 0
 
 
 def _interrupt_once(signum: int, frame: object) -> None:

@@ -99,7 +99,8 @@ def parse_host(host: str) -> x509.GeneralName:
 
 def new_server_cert(ca_cert: x509.Certificate, ca_key: Key, hosts: list[str],
                     days: int = SERVER_DAYS) -> tuple[x509.Certificate, Key]:
-    """A SuperLink TLS certificate for `hosts` (one SAN each), signed by the CA, and its key."""
+    """A SuperLink TLS certificate for `hosts` (one SAN each, plus 127.0.0.1), signed by the
+    CA, and its key."""
     names: list[x509.GeneralName] = []
     for host in hosts:
         entry = parse_host(host)
@@ -107,6 +108,11 @@ def new_server_cert(ca_cert: x509.Certificate, ca_key: Key, hosts: list[str],
             names.append(entry)
     if not names:
         raise CredentialError("give at least one --host: the name or IP nodes dial")
+    # On the coordinator itself the gateway (and the SuperLink's own SuperExec) dial the
+    # SuperLink at 127.0.0.1, with hostname checking: the certificate must name it too.
+    loopback = parse_host("127.0.0.1")
+    if loopback not in names:
+        names.append(loopback)
     key = new_key()
     now = _now()
     not_after = min(now + datetime.timedelta(days=days), ca_cert.not_valid_after_utc)

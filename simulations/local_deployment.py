@@ -10,8 +10,10 @@ SuperExec, so those are found as descendants or by the private FLWR_HOME).
 from __future__ import annotations
 
 import json
+import socket
 import ssl
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +31,9 @@ from simulations.flower_launcher import (
 )
 
 CONNECTION = "fedssl-local"  # the SuperLink connection name in FLWR_HOME/config.toml
+# A SuperNode that cannot connect gives up (with the reason in its log) rather than retry
+# forever; the runbook uses the same values.
+MAX_RETRIES, MAX_WAIT_S = 5, 120
 
 
 @dataclass(frozen=True)
@@ -55,6 +60,7 @@ class LocalDeployment:
     credentials: Credentials
     isolation: str = "subprocess"
     port: int = field(default_factory=free_port)
+    gateway_port: int = 0  # set by start_gateway: then SuperNodes dial the gateway
     processes: list[subprocess.Popen[Any]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -86,6 +92,23 @@ class LocalDeployment:
         context = ssl.create_default_context(cafile=str(creds.ca_cert))
         wait_healthy(process, f"https://127.0.0.1:{self.port}/health", log, context)
 
+    def start_gateway(self) -> int:
+        """The public face: `fedssl gateway` forwarding the Fleet API only; returns its port.
+
+        SuperNodes dial it; the operator's `flwr` keeps using the SuperLink on 127.0.0.1.
+        """
+        creds = self.credentials
+        self.gateway_port = free_port()
+        require_free_port(self.gateway_port, "gateway")
+        self._spawn("gateway", [
+            sys.executable, "-m", "simulations.cli", "gateway",
+            "--listen", f"127.0.0.1:{self.gateway_port}", "--superlink", f"127.0.0.1:{self.port}",
+            "--ca", str(creds.ca_cert), "--certfile", str(creds.server_cert),
+            "--keyfile", str(creds.server_key),
+        ], self.logs / "gateway.log")
+        wait_listening(self.processes[-1], self.gateway_port, self.logs / "gateway.log")
+        return self.gateway_port
+
     def register_node(self, public_key: Path) -> int:
         """`flwr supernode register KEY.pub`: admit one node key; returns its node id."""
         result = self.flwr("supernode", "register", str(public_key), CONNECTION,
@@ -93,19 +116,30 @@ class LocalDeployment:
         return int(json.loads(result.stdout)["node-id"])
 
     def start_supernode(
-        self, name: str, private_key: Path, node_config: dict[str, Any]
+        self, name: str, private_key: Path, node_config: dict[str, Any],
+        ca_cert: Path | None = None, insecure: bool = False,
     ) -> subprocess.Popen[Any]:
-        """A SuperNode that trusts only the run's CA and authenticates with `private_key`."""
+        """A SuperNode that trusts only the run's CA (or `ca_cert`) and authenticates with
+        `private_key`; it gives up after MAX_RETRIES failed connection attempts, with the
+        reason in its log, instead of retrying forever (`insecure`: no TLS, for the test that
+        shows such a node is turned away)."""
         config = " ".join(f"{k}={json.dumps(v)}" for k, v in node_config.items())
         port = free_port()
         require_free_port(port, f"SuperNode {name}")
+        tls = ["--insecure"] if insecure else [
+            "--root-certificates", str(ca_cert or self.credentials.ca_cert)]
         return self._spawn(f"supernode-{name}", [
-            console_script("flower-supernode"),
-            "--root-certificates", str(self.credentials.ca_cert),
+            console_script("flower-supernode"), *tls,
             "--auth-supernode-private-key", str(private_key),
-            "--superlink", f"127.0.0.1:{self.port}", "--port", str(port),
+            "--superlink", f"127.0.0.1:{self.gateway_port or self.port}", "--port", str(port),
+            "--max-retries", str(MAX_RETRIES), "--max-wait-time", str(MAX_WAIT_S),
             "--isolation", self.isolation, "--node-config", config,
         ], self.logs / f"supernode-{name}.log")
+
+    def node_ids(self) -> list[int]:
+        """The registered nodes' ids (the operator's view, through the loopback SuperLink)."""
+        nodes = json.loads(self.flwr("supernode", "list", CONNECTION, "--format", "json").stdout)
+        return [int(n["node-id"]) for n in nodes.get("nodes", [])]
 
     def online_nodes(self) -> int:
         """How many registered SuperNodes the SuperLink sees online."""
@@ -164,3 +198,19 @@ class LocalDeployment:
                                        stderr=subprocess.STDOUT, start_new_session=True)
         self.processes.append(process)
         return process
+
+
+def wait_listening(process: subprocess.Popen[Any], port: int, log: Path,
+                   timeout_s: float = 60.0) -> None:
+    """Wait until `process` accepts TCP connections on 127.0.0.1:`port`."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"exited with code {process.returncode} before listening on "
+                               f"127.0.0.1:{port}; see {log}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout_s:.0f}s; see {log}")

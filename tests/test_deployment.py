@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -21,6 +22,7 @@ from common.demo_data import demo_splits
 from common.privacy_ledger import PrivacyLedger
 from common.run_config import RunConfig
 from simulations.cli import main as fedssl
+from simulations.flower_launcher import console_script, flower_env
 from simulations.local_deployment import Credentials, LocalDeployment
 
 RECORDS_PER_NODE = 400
@@ -39,8 +41,7 @@ def _write_data_folders(root: Path) -> dict[str, Path]:
     (folders["a"] / "notes.txt").write_text("\n".join(texts[0]) + "\n")
     half = len(texts[1]) // 2
     with open(folders["b"] / "part1.jsonl", "w") as handle:
-        for text in texts[1][:half]:
-            handle.write(json.dumps({"text": text}) + "\n")
+        handle.writelines(json.dumps({"text": text}) + "\n" for text in texts[1][:half])
     with open(folders["b"] / "part2.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["id", "text"])
@@ -64,6 +65,7 @@ def deployment_run(tmp_path_factory):
     deployment = LocalDeployment(root / "work", credentials)
     try:
         deployment.start_superlink()
+        outcome["gateway_port"] = deployment.start_gateway()
         for name in "abc":  # node x's key is never registered
             deployment.register_node(node_key[name].with_suffix(".pub"))
         for name in "abc":
@@ -73,9 +75,24 @@ def deployment_run(tmp_path_factory):
             })
         intruder = deployment.start_supernode("x", node_key["x"], {
             "data-dir": str(folders["a"]), "state-dir": str(root / "state-x")})
+        # A node that trusts another CA, and one that dials without TLS: both give up at
+        # once with the reason in their logs (no more silent retrying forever).
+        other_ca = root / "other-certs"
+        assert fedssl(["certs", "ca", "--out", str(other_ca)]) == 0
+        wrong_ca = deployment.start_supernode("wrong-ca", node_key["a"], {
+            "data-dir": str(folders["a"]), "state-dir": str(root / "state-w")},
+            ca_cert=other_ca / "ca.crt")
+        plain = deployment.start_supernode("insecure", node_key["a"], {
+            "data-dir": str(folders["a"]), "state-dir": str(root / "state-i")}, insecure=True)
         deployment.wait_for_nodes(3)
         outcome["intruder_exit"] = intruder.wait(timeout=60)
+        outcome["wrong_ca_exit"] = wrong_ca.wait(timeout=120)
+        outcome["insecure_exit"] = plain.wait(timeout=120)
         outcome["online"] = deployment.online_nodes()
+        outcome["outsider"] = _outsider_attempts(root, certs, outcome["gateway_port"],
+                                                 node_key["x"].with_suffix(".pub"),
+                                                 deployment.node_ids())
+        outcome["online_after_outsider"] = deployment.online_nodes()
         run_dir = root / "run"
         outcome["flwr_exit"] = deployment.run_app({
             **TINY_RUN, "num-clients": 2, "num-rounds": 2, "run-dir": str(run_dir)})
@@ -91,6 +108,32 @@ def deployment_run(tmp_path_factory):
     return outcome
 
 
+def _outsider_attempts(root: Path, certs: Path, gateway_port: int, key: Path,
+                       node_ids: list[int]) -> dict[str, subprocess.CompletedProcess[str]]:
+    """What an outsider holding only ca.crt (every hospital has it) can do through the
+    gateway, the coordinator's only public port: register a node key, start its own app,
+    unregister a hospital, list the federation's nodes."""
+    home = root / "outsider-home"
+    home.mkdir()
+    (home / "config.toml").write_text(
+        '[superlink]\ndefault = "coordinator"\n\n[superlink.coordinator]\n'
+        f'address = "127.0.0.1:{gateway_port}"\n'
+        f'root-certificates = "{certs / "ca" / "ca.crt"}"\n')
+    app = root / "outsider-app"
+    shutil.copytree(ROOT, app, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "runs", "tests", "*.egg-info", "__pycache__"))
+    env = flower_env(home, 0, 0)
+    attempts = {
+        "register": ["supernode", "register", str(key), "coordinator"],
+        "unregister": ["supernode", "unregister", str(node_ids[0]), "coordinator"],
+        "list": ["supernode", "list", "coordinator"],
+        "run": ["run", str(app), "coordinator"],
+    }
+    return {name: subprocess.run([console_script("flwr"), *args], env=env, text=True,
+                                 capture_output=True, timeout=120, check=False)
+            for name, args in attempts.items()}
+
+
 def _log_tail(outcome: dict) -> str:
     logs = sorted(Path(outcome["logs"]).glob("*.log"))
     return "\n".join(f"== {p.name}\n{p.read_text()[-1500:]}" for p in logs)
@@ -101,6 +144,25 @@ def test_unregistered_node_key_is_refused(deployment_run):
     log = (Path(deployment_run["logs"]) / "supernode-x.log").read_text()
     assert UNREGISTERED_LOG in log and "Failed to activate SuperNode" in log
     assert deployment_run["online"] == 3  # a, b, c; never x
+
+
+def test_nodes_with_a_wrong_ca_or_no_tls_give_up_with_the_reason_in_their_log(deployment_run):
+    logs = Path(deployment_run["logs"])
+    assert deployment_run["wrong_ca_exit"] != 0
+    assert "CERTIFICATE_VERIFY_FAILED" in (logs / "supernode-wrong-ca.log").read_text()
+    assert deployment_run["insecure_exit"] != 0
+    insecure_log = (logs / "supernode-insecure.log").read_text()
+    assert "Exit Code: 303" in insecure_log or "insecure" in insecure_log.lower()
+
+
+@pytest.mark.parametrize("attempt", ["register", "unregister", "list", "run"])
+def test_an_outsider_with_the_ca_reaches_no_control_command(deployment_run, attempt):
+    """The SuperLink listens on 127.0.0.1 only; the gateway forwards the Fleet API alone, so
+    register, unregister, list and run through it all fail — and the federation is intact."""
+    result = deployment_run["outsider"][attempt]
+    assert result.returncode != 0, result.stdout + result.stderr
+    assert "404 Not Found" in result.stdout + result.stderr  # refused by the gateway itself
+    assert deployment_run["online_after_outsider"] == 3
 
 
 def test_two_rounds_ran_with_local_data_and_a_bad_folder_did_not_stop_them(deployment_run):
