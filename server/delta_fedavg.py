@@ -34,6 +34,14 @@ from server.ledger_sync import LedgerCoverage, reply_entries
 from server.reply_schema import canonical_content, parse_reply
 
 NORM_TOLERANCE = 1e-4  # float32 rounding when the client rescales Δ to exactly S
+# Flower 1.42's Ray backend puts a dead ClientApp actor back into its pool
+# (raybackend.process_message), so every later message routed to it fails the same way, healthy
+# nodes' included: a run that goes on loses nodes silently. Stop it instead; a rerun resumes.
+DEAD_WORKER_ERRORS = ("RayActorError", "ActorDiedError", "ActorUnavailableError")
+
+
+class SimulationWorkerDied(RuntimeError):
+    """A simulation worker process died; the run cannot continue in this process tree."""
 
 
 @dataclass
@@ -184,6 +192,15 @@ class DeltaFedAvg(FedAvg):
     def _collect(self, replies: list[Message], record: RoundRecord) -> list[Message]:
         """One attempt's replies into `record` (ledgers, statuses, dropouts); the usable ones."""
         valid = [msg for msg in replies if self._accept(msg, record)]
+        dead = [msg.error.reason for msg in replies if msg.has_error()
+                and any(name in msg.error.reason for name in DEAD_WORKER_ERRORS)]
+        if dead:
+            raise SimulationWorkerDied(
+                f"round {record.server_round}: a simulation worker (a Ray ClientApp actor) "
+                "died, killed or out of memory; Flower does not replace it, so every later "
+                "message it gets would fail too. The run stops here: rerun the same command "
+                "to continue after the last committed round (this round is trained again and "
+                f"its spend counted twice, an over-count). Flower's error: {dead[0][:300]}")
         replied = {msg.metadata.src_node_id for msg in replies}
         dropouts = sorted(f"node-{n}" for n in self._sampled_nodes - replied)
         if dropouts:

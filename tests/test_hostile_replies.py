@@ -132,3 +132,30 @@ def test_a_malformed_reply_is_rejected_and_logged(case):
     _check_bounded(model)
     assert [r["node"] for r in record.rejected] == ["node-1"]
     assert len(record.clients) == 2
+
+
+def test_a_dead_simulation_worker_stops_the_run_with_a_clear_message():
+    """Flower's Ray backend returns a dead actor to its pool, so later messages to it fail
+    too (issue "Hardening" §4): the strategy stops the run and says how to resume."""
+    from flwr.app import Error
+
+    from server.delta_fedavg import SimulationWorkerDied
+
+    reason = ("<class 'ray.exceptions.ActorDiedError'>:<'The actor died unexpectedly before "
+              "finishing this task.'>")
+
+    def replies(i):
+        return [_reply(i[1]), _reply(i[2]), Message(Error(code=0, reason=reason),
+                                                    reply_to=i[3])]
+    with pytest.raises(SimulationWorkerDied, match="rerun the same command"):
+        _round(replies)
+
+
+def test_an_ordinary_client_error_is_only_logged():
+    from flwr.app import Error
+
+    def replies(i):
+        return [_reply(i[1]), _reply(i[2]),
+                Message(Error(code=0, reason="<class 'ValueError'>:<'bad'>"), reply_to=i[3])]
+    model, (record,) = _round(replies)
+    assert model is not None and len(record.clients) == 2 and len(record.rejected) == 1

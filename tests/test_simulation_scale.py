@@ -176,3 +176,32 @@ def test_sigkill_of_the_whole_command_leaves_nothing_and_the_rerun_resumes(tmp_p
     assert "continuing it" in result.stdout and not leftovers
     rounds = [json.loads(x)["round"] for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert rounds == [1, 2, 3, 4]
+
+
+def test_a_killed_simulation_worker_stops_the_run_clearly_and_the_rerun_resumes(tmp_path):
+    """SIGKILL of one Ray ClientApp actor (issue "Hardening" §4): Flower never replaced it and
+    a healthy node's update was later rejected with the same ActorDiedError, the run going on
+    with nodes silently lost. Now the run stops, saying why and how to continue."""
+    run_dir = tmp_path / "run"
+    process, token = _in_round_two(run_dir)
+    started: set[int] = set()
+    try:
+        started = _started_by(process.pid, token)
+        actors = [p for p in started if "ClientAppActor" in _cmdline(p)]
+        assert actors, [_cmdline(p) for p in started]
+        psutil.Process(actors[0]).kill()
+        rest, _ = process.communicate(timeout=300)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        for pid in _alive(started | marked_processes(token)):
+            psutil.Process(pid).kill()
+    assert process.returncode == 1, rest
+    assert "a simulation worker (a Ray ClientApp actor) died" in rest, rest[-3000:]
+    assert "rerun the same command" in rest
+
+    result, leftovers = simulate(run_dir, INTERRUPTED)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "continuing it" in result.stdout and not leftovers
+    rounds = [json.loads(x)["round"] for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert rounds == [1, 2, 3, 4]
