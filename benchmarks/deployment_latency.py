@@ -8,7 +8,7 @@ modes use the subprocess executor) and so pays that import on every round.
 Arms:
   eager-corpus  the ClientApp import as before the fix: the ICD-10 package is preloaded in
                 every Python process (via a sitecustomize on PYTHONPATH), which is what the
-                old module-level import in common/mlm_task.py cost
+                old module-level import in common/tasks/mlm.py cost
   lazy-corpus   the current code: deployed nodes never import the embedded corpus
 
 Usage: python benchmarks/deployment_latency.py [--rounds 4] [--out benchmarks/results]
@@ -62,7 +62,7 @@ def run_arm(arm: str, rounds: int, work: Path) -> dict:
     assert fedssl(["certs", "all", "--out", str(certs), "--host", "127.0.0.1",
                    "--nodes", "2"]) == 0
     data = []
-    from common.demo_data import demo_splits
+    from common.data.demo_text import demo_splits
     from common.run_config import RunConfig
     config = RunConfig.from_mapping({**RunConfig().to_mapping(), **TINY_RUN, "num-clients": 2})
     for i, texts in enumerate(demo_splits(config).client_texts, start=1):

@@ -2,7 +2,7 @@
 
 For one client with N records, expected batch B (Poisson rate q = B/N), T planned DP-SGD steps
 and a target ε at δ: σ is calibrated exactly as a client calibrates it
-(`common.privacy_accounting.calibrate_noise_multiplier`: PLD, replace-one neighbours; before
+(`common.privacy.accounting.calibrate_noise_multiplier`: PLD, replace-one neighbours; before
 the ledger's format 2 this table was made with RDP, add/remove). One noisy step adds a Gaussian
 of norm ≈ σ·C·√d to the sum of B clipped per-record gradients, whose norm is at most B·C (all
 records agreeing). The ratio
@@ -26,7 +26,7 @@ from __future__ import annotations
 import argparse
 import math
 
-from common.privacy_accounting import REPLACE_ONE, calibrate_noise_multiplier
+from common.privacy.accounting import REPLACE_ONE, calibrate_noise_multiplier
 
 FULL, FROZEN = 1_340_928, 288_256  # trained parameters of the default mlm model
 BATCHES = (64, 128, 512, 2048)

@@ -75,8 +75,8 @@ def _batch(size: int, vocab: int, max_length: int):
     """`size` real ICD-10 descriptions, tokenized with the shipped vocabulary."""
     import torch
 
-    from common.icd10_corpus import load_icd10_records
-    from common.tokenizer import SEP_ID, encode_texts, load_tokenizer
+    from common.data.icd10_corpus import load_icd10_records
+    from common.data.tokenizer import SEP_ID, encode_texts, load_tokenizer
 
     records = load_icd10_records()
     step = len(records.texts) // size
@@ -95,8 +95,8 @@ def run_arm(mode: str, threads: int, batch: int, vocab: int, freeze: str) -> dic
     from opacus import PrivacyEngine
     from torch.utils.data import DataLoader, TensorDataset
 
-    from common.mlm_task import build_mlm_model, per_record_loss
     from common.run_config import RunConfig
+    from common.tasks.mlm import build_mlm_model, per_record_loss
 
     torch.set_num_threads(threads)
     config = RunConfig()

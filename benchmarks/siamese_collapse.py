@@ -2,7 +2,7 @@
 
 DP-SGD forbids BatchNorm (it couples records), and BatchNorm is what keeps SimSiam and BYOL
 from collapsing in their papers. This script trains, non-privately, the image task's
-GroupNorm encoder (`common/mae_task.py`) with a projector and predictor that use LayerNorm
+GroupNorm encoder (`common/tasks/mae.py`) with a projector and predictor that use LayerNorm
 instead, on two views per image (shift + half the 4×4 patches hidden, `mae`'s augmentation
 drawn twice, both views inside the image's sample as DP-SGD requires), and reports:
 
@@ -34,8 +34,8 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from common.image_data import load_mnist5k
-from common.mae_task import FEATURE_DIM, ImageEncoder, mask_images
+from common.data.demo_images import load_mnist5k
+from common.tasks.mae import FEATURE_DIM, ImageEncoder, mask_images
 
 DIM = 128
 

@@ -52,9 +52,9 @@ def run_arm(mode: str, threads: int) -> dict[str, float | str | int]:
     from opacus import PrivacyEngine
     from torch.utils.data import DataLoader, TensorDataset
 
-    from common.image_data import load_mnist5k
-    from common.mae_task import build_model, per_record_loss
+    from common.data.demo_images import load_mnist5k
     from common.run_config import RunConfig
+    from common.tasks.mae import build_model, per_record_loss
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)

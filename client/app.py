@@ -27,12 +27,10 @@ from client.dp_training import train_locally
 from client.local_round import RoundOutput, run_client_round
 from client.message_timing import MessageTiming
 from client.node_settings import NodeSettings, node_settings
-from common.dp_randomness import secret_generator, seeded_generator
-from common.local_data import DataFolderError
-from common.privacy_ledger import LedgerError, PrivacyLedger, unconfirmed
-from common.run_config import ConfigError, RunConfig
-from common.tasks import SslTask, get_task
-from common.wire_format import (
+from common.data.data_folders import DataFolderError
+from common.privacy.dp_randomness import secret_generator, seeded_generator
+from common.privacy.ledger import LedgerError, PrivacyLedger, unconfirmed
+from common.protocol import (
     LEDGER_SYNC,
     QUERY_KEY,
     REPLY_KEY,
@@ -41,6 +39,8 @@ from common.wire_format import (
     STATUS_REFUSED,
     STATUS_TRAINED,
 )
+from common.run_config import ConfigError, RunConfig
+from common.tasks import SslTask, get_task
 
 app = ClientApp()
 

@@ -4,7 +4,7 @@ Plain functions, no Flower: the ClientApp calls `train_locally` once per round. 
 parameters are explicit: per-record clip norm C, noise multiplier σ, the Poisson sample rate q
 Opacus derives from the loader, and the generator the DP randomness comes from: the public
 `seed` fixes masks, augmentations and dropout, while `dp_generator` (secret:
-common/dp_randomness.py) draws the Poisson masks and the Gaussian noise.
+common/privacy/dp_randomness.py) draws the Poisson masks and the Gaussian noise.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ class DpSettings:
     # Opacus per-sample clipping: "hooks" materialises per-sample gradients; "ghost" computes
     # only their norms, then backpropagates the clipped-weighted loss (same clipped sum, about
     # half the cost for the text model: benchmarks/mlm_step_time.md). Ghost has no Conv2d/
-    # GroupNorm support in Opacus 1.6, so each task names its mode (common/tasks.py).
+    # GroupNorm support in Opacus 1.6, so each task names its mode (common/tasks/).
     grad_sample_mode: str = "hooks"
 
 

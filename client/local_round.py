@@ -15,7 +15,7 @@ The order is the privacy contract:
 round: the node's whole lifetime history (earlier runs, retried attempts, rounds redone after
 a server restart) plus every round still planned in this run must land at or below the
 node's cap, which defaults to `target-epsilon`. ε is stated for replace-one neighbours: the
-node releases its record count, so n is public (common/privacy_accounting.py).
+node releases its record count, so n is public (common/privacy/accounting.py).
 """
 
 from __future__ import annotations
@@ -29,14 +29,14 @@ from flwr.common import log
 from client.dp_training import DpSettings, LocalResult, poisson_sample_rate, train_locally
 from client.node_settings import NodeSettings
 from common.model_updates import State, clip_update, compute_update
-from common.privacy_accounting import (
+from common.privacy.accounting import (
     ACCOUNTANT,
     REPLACE_ONE,
     HistoryEntry,
     calibrate_noise_multiplier,
     epsilon_of,
 )
-from common.privacy_ledger import (
+from common.privacy.ledger import (
     POISSON_GAUSSIAN,
     RECORD_LEVEL,
     SECRET_NOISE,

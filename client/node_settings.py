@@ -27,9 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from common.privacy_ledger import FEDERATION_NODE
+from common.privacy.ledger import FEDERATION_NODE
 from common.run_config import ConfigError, RunConfig
-from common.run_dir_layout import LEDGER_FILE
+from common.run_layout import LEDGER_FILE
 
 DEFAULT_NODE_DELTA = 1e-5
 

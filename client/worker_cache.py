@@ -9,8 +9,8 @@ run settings*, never per-node state:
   split settings, max-length, the public-input hash covering the tokenizer file's content, and
   the partition id). Callers get a copy, so no caller can change what the next one receives.
   The split plan and the tokenizer below it are cached by their own modules
-  (`common.demo_data`, `common.image_data`, `common.tokenizer`), and σ calibration and the
-  per-(σ, q) RDP curve by `common.privacy_accounting` (pure functions).
+  (`common.data.demo_text`, `common.data.demo_images`, `common.data.tokenizer`), and σ calibration and the
+  per-(σ, q) RDP curve by `common.privacy.accounting` (pure functions).
 
 Deliberately *not* cached: the model (a copy of a cached skeleton measured no faster than
 building one, and a reused module could carry Opacus hooks, `grad_sample` or optimizer state
@@ -25,7 +25,7 @@ from collections import OrderedDict
 
 import torch
 
-from common.partitioning import SplitSettings
+from common.data.partitioning import SplitSettings
 from common.run_config import RunConfig
 from common.tasks import SslTask
 

@@ -14,9 +14,12 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from common.config_error import ConfigError
+from common.tasks import get_task
+
 AUTO = "auto"
 MAX_TARGET_EPSILON = 100.0
-MAX_NOISE_MULTIPLIER = 1e4  # calibration's own ceiling (common/privacy_accounting.py)
+MAX_NOISE_MULTIPLIER = 1e4  # calibration's own ceiling (common/privacy/accounting.py)
 MIN_DIRICHLET_ALPHA = 1e-3
 # Far above anything this product runs, far below what overflows or exhausts a machine.
 SIZE_LIMITS = {
@@ -42,14 +45,6 @@ class ModelShape:
     num_heads: int = 2
     intermediate_size: int = 256
     max_length: int = 48
-
-
-class ConfigError(ValueError):
-    """A setting has an impossible value; the message names the setting."""
-
-    def __init__(self, key: str, problem: str) -> None:
-        super().__init__(f"setting '{key}': {problem}")
-        self.key = key
 
 
 @dataclass(frozen=True)
@@ -169,8 +164,6 @@ class RunConfig:
 
     def validate(self) -> None:
         """Raise ConfigError for the first impossible setting."""
-        from common.tasks import get_task  # late import: the registry imports this module
-
         task = get_task(self.task)
         _require("seed", 0 <= self.seed < 2**32, "must be an integer in [0, 2^32)")
         self._require_sizes()
@@ -182,7 +175,7 @@ class RunConfig:
             _require(key, getattr(self, key.replace("-", "_")) >= 1, "must be >= 1")
         _require("warm-start-steps", self.warm_start_steps >= 0, "must be >= 0 (0 = off)")
         _require("warm-start-batch-size", self.warm_start_batch_size >= 1, "must be >= 1")
-        _require("warm-start-steps", self.warm_start_steps == 0 or self.task == "mlm",
+        _require("warm-start-steps", self.warm_start_steps == 0 or task.public_corpus,
                  f"task '{self.task}' has no public corpus for a warm start; use 0")
         _require("max-records", self.max_records >= 0, "must be >= 0 (0 means all records)")
         _require("finetune-min-steps", self.finetune_min_steps >= 0, "must be >= 0")

@@ -11,11 +11,11 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg, FedMedian, FedTrimmedAvg
 
 from common.run_config import RunConfig
-from common.run_dir_layout import NODES_DIR
+from common.run_layout import NODES_DIR
 from common.tasks import SslTask, get_task
 from server.client_level_dp import ClientDpSettings
-from server.delta_fedavg import DeltaFedAvg
-from server.downstream_stage import run_downstream, skipped_downstream
+from server.evaluation.pipeline import run_downstream, skipped_downstream
+from server.evaluation.safetensors_export import save_state
 from server.ledger_sync import LedgerCoverage, sync_ledgers
 from server.privacy_summary import privacy_section
 from server.public_warm_start import warm_start
@@ -25,7 +25,7 @@ from server.run_directory import RoundRecorder, prepare_run_dir, weighted_loss
 from server.run_ledger import open_run_ledger
 from server.run_lock import hold_run_dir
 from server.run_report import build_summary, epsilon_text, summary_table, write_reports
-from server.safetensors_export import save_state
+from server.update_fedavg import UpdateFedAvg
 
 app = ServerApp()
 NODE_WAIT_S = 300.0
@@ -98,7 +98,7 @@ def federated_rounds(
 ) -> dict[str, torch.Tensor]:
     """Rounds done+1 .. num-rounds from `model`; returns the final global weights."""
     poisson = config.client_sampling == "poisson"
-    strategy = DeltaFedAvg(
+    strategy = UpdateFedAvg(
         update_clip_norm=config.update_clip_norm,
         on_round=recorder,
         client_dp=client_dp_settings(config),

@@ -27,7 +27,7 @@ import torch
 from flwr.supercore.differential_privacy import compute_stdv
 
 from common.model_updates import State
-from common.privacy_ledger import GAUSSIAN_NO_AMPLIFICATION, POISSON_GAUSSIAN
+from common.privacy.ledger import GAUSSIAN_NO_AMPLIFICATION, POISSON_GAUSSIAN
 
 
 @dataclass(frozen=True)

@@ -22,14 +22,14 @@ from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.common import log
 from flwr.serverapp import Grid
 
-from common.privacy_ledger import (
+from common.privacy.ledger import (
     FEDERATION_NODE,
     RECORD_LEVEL,
     LedgerEntry,
     LedgerError,
     PrivacyLedger,
 )
-from common.wire_format import LEDGER_SYNC, QUERY_KEY, REPLY_KEY, STATUS_LEDGER
+from common.protocol import LEDGER_SYNC, QUERY_KEY, REPLY_KEY, STATUS_LEDGER
 
 SYNC_TIMEOUT_S = 60.0
 SYNC_RETRY_S = 2.0

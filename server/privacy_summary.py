@@ -13,8 +13,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from common.privacy_accounting import ACCOUNTANT, ADD_REMOVE, REPLACE_ONE, epsilon_of
-from common.privacy_ledger import (
+from common.privacy.accounting import ACCOUNTANT, ADD_REMOVE, REPLACE_ONE, epsilon_of
+from common.privacy.ledger import (
     CLIENT_LEVEL,
     FEDERATION_NODE,
     GENESIS,

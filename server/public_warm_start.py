@@ -9,7 +9,7 @@ never derived from a client's records:
   `simple-icd-10-cm` package, 23,420 texts, the same public corpus the shipped vocabulary is
   trained on. They are public (published with the classification) and disjoint from the
   billable code descriptions that play the clients' private records: headings that repeat a
-  description word for word are excluded (`common.icd10_corpus.load_public_headings`).
+  description word for word are excluded (`common.data.icd10_corpus.load_public_headings`).
 * `mae`: no public image corpus is wired yet (`warm-start-steps` must stay 0).
 
 The warm start writes no ledger entry (it reads no client record); `warm_start.json` in RUN_DIR
@@ -40,9 +40,9 @@ def public_corpus(config: RunConfig) -> tuple[tuple[torch.Tensor, ...], str]:
     if config.task != "mlm":
         raise ConfigError("warm-start-steps", f"task '{config.task}' has no public corpus "
                           "for a warm start; use warm-start-steps=0")
-    from common.icd10_corpus import load_public_headings
-    from common.mlm_task import tokenizer_path
-    from common.tokenizer import encode_texts, load_tokenizer
+    from common.data.icd10_corpus import load_public_headings
+    from common.data.tokenizer import encode_texts, load_tokenizer
+    from common.tasks.mlm import tokenizer_path
 
     texts = load_public_headings()
     digest = hashlib.sha256("\n".join(texts).encode()).hexdigest()

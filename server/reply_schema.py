@@ -18,7 +18,7 @@ from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
-from common.wire_format import (
+from common.protocol import (
     REPLY_KEY,
     STATUS_ERROR,
     STATUS_REFUSED,

@@ -17,8 +17,9 @@ from typing import Any
 
 from common.model_updates import State
 from common.run_config import ConfigError, RunConfig
-from common.run_dir_layout import CHECKPOINT_FILE
-from server.safetensors_export import load_state, save_state
+from common.run_layout import CHECKPOINT_FILE
+from server.atomic_json import write_json
+from server.evaluation.safetensors_export import load_state, save_state
 
 ROUNDS_DIR = "checkpoints"
 GLOBAL_MODEL = "global_model.safetensors"
@@ -118,7 +119,6 @@ def _sha256(path: Path) -> str:
 
 
 def _write_json(path: Path, data: Any) -> None:
-    from server.run_directory import write_json  # late: run_directory imports this module
 
     write_json(path, data)
 

@@ -15,18 +15,17 @@ Layout (a contract the tests check; documented in the README):
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import statistics
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from common.model_updates import State
-from common.privacy_ledger import RECORD_LEVEL, PrivacyLedger
+from common.privacy.ledger import RECORD_LEVEL, PrivacyLedger
 from common.run_config import RunConfig
-from common.run_dir_layout import CONFIG_FILE, METRICS_FILE
-from server.delta_fedavg import RoundRecord
+from common.run_layout import CONFIG_FILE, METRICS_FILE
+from server.atomic_json import write_json
+from server.round_record import RoundRecord
 from server.run_checkpoint import commit_round, save_round_model
 from server.run_ledger import record_round
 
@@ -53,15 +52,6 @@ def prepare_run_dir(
     for name, source in public_files.items():
         shutil.copyfile(source, run_dir / name)
     return run_dir
-
-
-def write_json(path: Path, data: Any) -> None:
-    """Write JSON atomically (temp file in the same folder, then rename)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as handle:
-        json.dump(data, handle, indent=2, sort_keys=True)
-        handle.write("\n")
-    os.replace(tmp, path)
 
 
 class RoundRecorder:

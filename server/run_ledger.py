@@ -12,8 +12,8 @@ from pathlib import Path
 
 from flwr.common import log
 
-from common.privacy_accounting import ACCOUNTANT, ADD_REMOVE, epsilon_of
-from common.privacy_ledger import (
+from common.privacy.accounting import ACCOUNTANT, ADD_REMOVE, epsilon_of
+from common.privacy.ledger import (
     CLIENT_LEVEL,
     FEDERATION_NODE,
     SECRET_NOISE,
@@ -21,8 +21,8 @@ from common.privacy_ledger import (
     LedgerEntry,
     PrivacyLedger,
 )
-from common.run_dir_layout import LEDGER_FILE, RUN_OWNER
-from server.delta_fedavg import RoundRecord
+from common.run_layout import LEDGER_FILE, RUN_OWNER
+from server.round_record import RoundRecord
 
 
 def open_run_ledger(run_dir: Path) -> tuple[PrivacyLedger, str]:

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from common.run_config import RunConfig
-from server.run_directory import write_json
+from server.atomic_json import write_json
 
 
 def build_summary(

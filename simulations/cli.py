@@ -7,7 +7,7 @@ import signal
 import sys
 
 from common.run_config import ConfigError
-from simulations.certs_command import add_certs_parser, certs_command
+from server.deployment.certs_command import add_certs_parser, certs_command
 from simulations.presets import preset_listing
 from simulations.sweep_command import add_sweep_parser, sweep_command
 
@@ -77,11 +77,11 @@ def main(argv: list[str] | None = None) -> int:
             return simulate_command(args.out, args.settings, args.verbose, args.preset)
         if args.command == "audit":
             # Imported here: the audit loads opacus/dp-accounting, `--help` should not.
-            from simulations.audit_command import audit_command
+            from common.privacy.audit_command import audit_command
 
             return audit_command(args.path, args.json, args.delta, args.out)
         if args.command == "check-data":
-            from simulations.check_data_command import check_data_command
+            from client.check_data_command import check_data_command
 
             return check_data_command(args.data_dir, args.task)
         if args.command == "certs":
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
 def _gateway(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from simulations.fleet_gateway import serve
+    from server.deployment.fleet_gateway import serve
 
     for name in ("ca", "certfile", "keyfile"):
         if not Path(getattr(args, name)).is_file():

@@ -25,8 +25,7 @@ from typing import Any
 from urllib.error import URLError
 from urllib.request import urlopen
 
-import psutil
-
+from simulations.process_tree import stop_process_tree
 from simulations.run_watchdog import start_watchdog
 
 APP_DIR = Path(__file__).resolve().parent.parent  # holds pyproject.toml ([tool.flwr.app])
@@ -143,56 +142,6 @@ def run_app(
         finally:
             # On Ctrl-C/SIGTERM `flwr run` may not have been signalled itself: stop it too.
             stop_process_tree(process.pid, grace_s=5.0)
-
-
-def stop_process_tree(
-    pid: int | None, marker: tuple[str, str] | None = None, grace_s: float = 10.0
-) -> list[int]:
-    """Stop `pid` (if any), all its descendants, and any process whose environment has
-    `marker`. SIGTERM first, SIGKILL after `grace_s`. Returns the PIDs that were signalled.
-    """
-    targets: dict[int, psutil.Process] = {}
-    try:
-        if pid is not None:
-            root = psutil.Process(pid)
-            targets[root.pid] = root
-            targets.update({p.pid: p for p in root.children(recursive=True)})
-    except psutil.NoSuchProcess:
-        pass
-    if marker is not None:
-        for proc in _processes_with_env(*marker):
-            targets[proc.pid] = proc
-            # Their children too: Ray starts some agents with an environment of their own,
-            # and would orphan them (alive, under init) when their raylet is stopped.
-            try:
-                targets.update({c.pid: c for c in proc.children(recursive=True)})
-            except psutil.NoSuchProcess:
-                pass
-    targets.pop(os.getpid(), None)
-    for proc in targets.values():
-        try:
-            proc.terminate()
-        except psutil.NoSuchProcess:
-            pass
-    _, alive = psutil.wait_procs(list(targets.values()), timeout=grace_s)
-    for proc in alive:
-        try:
-            proc.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(alive, timeout=5.0)
-    return sorted(targets)
-
-
-def _processes_with_env(key: str, value: str) -> list[psutil.Process]:
-    found = []
-    for proc in psutil.process_iter():
-        try:
-            if proc.environ().get(key) == value:
-                found.append(proc)
-        except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):
-            continue
-    return found
 
 
 def wait_healthy(

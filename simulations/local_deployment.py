@@ -26,9 +26,9 @@ from simulations.flower_launcher import (
     free_port,
     require_free_port,
     run_config_toml,
-    stop_process_tree,
     wait_healthy,
 )
+from simulations.process_tree import stop_process_tree
 
 CONNECTION = "fedssl-local"  # the SuperLink connection name in FLWR_HOME/config.toml
 # A SuperNode that cannot connect gives up (with the reason in its log) rather than retry

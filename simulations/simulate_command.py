@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from common.local_data import DataFolderError
+from common.data.data_folders import DataFolderError
 from common.run_config import RunConfig, parse_overrides
 from simulations.presets import preset_settings
 
@@ -47,7 +47,7 @@ def simulate_command(
     Raises ConfigError for a bad setting (the caller prints it and exits 2).
     """
     # Imported here so `fedssl --help` and config errors answer without loading torch/Flower.
-    from common.privacy_ledger import LedgerError
+    from common.privacy.ledger import LedgerError
     from common.tasks import check_run_data
     from server.run_checkpoint import ResumeError, find_checkpoint
     from server.run_lock import RunDirBusy, check_run_dir_free
@@ -153,8 +153,8 @@ def _check_run_ledger(run_dir: Path) -> None:
     The run ledger is never reset, so a corrupt one must stop the run before any privacy is
     spent: the server could not record the clients' entries.
     """
-    from common.privacy_ledger import LedgerError, read_ledger
-    from common.run_dir_layout import LEDGER_FILE, RUN_OWNER
+    from common.privacy.ledger import LedgerError, read_ledger
+    from common.run_layout import LEDGER_FILE, RUN_OWNER
 
     path = run_dir / LEDGER_FILE
     if not path.exists():

@@ -27,12 +27,13 @@ from typing import IO
 
 import torch
 
-from common.label_budgets import LabelBudget
+from common.data.label_budgets import LabelBudget
 from common.run_config import RunConfig
 from common.tasks import get_task
-from server.budget_evaluation import BudgetResult, evaluate_budget
-from server.downstream_stage import DownstreamKit, make_kit
-from server.safetensors_export import load_state
+from server.evaluation.label_budget_arms import BudgetResult, evaluate_budget
+from server.evaluation.downstream_kit import DownstreamKit
+from server.evaluation.pipeline import make_kit
+from server.evaluation.safetensors_export import load_state
 from simulations.sweep_grid import PretrainArm, SweepGrid
 
 COLUMNS = ("task", "seed", "budget", "arm", "pretraining", "rounds", "recipe", "target_epsilon",

@@ -27,10 +27,8 @@ from test_ledger_audit import (
     _spend,
 )
 
-from common.ledger_audit import audit
-from common.ledger_integrity import verify_chain, withheld_chains
-from common.privacy_accounting import REPLACE_ONE, epsilon_of
-from common.privacy_ledger import (
+from common.privacy.accounting import REPLACE_ONE, epsilon_of
+from common.privacy.ledger import (
     CLIENT_LEVEL,
     FEDERATION_NODE,
     GENESIS,
@@ -39,6 +37,8 @@ from common.privacy_ledger import (
     PrivacyLedger,
     read_ledger,
 )
+from common.privacy.ledger_audit import audit
+from common.privacy.ledger_integrity import verify_chain, withheld_chains
 from common.run_config import RunConfig
 
 RUN_ID = "run-1"

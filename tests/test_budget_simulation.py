@@ -18,9 +18,9 @@ import pytest
 from simulation_runs import ROOT, TINY_RUN, simulate
 
 from client.dp_training import poisson_sample_rate
-from common.demo_data import demo_splits
-from common.privacy_accounting import ADD_REMOVE, REPLACE_ONE, epsilon_of
-from common.privacy_ledger import (
+from common.data.demo_text import demo_splits
+from common.privacy.accounting import ADD_REMOVE, REPLACE_ONE, epsilon_of
+from common.privacy.ledger import (
     CLIENT_LEVEL,
     FEDERATION_NODE,
     GENESIS,

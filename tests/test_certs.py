@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
-from simulations import deployment_credentials as dc
+from server.deployment import credentials as dc
 from simulations.cli import main
 
 HOSTS = ["127.0.0.1", "link.example.org", "::1"]

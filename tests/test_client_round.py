@@ -18,10 +18,10 @@ from conftest import TINY
 from client.dp_training import poisson_sample_rate
 from client.local_round import plan_round, run_client_round
 from client.node_settings import NodeSettings, node_settings
-from common.dp_randomness import secret_generator, seeded_generator
 from common.model_updates import update_norm
-from common.privacy_accounting import REPLACE_ONE, epsilon_of
-from common.privacy_ledger import (
+from common.privacy.accounting import REPLACE_ONE, epsilon_of
+from common.privacy.dp_randomness import secret_generator, seeded_generator
+from common.privacy.ledger import (
     RECORD_LEVEL,
     SECRET_NOISE,
     SEEDED_NOISE,

@@ -7,9 +7,9 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from common.demo_data import demo_splits
-from common.icd10_corpus import load_icd10_records, load_public_headings
-from common.partitioning import dirichlet_partition, stratified_split
+from common.data.demo_text import demo_splits
+from common.data.icd10_corpus import load_icd10_records, load_public_headings
+from common.data.partitioning import dirichlet_partition, stratified_split
 from common.run_config import ConfigError, RunConfig
 
 

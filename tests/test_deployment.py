@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 from simulation_runs import ROOT, TINY_RUN, flower_processes
 
-from common.demo_data import demo_splits
-from common.privacy_ledger import PrivacyLedger
+from common.data.demo_text import demo_splits
+from common.privacy.ledger import PrivacyLedger
 from common.run_config import RunConfig
 from simulations.cli import main as fedssl
 from simulations.flower_launcher import console_script, flower_env

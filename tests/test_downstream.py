@@ -8,22 +8,22 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
-from common.icd10_corpus import load_icd10_records
-from common.mlm_task import bert_config, build_mlm_model, encoder_state
-from common.run_config import ModelShape
-from common.tokenizer import encode_texts
 from conftest import TINY
-from server.classifier_training import (
+
+from common.data.icd10_corpus import load_icd10_records
+from common.data.tokenizer import encode_texts
+from common.run_config import ModelShape
+from common.tasks.mlm import bert_config, build_mlm_model, encoder_state
+from server.evaluation.classifier_training import (
     FinetuneRecipe,
     classification_metrics,
     predict,
     train_classifier,
 )
-from server.text_classifier import build_classifier
-from server.pruning import linear_sparsity, make_pruning_permanent, prune_linear_weights
-from server.safetensors_export import load_state, save_state
-from server.tfidf_baseline import tfidf_logreg
+from server.evaluation.pruning import linear_sparsity, make_pruning_permanent, prune_linear_weights
+from server.evaluation.safetensors_export import load_state, save_state
+from server.evaluation.text_classifier import build_classifier
+from server.evaluation.tfidf_baseline import tfidf_logreg
 
 EYE, PREGNANCY = 6, 14  # two ICD-10 chapters with distinct vocabularies
 

@@ -7,7 +7,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from server.classifier_training import FinetuneRecipe, early_stopping_patience, train_early_stopped
+from server.evaluation.classifier_training import (
+    FinetuneRecipe,
+    early_stopping_patience,
+    train_early_stopped,
+)
 
 
 def test_patience_stretches_with_the_schedule():

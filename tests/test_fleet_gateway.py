@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from starlette.testclient import TestClient
 
+from server.deployment.fleet_gateway import FLEET_ROUTES, gateway_app
 from simulations.cli import main as fedssl
-from simulations.fleet_gateway import FLEET_ROUTES, gateway_app
 
 
 @pytest.fixture()

@@ -15,11 +15,11 @@ from test_client_round import CONFIG, SIGMA, _node
 from torch.utils.data import DataLoader, TensorDataset
 
 from client.local_round import run_client_round
-from common.dp_randomness import secret_generator
-from common.mlm_task import VOCABULARY_PARAMETERS, mask_tokens, per_sequence_loss
-from common.privacy_ledger import PrivacyLedger
+from common.privacy.dp_randomness import secret_generator
+from common.privacy.ledger import PrivacyLedger
 from common.run_config import ConfigError, RunConfig
 from common.tasks import freeze_vocabulary, get_task
+from common.tasks.mlm import VOCABULARY_PARAMETERS, mask_tokens, per_sequence_loss
 
 CLIP = 0.05
 

@@ -1,6 +1,6 @@
 """One hostile or broken reply can neither poison the model nor abort the round.
 
-Each case goes through the real strategy (`DeltaFedAvg.configure_train` to sample and
+Each case goes through the real strategy (`UpdateFedAvg.configure_train` to sample and
 `aggregate_train` to aggregate) with replies built as Flower builds them. Before the reply
 schema, a NaN `num-examples` turned the model into NaN, a weight of −99 beside an honest 100
 moved every coordinate ~170× past the clip bound, all-zero weights raised ZeroDivisionError,
@@ -19,7 +19,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDic
 from flwr.supercore.task_identity import TaskIdentity
 
 from common.model_updates import update_norm
-from server.delta_fedavg import DeltaFedAvg
+from server.update_fedavg import UpdateFedAvg
 
 CLIP = 1.0
 NODES = (1, 2, 3)
@@ -54,7 +54,7 @@ def _reply(instruction: Message, metrics: dict[str, object] | None = None,
 def _round(make_replies) -> tuple[torch.Tensor | None, list]:
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 1, 1
     seen = []
-    strategy = DeltaFedAvg(update_clip_norm=CLIP, on_round=lambda r, s: seen.append(r),
+    strategy = UpdateFedAvg(update_clip_norm=CLIP, on_round=lambda r, s: seen.append(r),
                            fraction_train=1.0, fraction_evaluate=0.0,
                            min_available_nodes=len(NODES))
     start = ArrayRecord({"w": torch.zeros(4)})
@@ -139,7 +139,7 @@ def test_a_dead_simulation_worker_stops_the_run_with_a_clear_message():
     too (issue "Hardening" §4): the strategy stops the run and says how to resume."""
     from flwr.app import Error
 
-    from server.delta_fedavg import SimulationWorkerDied
+    from server.update_fedavg import SimulationWorkerDied
 
     reason = ("<class 'ray.exceptions.ActorDiedError'>:<'The actor died unexpectedly before "
               "finishing this task.'>")

@@ -8,14 +8,14 @@ import struct
 import numpy as np
 import pytest
 
-from common.image_data import (
+from common.data.demo_images import (
     demo_image_splits,
-    image_demo_splits,
     load_fashion_mnist,
     load_mnist5k,
     read_idx,
+    split_images,
 )
-from common.partitioning import SplitSettings
+from common.data.partitioning import SplitSettings
 from common.run_config import ConfigError, RunConfig
 
 SPLIT = {"test_fraction": 0.2, "label_fraction": 0.05, "num_clients": 5, "dirichlet_alpha": 0.5}
@@ -88,7 +88,7 @@ def test_fashion_mnist_loads_debian_layout_and_explains_absence(tmp_path):
 def test_splits_are_disjoint_complete_and_seeded():
     labels = np.repeat(np.arange(10), 100)
     images = _indexed_images(len(labels))
-    a = image_demo_splits(images, labels, SplitSettings(seed=1, **SPLIT))
+    a = split_images(images, labels, SplitSettings(seed=1, **SPLIT))
     parts = [a.test_images, a.labeled_images, *a.client_images]
     used = np.concatenate([_indices(p) for p in parts])
     assert sorted(used.tolist()) == list(range(len(labels)))  # disjoint and complete
@@ -96,8 +96,8 @@ def test_splits_are_disjoint_complete_and_seeded():
     assert np.array_equal(labels[_indices(a.test_images)], a.test_labels)
     assert len(a.test_images) == 200 and len(a.labeled_images) == 40
     assert set(a.labeled_labels.tolist()) == set(range(10))  # every class when possible
-    b = image_demo_splits(images, labels, SplitSettings(seed=1, **SPLIT))
-    c = image_demo_splits(images, labels, SplitSettings(seed=2, **SPLIT))
+    b = split_images(images, labels, SplitSettings(seed=1, **SPLIT))
+    c = split_images(images, labels, SplitSettings(seed=2, **SPLIT))
     assert all(np.array_equal(x, y) for x, y in zip(a.client_images, b.client_images,
                                                     strict=True))
     assert not np.array_equal(a.labeled_images, c.labeled_images)
@@ -110,7 +110,7 @@ def test_small_alpha_partitions_are_non_iid():
     images = _indexed_images(len(labels))
 
     def skew(alpha: float) -> float:
-        splits = image_demo_splits(
+        splits = split_images(
             images, labels, SplitSettings(seed=0, **{**SPLIT, "dirichlet_alpha": alpha}))
         shares = [np.bincount(labels[_indices(c)], minlength=10).max() / len(c)
                   for c in splits.client_images]
@@ -136,10 +136,10 @@ def test_impossible_splits_name_the_setting():
     labels = np.repeat(np.arange(10), 20)
     images = _indexed_images(len(labels))
     with pytest.raises(ConfigError) as err:
-        image_demo_splits(images, labels,
+        split_images(images, labels,
                           SplitSettings(seed=0, **{**SPLIT, "num_clients": 100}))
     assert err.value.key == "num-clients"
     with pytest.raises(ConfigError) as err:
-        image_demo_splits(images, labels,
+        split_images(images, labels,
                           SplitSettings(seed=0, **{**SPLIT, "label_fraction": 0.001}))
     assert err.value.key == "label-fraction"

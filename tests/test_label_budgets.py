@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from common.label_budgets import BudgetError, LabelBudget, select_labeled, validation_split
+from common.data.label_budgets import BudgetError, LabelBudget, select_labeled, validation_split
 from simulations.sweep_grid import GridError, parse_grid
 
 LABELS = np.array([0] * 50 + [1] * 30 + [2] * 3 + [3] * 1)

@@ -20,25 +20,16 @@ import pytest
 from dp_accounting import GaussianDpEvent, PoissonSampledDpEvent, SelfComposedDpEvent
 from dp_accounting.pld import PLDAccountant
 
-from common.epsilon_curves import claim_curve
-from common.ledger_audit import (
-    AuditInputError,
-    audit,
-    audit_node,
-    check_anchor,
-    pld_curve,
-    rdp_curve,
-    verify_chain,
-)
-from common.ledger_integrity import RELATION_OF
-from common.privacy_accounting import (
+from common.privacy.accounting import (
     ACCOUNTANT,
     ADD_REMOVE,
     REPLACE_ONE,
     epsilon_of,
     legacy_rdp_epsilon,
 )
-from common.privacy_ledger import (
+from common.privacy.audit_report import json_document, verdict_line
+from common.privacy.epsilon_curves import claim_curve
+from common.privacy.ledger import (
     CLIENT_LEVEL,
     FEDERATION_NODE,
     GENESIS,
@@ -52,7 +43,16 @@ from common.privacy_ledger import (
     read_ledger,
     row_hash,
 )
-from simulations.audit_report import json_document, verdict_line
+from common.privacy.ledger_audit import (
+    AuditInputError,
+    audit,
+    audit_node,
+    check_anchor,
+    pld_curve,
+    rdp_curve,
+    verify_chain,
+)
+from common.privacy.ledger_integrity import RELATION_OF
 from simulations.cli import main
 
 DELTA = 1e-5

@@ -10,9 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from common.ledger_audit import audit
-from common.privacy_accounting import ACCOUNTANT, REPLACE_ONE, epsilon_of
-from common.privacy_ledger import (
+from common.privacy.accounting import ACCOUNTANT, REPLACE_ONE, epsilon_of
+from common.privacy.ledger import (
     CONFIRMATION,
     POISSON_GAUSSIAN,
     RECORD_LEVEL,
@@ -21,6 +20,7 @@ from common.privacy_ledger import (
     PrivacyLedger,
     unconfirmed,
 )
+from common.privacy.ledger_audit import audit
 from simulations.cli import main
 
 DELTA = 1e-5

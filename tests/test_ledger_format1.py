@@ -1,7 +1,7 @@
 """Ledgers written before format 2 still read, verify and audit, and migrate in place.
 
 The format-1 file is written here with sqlite3 exactly as the old `PrivacyLedger` wrote it
-(commit 0d45120, common/privacy_ledger.py): no `relation`/`noise` columns, entries hashed
+(commit 0d45120, common/privacy/ledger.py): no `relation`/`noise` columns, entries hashed
 without them, timestamps to the microsecond, claims from Opacus RDP under add/remove-one
 (`legacy_rdp_epsilon`, bit for bit the old `epsilon_of`), accountant "rdp", and DP noise drawn
 from the run seed. It deliberately does not use the new code to write, so a change in how the
@@ -18,15 +18,14 @@ from typing import Any
 
 import pytest
 
-from common.ledger_audit import audit
-from common.ledger_integrity import verify_chain
-from common.privacy_accounting import (
+from common.privacy.accounting import (
     ACCOUNTANT,
     REPLACE_ONE,
     epsilon_of,
     legacy_rdp_epsilon,
 )
-from common.privacy_ledger import (
+from common.privacy.audit_report import json_document, verdict_line
+from common.privacy.ledger import (
     CONFIRMATION,
     FORMAT_VERSION,
     GENESIS,
@@ -36,7 +35,8 @@ from common.privacy_ledger import (
     PrivacyLedger,
     read_ledger,
 )
-from simulations.audit_report import json_document, verdict_line
+from common.privacy.ledger_audit import audit
+from common.privacy.ledger_integrity import verify_chain
 
 NODE = "hospital-a"
 DELTA = 1e-5

@@ -12,12 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from common.local_data import (
-    DataFolderError,
-    check_folder,
-    load_image_folder,
-    load_text_folder,
-)
+from client.check_data_command import check_folder
+from common.data.data_folders import DataFolderError, load_text_folder
+from common.data.image_folders import load_image_folder
 from simulations.cli import main
 
 SECRET = "ZEBRA-PATIENT-7731 has a rare condition"
@@ -388,7 +385,7 @@ def test_non_regular_entries_are_skipped_and_counted(tmp_path):
 
 
 def test_a_file_past_the_size_limit_is_refused_before_it_is_read(tmp_path):
-    from common.local_data import MAX_FILE_BYTES
+    from common.data.data_folders import MAX_FILE_BYTES
 
     with open(tmp_path / "huge.txt", "wb") as handle:  # sparse: no disk, no memory
         handle.truncate(MAX_FILE_BYTES + 1)
@@ -398,7 +395,7 @@ def test_a_file_past_the_size_limit_is_refused_before_it_is_read(tmp_path):
 
 
 def test_an_npy_header_claiming_a_huge_array_is_refused_without_allocating(tmp_path):
-    from common.local_data import load_image_folder
+    from common.data.image_folders import load_image_folder
 
     header = {"descr": "|u1", "fortran_order": False, "shape": (10**9, 28, 28)}
     with open(tmp_path / "forged.npy", "wb") as handle:

@@ -17,7 +17,7 @@ import json
 
 from simulation_runs import TINY_RUN, simulate
 
-from common.privacy_ledger import PrivacyLedger
+from common.privacy.ledger import PrivacyLedger
 from simulations.cli import main as fedssl
 
 SETTINGS = {**TINY_RUN, "num-clients": 3, "num-rounds": 1, "round-timeout": 1,

@@ -19,9 +19,10 @@ from opacus.optimizers import DPOptimizer
 from opacus.validators import ModuleValidator
 from torch import nn
 
-from common.image_data import load_mnist5k
-from common.local_data import DataFolderError
-from common.mae_task import (
+from common.data.data_folders import DataFolderError
+from common.data.demo_images import load_mnist5k
+from common.run_config import RunConfig
+from common.tasks.mae import (
     FEATURE_DIM,
     MAX_SHIFT,
     NUM_MASKED,
@@ -39,7 +40,6 @@ from common.mae_task import (
     reconstruction_loss,
     shift_images,
 )
-from common.run_config import RunConfig
 
 CLIP = 1e-3  # small enough that every per-record gradient here is actually clipped
 

@@ -11,7 +11,7 @@ from opacus import GradSampleModule
 from opacus.grad_sample.gsm_exp_weights import GradSampleModuleExpandedWeights
 from opacus.optimizers import DPOptimizer
 
-from common.mlm_task import mask_tokens, per_sequence_loss
+from common.tasks.mlm import mask_tokens, per_sequence_loss
 
 CLIP = 0.05  # small enough that every per-record gradient here is actually clipped
 

@@ -12,7 +12,7 @@ from common.model_updates import (
     compute_update,
     update_norm,
 )
-from server.delta_fedavg import update_problem
+from server.update_fedavg import update_problem
 
 GLOBAL = {"a": torch.zeros(3, 2), "b": torch.ones(4)}
 

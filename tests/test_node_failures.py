@@ -28,9 +28,9 @@ import psutil
 import pytest
 from simulation_runs import TINY_RUN, flower_processes
 
-from common.demo_data import demo_splits
-from common.privacy_accounting import REPLACE_ONE, epsilon_of
-from common.privacy_ledger import LedgerEntry, LedgerError, PrivacyLedger, unconfirmed
+from common.data.demo_text import demo_splits
+from common.privacy.accounting import REPLACE_ONE, epsilon_of
+from common.privacy.ledger import LedgerEntry, LedgerError, PrivacyLedger, unconfirmed
 from common.run_config import RunConfig
 from simulations.cli import main as fedssl
 from simulations.local_deployment import Credentials, LocalDeployment

@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 from simulation_runs import ROOT
 
-from common.local_data import DataFolderError, load_text_folder
-from common.own_data import image_splits, load_own_records, text_splits
+from common.data.data_folders import DataFolderError, load_text_folder
+from common.data.run_splits import image_splits, load_own_records, text_splits
 from common.run_config import ConfigError, RunConfig
 from common.tasks import check_run_data
 
@@ -89,7 +89,7 @@ def test_splits_are_deterministic_across_processes(tmp_path):
     """The ServerApp and every ClientApp compute the plan independently: it must agree."""
     folder = write_text_folder(tmp_path / "data")
     here = text_splits(_config(folder))
-    code = ("import json; from common.own_data import text_splits; "
+    code = ("import json; from common.data.run_splits import text_splits; "
             "from common.run_config import RunConfig; "
             f"s = text_splits(RunConfig(data={str(folder)!r}, num_clients=4, "
             "label_fraction=0.1)); print(json.dumps([s.test_texts, s.client_texts]))")

@@ -8,12 +8,12 @@ import pytest
 import torch
 from torch import nn
 
-from common.mae_task import build_image_classifier, lower_encoder_layers
-from common.mlm_task import bert_config
 from common.run_config import ModelShape
-from server.classifier_training import FinetuneRecipe, freeze, train_classifier
-from server.text_classifier import build_classifier
-from server.text_classifier import lower_encoder_layers as lower_text_layers
+from common.tasks.mae import build_image_classifier, lower_encoder_layers
+from common.tasks.mlm import bert_config
+from server.evaluation.classifier_training import FinetuneRecipe, freeze, train_classifier
+from server.evaluation.text_classifier import build_classifier
+from server.evaluation.text_classifier import lower_encoder_layers as lower_text_layers
 
 
 def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:

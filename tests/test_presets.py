@@ -32,7 +32,7 @@ def test_the_presets_are_what_the_issue_asks_for():
     assert hospitals.partition == "dirichlet"
     assert devices.num_clients == 1000 and devices.client_sampling == "poisson"
     assert devices.fraction_train == pytest.approx(0.02)
-    from common.demo_data import demo_splits
+    from common.data.demo_text import demo_splits
 
     sizes = sorted(len(c) for c in demo_splits(devices).client_texts)
     assert sizes[0] >= 2 and sizes[len(sizes) // 2] <= 20  # few records per device

@@ -9,10 +9,7 @@ import numpy as np
 import pytest
 
 from client.dp_training import DpSettings, poisson_sample_rate, train_locally
-from common.dp_randomness import secret_generator
-from common.epsilon_curves import pld_curve, rdp_curve, replace_one_rdp
-from common.mlm_task import per_record_loss
-from common.privacy_accounting import (
+from common.privacy.accounting import (
     ADD_REMOVE,
     RDP_ORDERS,
     REPLACE_ONE,
@@ -20,7 +17,10 @@ from common.privacy_accounting import (
     epsilon_of,
     legacy_rdp_epsilon,
 )
+from common.privacy.dp_randomness import secret_generator
+from common.privacy.epsilon_curves import pld_curve, rdp_curve, replace_one_rdp
 from common.run_config import RunConfig
+from common.tasks.mlm import per_record_loss
 from simulations.presets import preset_settings
 
 DELTA = 1e-5
@@ -112,7 +112,7 @@ def test_replace_one_rdp_is_the_gaussian_at_full_sampling_and_bounds_pld():
 
 def _preset_sizes(name: str) -> tuple[RunConfig, list[int]]:
     """A preset's settings ("demo": the defaults) and its simulated nodes' record counts."""
-    from common.demo_data import demo_splits
+    from common.data.demo_text import demo_splits
 
     extra = preset_settings(name) if name != "demo" else {}
     config = RunConfig.from_mapping({**RunConfig().to_mapping(), **extra})

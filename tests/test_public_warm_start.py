@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from common.icd10_corpus import load_icd10_records, load_public_headings
+from common.data.icd10_corpus import load_icd10_records, load_public_headings
 from common.run_config import RunConfig
 from common.tasks import get_task
 from server.public_warm_start import WARM_START_FILE, warm_start

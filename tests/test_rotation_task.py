@@ -11,11 +11,11 @@ import torch
 from opacus import GradSampleModule
 from opacus.optimizers import DPOptimizer
 
-from common.image_data import load_mnist5k
-from common.mae_task import ImageEncoder, encoder_state
-from common.rotation_task import ROTATIONS, RotationModel, per_record_loss, rotate_images
+from common.data.demo_images import load_mnist5k
 from common.run_config import RunConfig
 from common.tasks import get_task
+from common.tasks.mae import ImageEncoder, encoder_state
+from common.tasks.rotation import ROTATIONS, RotationModel, per_record_loss, rotate_images
 
 CLIP = 1e-3  # small enough that every per-record gradient here is actually clipped
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from test_ledger_audit import RATE, SIGMA, STEPS, _event, _spend
 
-from common.privacy_accounting import ACCOUNTANT, ADD_REMOVE, epsilon_of
-from common.privacy_ledger import (
+from common.privacy.accounting import ACCOUNTANT, ADD_REMOVE, epsilon_of
+from common.privacy.ledger import (
     CLIENT_LEVEL,
     FEDERATION_NODE,
     POISSON_GAUSSIAN,
@@ -19,7 +19,7 @@ from common.privacy_ledger import (
     PrivacyLedger,
 )
 from server.client_level_dp import ClientDpSettings
-from server.delta_fedavg import RoundRecord
+from server.round_record import RoundRecord
 from server.run_ledger import open_run_ledger, record_round
 from simulations.cli import main
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from test_ledger_audit import RATE, SIGMA, STEPS, _event
 
-from common.privacy_accounting import REPLACE_ONE, epsilon_of
-from common.privacy_ledger import (
+from common.privacy.accounting import REPLACE_ONE, epsilon_of
+from common.privacy.ledger import (
     FEDERATION_NODE,
     GENESIS,
     RECORD_LEVEL,

@@ -9,9 +9,9 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from test_worker_cache import SETTINGS, serve
 
-from common.privacy_ledger import SECRET_NOISE, SEEDED_NOISE, LedgerEntry
+from common.privacy.ledger import SECRET_NOISE, SEEDED_NOISE, LedgerEntry
 from server.client_level_dp import ClientDpSettings, noisy_mean_update, poisson_sample
-from server.delta_fedavg import DeltaFedAvg
+from server.update_fedavg import UpdateFedAvg
 
 SEEDED = {**SETTINGS, "reproducible-noise": True}
 
@@ -53,8 +53,8 @@ def test_a_deployed_node_refuses_the_switch(tmp_path):
     assert "arrays" not in reply.content
 
 
-def _strategy(reproducible: bool) -> DeltaFedAvg:
-    return DeltaFedAvg(update_clip_norm=1.0, on_round=lambda *_: None, seed=0,
+def _strategy(reproducible: bool) -> UpdateFedAvg:
+    return UpdateFedAvg(update_clip_norm=1.0, on_round=lambda *_: None, seed=0,
                        reproducible_noise=reproducible)
 
 
@@ -64,7 +64,7 @@ def test_server_sampling_and_client_level_noise_are_secret_unless_switched():
                                 poisson=True)
     reference = {"w": torch.zeros(64)}
 
-    def draws(strategy: DeltaFedAvg) -> tuple[list[int], torch.Tensor]:
+    def draws(strategy: UpdateFedAvg) -> tuple[list[int], torch.Tensor]:
         sample = poisson_sample(nodes, 0.5, strategy._rng)
         noise = noisy_mean_update([], reference, 10.0, settings, strategy._noise)["w"]
         return sample, noise

@@ -16,7 +16,7 @@ import psutil
 import pytest
 from simulation_runs import ROOT, TINY_RUN, flower_processes, simulate
 
-from common.privacy_ledger import PrivacyLedger
+from common.privacy.ledger import PrivacyLedger
 from common.run_config import ConfigError, RunConfig
 from server.run_checkpoint import ResumeError, find_checkpoint
 

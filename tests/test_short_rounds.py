@@ -13,12 +13,12 @@ import torch
 from simulation_runs import TINY_RUN, simulate
 
 from client.dp_training import poisson_sample_rate
-from common.demo_data import demo_splits
-from common.privacy_accounting import REPLACE_ONE, epsilon_of
-from common.privacy_ledger import PrivacyLedger, unconfirmed
+from common.data.demo_text import demo_splits
+from common.privacy.accounting import REPLACE_ONE, epsilon_of
+from common.privacy.ledger import PrivacyLedger, unconfirmed
 from common.run_config import RunConfig
 from common.tasks import get_task
-from server.safetensors_export import save_state
+from server.evaluation.safetensors_export import save_state
 from simulations.cli import main as fedssl
 
 # Slow tier (`make test-slow`): a simulation with retried short rounds: ~1 min.

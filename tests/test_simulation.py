@@ -12,8 +12,8 @@ import pytest
 from safetensors.torch import load_file
 from simulation_runs import ROOT, TINY_RUN, marked_env, marked_processes, simulate
 
-from common.privacy_accounting import REPLACE_ONE, epsilon_of
-from common.privacy_ledger import PrivacyLedger
+from common.privacy.accounting import REPLACE_ONE, epsilon_of
+from common.privacy.ledger import PrivacyLedger
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ import pytest
 from simulation_runs import ROOT, TINY_RUN, marked_env, marked_processes, simulate
 from test_own_data import write_text_folder
 
-from common.own_data import text_splits
+from common.data.run_splits import text_splits
 from common.run_config import RunConfig
 from server.run_checkpoint import find_checkpoint
 

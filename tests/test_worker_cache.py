@@ -101,8 +101,8 @@ def test_cached_records_cannot_be_changed_by_a_caller():
 
 def test_cached_accounting_arrays_are_read_only():
     """The per-(σ, q) RDP arrays are shared by every node a worker serves: read-only."""
-    from common.epsilon_curves import replace_one_rdp
-    from common.privacy_accounting import RDP_ORDERS, _legacy_rdp_per_step
+    from common.privacy.accounting import RDP_ORDERS, _legacy_rdp_per_step
+    from common.privacy.epsilon_curves import replace_one_rdp
 
     for curve in (_legacy_rdp_per_step(1.0, 0.125), replace_one_rdp(1.0, 0.125, RDP_ORDERS)):
         with pytest.raises(ValueError):
@@ -113,8 +113,8 @@ def test_cached_epsilon_is_the_same_whatever_the_worker_computed_before():
     """ε of node B is bit-for-bit the same in a fresh process and after the worker served
     node A, whose history shares B's first event (the PLD prefix cache then serves B's first
     event from A's entry). Calibration and budgets evaluate exactly this function."""
-    from common import privacy_accounting as accounting
-    from common.privacy_accounting import REPLACE_ONE, epsilon_of
+    from common.privacy import accounting
+    from common.privacy.accounting import REPLACE_ONE, epsilon_of
 
     node_a = [(1.3, 0.125, 4), (0.9, 0.125, 4)]
     node_b = [(1.3, 0.125, 4), (1.1, 0.25, 2)]

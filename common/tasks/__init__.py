@@ -1,0 +1,97 @@
+"""The SSL task registry: each task is a bundle of plain functions, selected by `task=`.
+
+A task says how to build its model, how a client gets its records as tensors (a simulated
+client from its partition of the embedded data, a deployed one from its data folder), and
+its per-record loss. Tasks: `mlm` (text: masked language modelling on a small BERT), `mae`
+(images: masked-patch reconstruction with a GroupNorm CNN) and `rotation` (the same CNN
+predicting each image's rotation). DP-SGD bounds one record's influence only if the loss is
+one term per record, so the registry contract is a loss of shape `[B]`; the client's DP loop
+averages it.
+
+A task is one module here that defines `TASK = SslTask(...)`, plus one line in TASK_MODULES.
+Modules load by name on first use, so this registry imports no task (and so no model code),
+and the run config can check a task name without an import loop.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from common.config_error import ConfigError
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from common.run_config import RunConfig
+
+# The registry: task name -> the module that defines its TASK.
+TASK_MODULES: dict[str, str] = {
+    "mlm": "common.tasks.mlm",
+    "mae": "common.tasks.mae",
+    "rotation": "common.tasks.rotation",
+}
+
+
+@dataclass(frozen=True)
+class SslTask:
+    """A self-supervised objective with the functions the pipeline needs from it."""
+
+    name: str
+    data_kind: str  # "text" or "image": what a node's data folder holds (common/data/data_folders.py)
+    build_model: Callable[[RunConfig], nn.Module]
+    client_tensors: Callable[[RunConfig, int], tuple[torch.Tensor, ...]]  # simulated node
+    folder_tensors: Callable[[RunConfig, Path], tuple[torch.Tensor, ...]]  # deployed node
+    # Hash of the task's public inputs (e.g. the vocabulary): server and nodes must agree.
+    public_inputs_sha256: Callable[[RunConfig], str]
+    public_files: Callable[[RunConfig], dict[str, str]]  # copied into RUN_DIR: name -> path
+    per_record_loss: Callable[[nn.Module, tuple[torch.Tensor, ...], torch.Generator], torch.Tensor]
+    # Builds the run's split plan (embedded data or the user's folder) and checks it: raises
+    # DataFolderError or ConfigError before a run starts (see check_run_data).
+    check_data: Callable[[RunConfig], None]
+    # Opacus clipping mode for its DP-SGD (client/dp_training.py): the fastest one that is
+    # exact for the task's layers (tests/test_mlm_privacy.py checks ghost == hooks for mlm).
+    grad_sample_mode: str = "hooks"
+    # Parameter names `freeze-embeddings` keeps fixed in clients' DP-SGD (empty: not supported).
+    vocabulary_parameters: tuple[str, ...] = ()
+    # The clipping mode when they are frozen (benchmarks/mlm_step_time.md, quiet levers table).
+    frozen_grad_sample_mode: str = "hooks"
+    public_corpus: bool = False  # has a public corpus for `warm-start-steps`
+
+
+def get_task(name: str) -> SslTask:
+    """The registered task called `name` (its module is imported on first use)."""
+    if name not in TASK_MODULES:
+        raise ConfigError("task", f"unknown task '{name}'; known: {', '.join(TASK_MODULES)}")
+    task: SslTask = importlib.import_module(TASK_MODULES[name]).TASK
+    return task
+
+
+def check_run_data(config: RunConfig) -> None:
+    """Build the run's split plan now (embedded data, or the user's `data` folder), so bad
+    data and impossible splits fail before a run starts.
+
+    Raises DataFolderError for an unusable folder (the messages of `fedssl check-data`) and
+    ConfigError for an impossible split (e.g. more clients than records, no labelled records).
+    The plan is cached, so the run itself reuses it.
+    """
+    get_task(config.task).check_data(config)
+
+
+def freeze_vocabulary(task: SslTask, model: nn.Module) -> int:
+    """Exclude the task's vocabulary matrices from training (`freeze-embeddings`).
+
+    Opacus then neither clips nor noises them, and the update leaves them unchanged (Δ = 0).
+    Returns how many parameters stay trainable.
+    """
+    named = dict(model.named_parameters())
+    missing = [name for name in task.vocabulary_parameters if name not in named]
+    if missing or not task.vocabulary_parameters:
+        raise ValueError(f"task '{task.name}' cannot freeze its vocabulary: {missing or 'none'}")
+    for name in task.vocabulary_parameters:
+        named[name].requires_grad_(False)
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -1,0 +1,149 @@
+"""After federated pretraining: fine-tune on the server's few labels, compare, prune, save.
+
+The same for every task; a task's `DownstreamKit` (server/evaluation/text_arms.py,
+server/evaluation/image_arms.py) supplies its labeled data, classifier and classical baseline.
+The arms see exactly the same labeled records and test split: the pretrained encoder
+fine-tuned, the identical architecture trained from scratch with the identical recipe (only
+the starting weights differ), a classical baseline, and a linear probe on the frozen encoder
+next to the same probe on a random-init encoder (the control without which a probe looks better
+than it is). The fine-tuned model is then pruned by global magnitude, briefly recovered, and
+evaluated again.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from common.run_config import RunConfig
+from common.tasks import get_task
+from server.evaluation.classifier_training import (
+    FinetuneRecipe,
+    classification_metrics,
+    predict,
+    train_classifier,
+)
+from server.evaluation.downstream_kit import DownstreamKit, LabeledData
+from server.evaluation.image_arms import image_kit
+from server.evaluation.pruning import linear_sparsity, make_pruning_permanent, prune_linear_weights
+from server.evaluation.safetensors_export import save_state
+from server.evaluation.text_arms import text_kit
+
+Say = Callable[[str], None]
+FINETUNED = ("finetuned", "SSL pretrained (federated, DP) + fine-tune")
+BASELINE = ("baseline", "same architecture from scratch")
+PROBE = ("probe", "SSL encoder (federated, DP), linear probe")
+PROBE_RANDOM = ("probe_random", "random-init encoder, linear probe (control)")
+PRUNED = ("pruned", "fine-tuned, pruned + recovered")
+
+
+# The downstream arms by what the task's records are: a new task of an existing data kind
+# needs nothing here.
+KITS: dict[str, Callable[[RunConfig, nn.Module], DownstreamKit]] = {
+    "text": text_kit, "image": image_kit}
+
+
+def make_kit(config: RunConfig, pretrained: nn.Module) -> DownstreamKit:
+    """The downstream kit of `config.task`'s data kind."""
+    return KITS[get_task(config.task).data_kind](config, pretrained)
+
+
+def finetune_recipe(config: RunConfig) -> FinetuneRecipe:
+    """The run's fine-tuning recipe: the same for every arm, so only the start differs."""
+    return FinetuneRecipe(
+        epochs=config.finetune_epochs,
+        batch_size=config.finetune_batch_size,
+        learning_rate=config.finetune_learning_rate,
+        seed=config.seed,
+        min_steps=config.finetune_min_steps,
+    )
+
+
+def skipped_downstream() -> dict[str, Any]:
+    """The results section of a pretraining-only run (`downstream = false`): no arms."""
+    return {"arms": [], "labels": {"labels_used": 0, "classes_in_labeled_set": 0,
+                                   "classes_in_test_set": 0, "test_records": 0}}
+
+
+def run_downstream(
+    config: RunConfig, pretrained: nn.Module, run_dir: Path, say: Say = print
+) -> dict[str, Any]:
+    """Fine-tune, baseline, prune and evaluate; save models; return the results section."""
+    kit = make_kit(config, pretrained)
+    data = kit.data
+    recipe = finetune_recipe(config)
+    models_dir = run_dir / "models"
+    models_dir.mkdir(exist_ok=True)
+
+    def evaluate(model: nn.Module) -> dict[str, float | int]:
+        return classification_metrics(data.test_labels, predict(model, data.test_inputs),
+                                      data.num_classes)
+
+    results: dict[str, Any] = {}
+    trained = {}
+    for (arm, _), weights in ((FINETUNED, kit.encoder_weights), (BASELINE, None)):
+        start = time.monotonic()
+        say(f"[fedssl] {arm}: training on {len(data.train_labels)} labels for "
+            f"{recipe.epochs_for(len(data.train_labels))} epochs")
+        model = kit.build_classifier(weights)
+        train_classifier(model, data.train_inputs, data.train_labels, recipe)
+        results[arm] = {**evaluate(model), "seconds": round(time.monotonic() - start, 1)}
+        save_state(model.state_dict(), models_dir / f"{arm}.safetensors")
+        trained[arm] = model
+    if kit.save_extra is not None:
+        kit.save_extra(trained["finetuned"], models_dir)
+
+    key, label, _ = kit.classical
+    arms = [FINETUNED, BASELINE, (key, label), PROBE, PROBE_RANDOM]
+    for arm, produce in ((key, lambda: kit.run_classical(data)),
+                         (PROBE[0], lambda: kit.probe(data, kit.encoder_weights)),
+                         (PROBE_RANDOM[0], lambda: kit.probe(data, None))):
+        start = time.monotonic()
+        results[arm] = {**produce(), "seconds": round(time.monotonic() - start, 1)}
+
+    pruned, results["pruned"] = _prune_and_recover(trained["finetuned"], config, recipe, data,
+                                                   evaluate)
+    save_state(pruned.state_dict(), models_dir / "pruned.safetensors")
+    arms.append(PRUNED)
+    present = set(data.train_labels.tolist())
+    results["labels"] = {
+        "labels_used": len(data.train_labels),
+        "classes_in_labeled_set": len(present),
+        "classes_in_test_set": len(np.unique(data.test_labels)),
+        "test_records": len(data.test_labels),
+    }
+    results["arms"] = [list(a) for a in arms]
+    return results
+
+
+def _prune_and_recover(
+    finetuned: nn.Module,
+    config: RunConfig,
+    recipe: FinetuneRecipe,
+    data: LabeledData,
+    evaluate: Callable[[nn.Module], dict[str, float | int]],
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Global magnitude pruning of Linear weights, a short recovery, then evaluation."""
+    model = copy.deepcopy(finetuned)
+    prune_linear_weights(model, config.prune_amount)
+    if config.prune_recover_epochs > 0:
+        recovery = FinetuneRecipe(
+            epochs=config.prune_recover_epochs,
+            batch_size=recipe.batch_size,
+            learning_rate=recipe.learning_rate * 0.2,  # gentle: repair, don't retrain
+            seed=recipe.seed + 1,
+        )
+        train_classifier(model, data.train_inputs, data.train_labels, recovery)
+    make_pruning_permanent(model)
+    return model, {
+        **evaluate(model),
+        "sparsity": linear_sparsity(model),
+        "amount": config.prune_amount,
+        "recover_epochs": config.prune_recover_epochs,
+    }

@@ -1,0 +1,63 @@
+"""The text task's downstream pieces: ICD-10 labels, the BERT classifier, TF-IDF baseline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from common.data.run_splits import text_splits
+from common.data.tokenizer import encode_texts, load_tokenizer
+from common.run_config import RunConfig
+from common.tasks.mlm import bert_config, encoder_state, tokenizer_path
+from server.evaluation.downstream_kit import DownstreamKit, LabeledData
+from server.evaluation.text_classifier import (
+    build_classifier,
+    lower_encoder_layers,
+    pooled_features,
+)
+from server.evaluation.tfidf_baseline import tfidf_logreg
+
+
+def text_kit(config: RunConfig, pretrained: nn.Module) -> DownstreamKit:
+    """Labeled texts (ICD-10 or the run's own `data`), a mean-pooled BERT classifier, TF-IDF
+    + logistic regression. Probe features are the mean-pooled states of the frozen encoder.
+    """
+    splits = text_splits(config)
+    num_classes = len(splits.label_names)
+    tokenizer = load_tokenizer(tokenizer_path(config))
+    data = LabeledData(
+        train_inputs=encode_texts(tokenizer, splits.labeled_texts, config.max_length),
+        train_labels=torch.as_tensor(splits.labeled_labels, dtype=torch.long),
+        test_inputs=encode_texts(tokenizer, splits.test_texts, config.max_length),
+        test_labels=np.asarray(splits.test_labels),
+        num_classes=num_classes,
+        train_raw=splits.labeled_texts,
+        test_raw=splits.test_texts,
+    )
+    bert_cfg = bert_config(config.model_shape, tokenizer.get_vocab_size(), num_classes)
+
+    def tfidf(labeled: LabeledData, seed: int) -> np.ndarray:
+        return np.asarray(tfidf_logreg(labeled.train_raw, labeled.train_labels.tolist(),
+                                       labeled.test_raw))
+
+    def features(weights: dict[str, torch.Tensor] | None,
+                 inputs: tuple[torch.Tensor, ...]) -> np.ndarray:
+        encoder = build_classifier(bert_cfg, weights, seed=config.seed)
+        return pooled_features(encoder, inputs).numpy()
+
+    def save_hf(model: nn.Module, models_dir: Path) -> None:
+        model.save_pretrained(models_dir / "finetuned-hf")
+
+    return DownstreamKit(
+        data=data,
+        build_classifier=lambda weights: build_classifier(bert_cfg, weights, seed=config.seed),
+        encoder_weights=encoder_state(pretrained),
+        classical=("tfidf", "TF-IDF (1-2 grams) + logistic regression", tfidf),
+        features=features,
+        seed=config.seed,
+        lower_layers=lower_encoder_layers,
+        save_extra=save_hf,
+    )
