@@ -87,7 +87,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "certs":
             return certs_command(args)
         if args.command == "gateway":
-            return _gateway(args)
+            from server.deployment.fleet_gateway import gateway_command
+
+            return gateway_command(args.listen, args.superlink, args.ca, args.certfile,
+                                   args.keyfile)
         if args.command == "sweep":
             return sweep_command(args)
     except ConfigError as err:
@@ -98,26 +101,6 @@ def main(argv: list[str] | None = None) -> int:
         print("fedssl: interrupted; all processes stopped", file=sys.stderr)
         return 130
     return 2
-
-
-def _gateway(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from server.deployment.fleet_gateway import serve
-
-    for name in ("ca", "certfile", "keyfile"):
-        if not Path(getattr(args, name)).is_file():
-            print(f"fedssl gateway: error: --{name} {getattr(args, name)} is not a file",
-                  file=sys.stderr)
-            return 2
-    for name in ("listen", "superlink"):
-        host, _, port = getattr(args, name).rpartition(":")
-        if not host or not port.isdigit() or not 0 < int(port) < 65536:
-            print(f"fedssl gateway: error: --{name} {getattr(args, name)!r} is not HOST:PORT",
-                  file=sys.stderr)
-            return 2
-    serve(args.listen, args.superlink, Path(args.ca), Path(args.certfile), Path(args.keyfile))
-    return 0
 
 
 def _interrupt_once(signum: int, frame: object) -> None:

@@ -42,7 +42,6 @@ LEGACY_RDP = "rdp"  # format-1 ledger entries: Opacus RDP, add/remove-one
 ACCOUNTANT = PLD
 REPLACE_ONE = "replace-one"
 ADD_REMOVE = "add-remove"
-RELATIONS = (REPLACE_ONE, ADD_REMOVE)
 PLD_DISCRETIZATION = 1e-3
 COARSE_DISCRETIZATION = 1e-2  # calibration's first pass only; never a claim
 # Opacus's default RDP orders stop at 63; few-step, small-σ regimes want higher orders, and a

@@ -16,6 +16,7 @@ with 404. An outsider holding `ca.crt` reaches no `flwr` command through it.
 from __future__ import annotations
 
 import ssl
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -86,3 +87,18 @@ def serve(listen: str, superlink: str, ca_cert: Path, certfile: Path, keyfile: P
     host, _, port = listen.rpartition(":")
     uvicorn.run(gateway_app(superlink, ca_cert), host=host or "0.0.0.0", port=int(port),
                 ssl_certfile=str(certfile), ssl_keyfile=str(keyfile), log_level="warning")
+
+
+def gateway_command(listen: str, superlink: str, ca: str, certfile: str, keyfile: str) -> int:
+    """`fedssl gateway`: check the arguments (exit 2 with one line), then serve until stopped."""
+    for name, value in (("ca", ca), ("certfile", certfile), ("keyfile", keyfile)):
+        if not Path(value).is_file():
+            print(f"fedssl gateway: error: --{name} {value} is not a file", file=sys.stderr)
+            return 2
+    for name, value in (("listen", listen), ("superlink", superlink)):
+        host, _, port = value.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            print(f"fedssl gateway: error: --{name} {value!r} is not HOST:PORT", file=sys.stderr)
+            return 2
+    serve(listen, superlink, Path(ca), Path(certfile), Path(keyfile))
+    return 0
