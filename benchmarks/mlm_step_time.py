@@ -76,7 +76,7 @@ def _batch(size: int, vocab: int, max_length: int):
     import torch
 
     from common.data.icd10_corpus import load_icd10_records
-    from common.data.tokenizer import SEP_ID, encode_texts, load_tokenizer
+    from common.data.tokenizer import SEP_ID, encode_texts, load_tokenizer  # shipped ids
 
     records = load_icd10_records()
     step = len(records.texts) // size

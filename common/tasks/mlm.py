@@ -21,13 +21,11 @@ from transformers import BertConfig, BertForMaskedLM
 
 from common.data.data_folders import load_text_folder
 from common.data.tokenizer import (
-    CLS_ID,
-    MASK_ID,
-    PAD_ID,
-    SEP_ID,
     SHIPPED_TOKENIZER,
+    SpecialIds,
     encode_texts,
     load_tokenizer,
+    special_ids,
     tokenizer_sha256,
 )
 from common.run_config import ModelShape, RunConfig
@@ -39,7 +37,8 @@ VOCABULARY_PARAMETERS = ("mlm.bert.embeddings.word_embeddings.weight",
                          "mlm.cls.predictions.decoder.weight", "mlm.cls.predictions.decoder.bias")
 
 
-def bert_config(shape: ModelShape, vocab_size: int, num_labels: int = 2) -> BertConfig:
+def bert_config(shape: ModelShape, vocab_size: int, num_labels: int = 2,
+                pad_token_id: int = 0) -> BertConfig:
     """A BERT config for `shape`; eager attention and untied embeddings (Opacus needs both)."""
     return BertConfig(
         vocab_size=vocab_size,
@@ -49,7 +48,7 @@ def bert_config(shape: ModelShape, vocab_size: int, num_labels: int = 2) -> Bert
         intermediate_size=shape.intermediate_size,
         max_position_embeddings=max(shape.max_length, 8),
         type_vocab_size=1,
-        pad_token_id=PAD_ID,
+        pad_token_id=pad_token_id,
         tie_word_embeddings=False,
         num_labels=num_labels,
         attn_implementation="eager",
@@ -59,8 +58,9 @@ def bert_config(shape: ModelShape, vocab_size: int, num_labels: int = 2) -> Bert
 class MaskedLmModel(nn.Module):
     """`BertForMaskedLM` with the Opacus fixes; `forward` returns logits at masked positions."""
 
-    def __init__(self, config: BertConfig) -> None:
+    def __init__(self, config: BertConfig, special: SpecialIds | None = None) -> None:
         super().__init__()
+        self.special_ids = special or SpecialIds()  # of the run's tokenizer: masking uses them
         self.mlm = BertForMaskedLM(config)
         head = self.mlm.cls.predictions
         # The head's bare `bias` is shared with decoder.bias; Opacus cannot compute per-sample
@@ -87,9 +87,11 @@ class MaskedLmModel(nn.Module):
         return self.mlm.cls.predictions(torch.gather(hidden, 1, index))
 
 
-def build_mlm_model(shape: ModelShape, vocab_size: int) -> MaskedLmModel:
+def build_mlm_model(shape: ModelShape, vocab_size: int,
+                    special: SpecialIds | None = None) -> MaskedLmModel:
     """A freshly initialised MLM model (weights depend on torch's global seed)."""
-    return MaskedLmModel(bert_config(shape, vocab_size))
+    special = special or SpecialIds()
+    return MaskedLmModel(bert_config(shape, vocab_size, pad_token_id=special.pad), special)
 
 
 def encoder_state(model: MaskedLmModel) -> dict[str, torch.Tensor]:
@@ -102,13 +104,15 @@ def mask_tokens(
     vocab_size: int,
     generator: torch.Generator,
     mask_prob: float = 0.15,
+    ids: SpecialIds | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """BERT masking (15%; of those 80% [MASK], 10% random token, 10% unchanged).
 
     Every sequence gets at least one masked position so its loss term is defined.
     Returns (corrupted ids `[B, T]`, positions `[B, K]`, labels `[B, K]` with IGNORE padding).
     """
-    special = (input_ids == PAD_ID) | (input_ids == CLS_ID) | (input_ids == SEP_ID)
+    ids = ids or SpecialIds()
+    special = (input_ids == ids.pad) | (input_ids == ids.cls) | (input_ids == ids.sep)
     scores = torch.rand(input_ids.shape, generator=generator).masked_fill(special, 2.0)
     chosen = (scores < mask_prob) & ~special
     # Guarantee one masked token: the lowest-scoring maskable position.
@@ -119,9 +123,9 @@ def mask_tokens(
     corrupted = input_ids.clone()
     action = torch.rand(input_ids.shape, generator=generator)
     random_ids = torch.randint(
-        SEP_ID + 2, vocab_size, input_ids.shape, generator=generator
+        ids.first_ordinary, vocab_size, input_ids.shape, generator=generator
     )  # skip special ids
-    corrupted[chosen & (action < 0.8)] = MASK_ID
+    corrupted[chosen & (action < 0.8)] = ids.mask
     swap = chosen & (action >= 0.8) & (action < 0.9)
     corrupted[swap] = random_ids[swap]
 
@@ -155,8 +159,8 @@ def tokenizer_path(config: RunConfig) -> str:
 
 def build_model(config: RunConfig) -> MaskedLmModel:
     """The run's initial MLM model (seed torch first for reproducible weights)."""
-    vocab_size = load_tokenizer(tokenizer_path(config)).get_vocab_size()
-    return build_mlm_model(config.model_shape, vocab_size)
+    tokenizer = load_tokenizer(tokenizer_path(config))
+    return build_mlm_model(config.model_shape, tokenizer.get_vocab_size(), special_ids(tokenizer))
 
 
 def client_tensors(config: RunConfig, partition_id: int) -> tuple[torch.Tensor, ...]:
@@ -184,8 +188,9 @@ def per_record_loss(
 ) -> torch.Tensor:
     """Mask a batch of sequences and return each sequence's own MLM loss, shape `[B]`."""
     input_ids, attention_mask = batch
-    vocab_size = _inner(model).mlm.config.vocab_size
-    corrupted, positions, labels = mask_tokens(input_ids, vocab_size, generator)
+    inner = _inner(model)
+    corrupted, positions, labels = mask_tokens(input_ids, inner.mlm.config.vocab_size, generator,
+                                               ids=inner.special_ids)
     return per_sequence_loss(model(corrupted, attention_mask, positions), labels)
 
 

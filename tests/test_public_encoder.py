@@ -1,0 +1,173 @@
+"""A frozen public encoder with LoRA adapters under Opacus: exact per-record clipping.
+
+The same proofs the from-scratch MLM has (tests/test_mlm_privacy.py), for the adapter path:
+per-sample gradients of every trainable parameter equal brute force (hooks), the frozen base
+gets none, removing one record moves the clipped gradient sum by exactly that record's own
+clipped gradient (so by at most C), and ghost clipping clips exactly like hooks.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+
+import pytest
+import torch
+from opacus import GradSampleModule, PrivacyEngine
+from opacus.optimizers import DPOptimizer
+from opacus.utils.fast_gradient_clipping_utils import DPTensorFastGradientClipping
+from tiny_checkpoints import tiny_bert_folder
+from torch.utils.data import DataLoader, TensorDataset
+from transformers import BertModel
+
+from common.data.tokenizer import SpecialIds
+from common.tasks.mlm import mask_tokens, per_sequence_loss
+from common.tasks.public_encoder import (
+    PublicMaskedLm,
+    add_adapters,
+    merged_encoder_state,
+    trainable_state,
+)
+
+CLIP = 0.05
+BATCH = 6
+
+
+def _model(folder, adapter: str = "lora") -> PublicMaskedLm:
+    encoder = BertModel.from_pretrained(str(folder), add_pooling_layer=False)
+    torch.manual_seed(1)
+    encoder = add_adapters(encoder, rank=2, alpha=4, adapter=adapter)
+    model = PublicMaskedLm(encoder, SpecialIds()).double()
+    for name, parameter in model.named_parameters():  # B = 0 at init: give A's gradient a signal
+        if "lora_B" in name:
+            torch.nn.init.normal_(parameter, std=0.2)
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    return model
+
+
+@pytest.fixture()
+def folder(tmp_path):
+    return tiny_bert_folder(tmp_path / "bert")
+
+
+@pytest.fixture(scope="module")
+def inputs():
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(5, 14, (BATCH, 9), generator=generator)
+    ids[:, 0], ids[:, -1] = 2, 3  # [CLS] … [SEP]
+    ids[0, 6:] = 0  # one padded record
+    mask = (ids != 0).long()
+    corrupted, positions, labels = mask_tokens(ids, 14, torch.Generator().manual_seed(3))
+    return corrupted, mask, positions, labels
+
+
+def _loss(model, rows, inputs) -> torch.Tensor:
+    corrupted, mask, positions, labels = (t[rows] for t in inputs)
+    return per_sequence_loss(model(corrupted, mask, positions), labels).mean()
+
+
+@pytest.mark.parametrize("adapter", ["lora", "ffa-lora"])
+def test_only_adapters_and_the_transform_train(folder, adapter):
+    model = _model(folder, adapter)
+    names = list(trainable_state(model))
+    assert names and all("lora_" in n or n.startswith("transform.") for n in names)
+    assert any("lora_A" in n for n in names) == (adapter == "lora")
+    assert any("lora_B" in n for n in names)
+    full = sum(p.numel() for p in model.parameters())
+    assert sum(p.numel() for p in model.parameters() if p.requires_grad) < 0.3 * full
+
+
+def test_per_sample_gradients_equal_brute_force(folder, inputs):
+    model = _model(folder)
+    reference = copy.deepcopy(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        gsm = GradSampleModule(model, batch_first=True, loss_reduction="mean")
+        _loss(gsm, list(range(BATCH)), inputs).backward()
+    trainable = [(n, p) for n, p in gsm.named_parameters() if p.requires_grad]
+    frozen = [p for p in gsm.parameters() if not p.requires_grad]
+    assert all(getattr(p, "grad_sample", None) is None for p in frozen)
+    per_sample = {n: p.grad_sample.detach().clone() for n, p in trainable}
+    reference_params = [p for p in reference.parameters() if p.requires_grad]
+    for row in range(BATCH):
+        reference.zero_grad(set_to_none=True)
+        _loss(reference, [row], inputs).backward()
+        for (name, got), expected in zip(per_sample.items(), reference_params, strict=True):
+            torch.testing.assert_close(got[row], expected.grad, rtol=1e-6, atol=1e-9,
+                                       msg=name)
+
+
+def _clipped_sum(optimizer, model, rows, inputs) -> torch.Tensor:
+    optimizer.zero_grad(set_to_none=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _loss(model, rows, inputs).backward()
+    optimizer.clip_and_accumulate()
+    return torch.cat([p.summed_grad.flatten() for p in optimizer.params])
+
+
+@pytest.mark.parametrize("adapter", ["lora", "ffa-lora"])
+def test_removing_one_record_moves_clipped_sum_by_at_most_clip_norm(folder, inputs, adapter):
+    gsm = GradSampleModule(_model(folder, adapter), batch_first=True, loss_reduction="mean")
+    trainable = [p for p in gsm.parameters() if p.requires_grad]
+    optimizer = DPOptimizer(torch.optim.SGD(trainable, lr=0.0), noise_multiplier=0.0,
+                            max_grad_norm=CLIP, expected_batch_size=BATCH)
+    everyone = list(range(BATCH))
+    full = _clipped_sum(optimizer, gsm, everyone, inputs)
+    for removed in everyone:
+        rest = [r for r in everyone if r != removed]
+        change = full - _clipped_sum(optimizer, gsm, rest, inputs)
+        alone = _clipped_sum(optimizer, gsm, [removed], inputs)
+        torch.testing.assert_close(change, alone, rtol=1e-6, atol=1e-10)
+        assert 0.99 * CLIP < change.norm() <= CLIP * (1 + 1e-6)
+
+
+def _private(model, mode: str):
+    loader = DataLoader(TensorDataset(torch.zeros(BATCH)), batch_size=BATCH)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        private = PrivacyEngine(accountant="rdp").make_private(
+            module=model, optimizer=torch.optim.SGD(trainable, lr=0.0), data_loader=loader,
+            noise_multiplier=0.0, max_grad_norm=CLIP, poisson_sampling=False,
+            grad_sample_mode=mode)
+    return private[0], private[1]
+
+
+def _ghost_clipped_sum(optimizer, model, rows, inputs) -> torch.Tensor:
+    corrupted, mask, positions, labels = (t[rows] for t in inputs)
+    optimizer.zero_grad(set_to_none=True)
+    per_record = per_sequence_loss(model(corrupted, mask, positions), labels)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        DPTensorFastGradientClipping(model, optimizer, per_record, "mean").backward()
+    return torch.cat([p.grad.flatten() for p in optimizer.params])
+
+
+def test_ghost_clipping_gives_the_same_clipped_sum_as_hooks(folder, inputs):
+    everyone = list(range(BATCH))
+    hooks_model, hooks_opt = _private(_model(folder), "hooks")
+    ghost_model, ghost_opt = _private(_model(folder), "ghost")
+    reference = _clipped_sum(hooks_opt, hooks_model, everyone, inputs)
+    ghost = _ghost_clipped_sum(ghost_opt, ghost_model, everyone, inputs)
+    torch.testing.assert_close(ghost, reference, rtol=1e-6, atol=1e-10)
+
+
+def test_merged_adapters_load_into_a_plain_encoder(folder, inputs):
+    model = _model(folder).float()
+    merged = BertModel.from_pretrained(str(folder), add_pooling_layer=False)
+    missing, unexpected = merged.load_state_dict(merged_encoder_state(model.encoder),
+                                                 strict=False)
+    assert not unexpected and all("position_ids" in k for k in missing)
+    corrupted, mask = inputs[0], inputs[1]
+    model.eval()
+    merged.eval()
+    position = torch.arange(corrupted.shape[1]).expand_as(corrupted)
+    kwargs = {"input_ids": corrupted, "attention_mask": mask, "position_ids": position,
+              "token_type_ids": torch.zeros_like(corrupted)}
+    with torch.no_grad():
+        torch.testing.assert_close(merged(**kwargs).last_hidden_state,
+                                   model.encoder(**kwargs).last_hidden_state,
+                                   rtol=1e-4, atol=1e-5)
