@@ -1,0 +1,125 @@
+"""The contrastive objective with public negatives is per-record decomposable under DP-SGD.
+
+Two views of the same record form the positive pair; negatives are public texts embedded by
+the frozen round-start model. Proofs as for the other tasks: per-sample gradients equal brute
+force (each record runs through the encoder twice, once per view, and Opacus sums both),
+removing one record moves the clipped sum by exactly that record's own clipped gradient, and
+a record's loss does not change when the other records of its batch do.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+
+import pytest
+import torch
+from opacus import GradSampleModule
+from opacus.optimizers import DPOptimizer
+from tiny_checkpoints import tiny_bert_folder
+from transformers import BertModel
+
+from common.data.tokenizer import SpecialIds
+from common.tasks.public_contrastive import PublicContrastive, delete_tokens
+from common.tasks.public_encoder import add_adapters
+
+CLIP = 0.05
+BATCH = 6
+SPECIAL = SpecialIds()
+
+
+def _tokens(rows: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, 14, (rows, 9), generator=generator)
+    ids[:, 0], ids[:, -1] = SPECIAL.cls, SPECIAL.sep
+    ids[0, 6:] = SPECIAL.pad
+    return ids, (ids != SPECIAL.pad).long()
+
+
+def _model(folder) -> PublicContrastive:
+    encoder = BertModel.from_pretrained(str(folder), add_pooling_layer=False)
+    torch.manual_seed(1)
+    encoder = add_adapters(encoder, rank=2, alpha=4, adapter="lora")
+    model = PublicContrastive(encoder, SPECIAL, *_tokens(5, seed=9)).double()
+    for name, parameter in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(parameter, std=0.2)
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    return model
+
+
+@pytest.fixture()
+def folder(tmp_path):
+    return tiny_bert_folder(tmp_path / "bert")
+
+
+@pytest.fixture(scope="module")
+def views():
+    ids, mask = _tokens(BATCH, seed=0)
+    generator = torch.Generator().manual_seed(3)
+    return (*delete_tokens(ids, mask, SPECIAL, generator),
+            *delete_tokens(ids, mask, SPECIAL, generator))
+
+
+def _loss(model, rows, views) -> torch.Tensor:
+    return model(*(v[rows] for v in views)).mean()
+
+
+def test_views_delete_tokens_but_keep_specials_and_one_token():
+    ids, mask = _tokens(200, seed=4)
+    view, view_mask = delete_tokens(ids, mask, SPECIAL, torch.Generator().manual_seed(0))
+    assert (view[:, 0] == SPECIAL.cls).all()
+    kept = view_mask.sum(1)
+    assert (kept < mask.sum(1)).any() and (kept >= 3).all()  # [CLS], a token, [SEP]
+
+
+def test_a_records_loss_ignores_the_other_records(folder, views):
+    model = _model(folder).eval()
+    with torch.no_grad():
+        alone = model(*(v[[2]] for v in views))
+        batch = model(*views)[2]
+        shuffled = model(*(v[[5, 2, 0]] for v in views))[1]
+    torch.testing.assert_close(batch, alone[0])
+    torch.testing.assert_close(shuffled, alone[0])
+
+
+def test_per_sample_gradients_equal_brute_force(folder, views):
+    model = _model(folder)
+    reference = copy.deepcopy(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        gsm = GradSampleModule(model, batch_first=True, loss_reduction="mean")
+        _loss(gsm, list(range(BATCH)), views).backward()
+    trainable = [(n, p) for n, p in gsm.named_parameters() if p.requires_grad]
+    per_sample = {n: p.grad_sample.detach().clone() for n, p in trainable}
+    reference_params = [p for p in reference.parameters() if p.requires_grad]
+    for row in range(BATCH):
+        reference.zero_grad(set_to_none=True)
+        _loss(reference, [row], views).backward()
+        for (name, got), expected in zip(per_sample.items(), reference_params, strict=True):
+            torch.testing.assert_close(got[row], expected.grad, rtol=1e-6, atol=1e-9,
+                                       msg=name)
+
+
+def test_removing_one_record_moves_clipped_sum_by_at_most_clip_norm(folder, views):
+    gsm = GradSampleModule(_model(folder), batch_first=True, loss_reduction="mean")
+    trainable = [p for p in gsm.parameters() if p.requires_grad]
+    optimizer = DPOptimizer(torch.optim.SGD(trainable, lr=0.0), noise_multiplier=0.0,
+                            max_grad_norm=CLIP, expected_batch_size=BATCH)
+
+    def clipped_sum(rows):
+        optimizer.zero_grad(set_to_none=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            _loss(gsm, rows, views).backward()
+        optimizer.clip_and_accumulate()
+        return torch.cat([p.summed_grad.flatten() for p in optimizer.params])
+
+    everyone = list(range(BATCH))
+    full = clipped_sum(everyone)
+    for removed in everyone:
+        change = full - clipped_sum([r for r in everyone if r != removed])
+        torch.testing.assert_close(change, clipped_sum([removed]), rtol=1e-6, atol=1e-10)
+        assert 0.99 * CLIP < change.norm() <= CLIP * (1 + 1e-6)
