@@ -81,7 +81,7 @@ def train_locally(
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad],
                                  lr=settings.learning_rate)
     with warnings.catch_warnings():
-        # secure_mode needs torchcsprng, which has no wheel here (REFERENCE.md).
+        # secure_mode needs torchcsprng, which has no wheel for this torch version.
         warnings.filterwarnings("ignore", message=".*[Ss]ecure RNG.*")
         # Opacus's own accountant is not used: the node's ledger is the one record of spend.
         engine = PrivacyEngine(accountant="rdp")

@@ -36,6 +36,7 @@ from common.privacy.accounting import (
     calibrate_noise_multiplier,
     epsilon_of,
 )
+from common.privacy.dp_randomness import secret_generator, seeded_generator
 from common.privacy.ledger import (
     POISSON_GAUSSIAN,
     RECORD_LEVEL,
@@ -43,6 +44,18 @@ from common.privacy.ledger import (
     SEEDED_NOISE,
     LedgerEntry,
     PrivacyLedger,
+)
+from common.protocol import (
+    DELTA,
+    EPSILON,
+    LOCAL_STEPS,
+    MAX_EPSILON,
+    NOISE_MULTIPLIER,
+    NUM_EXAMPLES,
+    PROJECTED_EPSILON,
+    SAMPLE_RATE,
+    TRAIN_LOSS,
+    UPDATE_NORM,
 )
 from common.run_config import RunConfig
 from common.tasks import SslTask, freeze_vocabulary
@@ -60,7 +73,7 @@ class RoundPlan:
     @property
     def metrics(self) -> dict[str, float]:
         """Budget figures a refusal reply carries."""
-        return {"epsilon": self.spent, "projected-epsilon": self.projected}
+        return {EPSILON: self.spent, PROJECTED_EPSILON: self.projected}
 
 
 @dataclass(frozen=True)
@@ -71,6 +84,22 @@ class RoundOutput:
     metrics: dict[str, float | int]
     refusal: str = ""  # why the node did not train ("" when it did)
     entry: LedgerEntry | None = None  # this round's spend (None when refused)
+
+
+def round_seed(run_seed: int, server_round: int, attempt: int,
+               partition_id: int | None) -> int:
+    """The round's seed (masks, augmentation; public, unlike the DP noise).
+
+    A retried attempt of a short round (short-round=retry) is a new release: fresh masks, and a
+    new ledger entry for the same round.
+    """
+    return (run_seed * 1_000_003 + server_round * 1_009 + (attempt - 1) * 100_003
+            + (partition_id or 0))
+
+
+def dp_generator(config: RunConfig, seed: int) -> torch.Generator:
+    """Poisson masks and noise: secret, unless the simulation switch makes them reproducible."""
+    return seeded_generator(seed + 2) if config.reproducible_noise else secret_generator()
 
 
 def plan_round(config: RunConfig, node: NodeSettings, sample_rate: float,
@@ -163,7 +192,7 @@ def run_client_round(
         }
 
     reserved = ledger.reserve(node.node_id, decide)  # durable before any record is read
-    budget = {"max-epsilon": node.max_epsilon, "delta": node.delta}
+    budget = {MAX_EPSILON: node.max_epsilon, DELTA: node.delta}
     if isinstance(reserved, str):
         return RoundOutput(update=None, refusal=reserved,
                            metrics={**budget, **(plans[-1].metrics if plans else {})})
@@ -200,14 +229,14 @@ def run_client_round(
             "left unconfirmed (reported as a crashed round)", node.node_id, server_round)
     metrics: dict[str, float | int] = {
         **budget,
-        "epsilon": entry.epsilon,
-        "num-examples": num_records,  # public under replace-one (it is what makes n public)
-        "noise-multiplier": entry.noise_multiplier,
-        "sample-rate": rate,
-        "local-steps": result.steps,
-        "update-norm": raw_norm,  # a function of the DP-SGD output: covered by its guarantee
+        EPSILON: entry.epsilon,
+        NUM_EXAMPLES: num_records,  # public under replace-one (it is what makes n public)
+        NOISE_MULTIPLIER: entry.noise_multiplier,
+        SAMPLE_RATE: rate,
+        LOCAL_STEPS: result.steps,
+        UPDATE_NORM: raw_norm,  # a function of the DP-SGD output: covered by its guarantee
     }
     if config.release_train_loss and node.simulated:
         # Simulation switch: the raw loss of the node's own batches, outside any DP guarantee.
-        metrics["train-loss"] = result.mean_loss
+        metrics[TRAIN_LOSS] = result.mean_loss
     return RoundOutput(update=update, entry=entry, metrics=metrics)

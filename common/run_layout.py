@@ -1,4 +1,4 @@
-"""The names of the files in a RUN_DIR, written once (the README's "RUN_DIR layout")."""
+"""The names of the files in a RUN_DIR, written once (docs/run-dir.md)."""
 
 from __future__ import annotations
 

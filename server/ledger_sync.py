@@ -18,7 +18,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
-from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+from flwr.app import Message, MessageType, RecordDict
 from flwr.common import log
 from flwr.serverapp import Grid
 
@@ -29,7 +29,7 @@ from common.privacy.ledger import (
     LedgerError,
     PrivacyLedger,
 )
-from common.protocol import LEDGER_SYNC, QUERY_KEY, REPLY_KEY, STATUS_LEDGER
+from common.protocol import LedgerSyncAnswer, LedgerSyncQuery, reply_ledger
 
 SYNC_TIMEOUT_S = 60.0
 SYNC_RETRY_S = 2.0
@@ -98,14 +98,18 @@ class LedgerCoverage:
 
 
 def reply_entries(content: RecordDict, node: str) -> list[LedgerEntry]:
-    """The ledger entries a fedssl reply carries: the sender's own. Malformed ones, and ones
-    in another node's name (`federation` included), are logged and dropped: a node must not
-    write into another node's chain, nor into the server's own."""
-    info = content.config_records.get(REPLY_KEY)
+    """The ledger entries a fedssl reply carries: the sender's own (see `ledger_entries`)."""
+    return ledger_entries(reply_ledger(content), node)
+
+
+def ledger_entries(texts: list[str], node: str) -> list[LedgerEntry]:
+    """The ledger entries (JSON) a reply of `node` carries: the sender's own. Malformed ones,
+    and ones in another node's name (`federation` included), are logged and dropped: a node
+    must not write into another node's chain, nor into the server's own."""
     entries = []
-    for text in (info.get("ledger", []) if info is not None else []):
+    for text in texts:
         try:
-            entry = LedgerEntry.from_json(str(text))
+            entry = LedgerEntry.from_json(text)
         except LedgerError as err:
             log(30, "node %s sent a malformed ledger entry: %s", node, err)
             continue
@@ -128,23 +132,23 @@ def sync_ledgers(grid: Grid, coverage: LedgerCoverage, ledger: PrivacyLedger,
     targets = connected if coverage.unknown_history else coverage.sampled & connected
     deadline = time.monotonic() + timeout
     answered: set[int] = set()
-    record = RecordDict({QUERY_KEY: ConfigRecord({"query": LEDGER_SYNC, "run-id": run_id,
-                                                  "sim-state-dir": sim_state_dir})})
+    record = LedgerSyncQuery(run_id=run_id, sim_state_dir=sim_state_dir).to_record_dict()
     while targets:
         messages = [Message(content=record, dst_node_id=node, message_type=MessageType.QUERY)
                     for node in sorted(targets)]
         replies = grid.send_and_receive(messages, timeout=max(deadline - time.monotonic(), 1))
         for reply in replies:
             node_id = reply.metadata.src_node_id
-            info = None if reply.has_error() else reply.content.config_records.get(REPLY_KEY)
-            if info is None or str(info.get("status")) != STATUS_LEDGER:
+            answer = None if reply.has_error() else LedgerSyncAnswer.from_record_dict(
+                reply.content)
+            if answer is None:
                 log(30, "ledger sync: node-%d did not answer: %s", node_id,
                     reply.error.reason if reply.has_error() else "not a ledger reply")
                 continue
-            name = str(info.get("node", "")) or f"node-{node_id}"
+            name = answer.node or f"node-{node_id}"
             coverage.names[node_id] = name
             coverage.synced.add(name)
-            ledger.add_many(reply_entries(reply.content, name))
+            ledger.add_many(ledger_entries(answer.ledger, name))
             answered.add(node_id)
         short = set(coverage.missing(ledger))
         targets = {n for n in connected if coverage.label(n) in short}

@@ -36,7 +36,7 @@ def privacy_section(
     ledger: PrivacyLedger, coverage: LedgerCoverage, config: RunConfig, run_ids: set[str],
     records: Mapping[str, int], refusals: int,
 ) -> dict[str, Any]:
-    """summary.json's `privacy` object (see the README, "RUN_DIR layout")."""
+    """summary.json's `privacy` object (docs/run-dir.md)."""
     entries = ledger.entries()
     spends = [e for e in entries if not e.is_confirmation]
     incomplete = coverage.missing(ledger)

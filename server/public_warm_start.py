@@ -1,6 +1,6 @@
 """Public first, private second: the server pretrains on a public corpus before round 1.
 
-DP training works best as adaptation (DESIGN.md): whatever can be learned from public data
+DP training is known to work best as adaptation: whatever can be learned from public data
 costs no privacy, so the server learns it first, non-privately, and the clients spend their
 budget only on what their private records add. The public corpus is an explicit run input,
 never derived from a client's records:

@@ -1,11 +1,12 @@
 """Progress of the federated rounds: round r/N, clients done k/n as replies arrive, elapsed, ETA.
 
 `ProgressGrid` wraps the ServerApp's Flower Grid and does `send_and_receive` itself with the
-Grid's own `push_messages`/`pull_messages` (what Flower's implementation does), so it sees each
-reply as it arrives without touching the strategy. For each training round it prints
-`[fedssl]` lines, which `fedssl simulate` echoes: one when the round's replies are all in (or
-its timeout passed) and, while a round is slow, one every `interval_s` seconds. A round that
-sampled nobody (Poisson client sampling) sends nothing; the round's own line reports it.
+Grid's own `push_messages`/`pull_messages` (what Flower's implementation does; the loop is in
+server/flower_internals.py), so it sees each reply as it arrives without touching the strategy.
+For each training round it prints `[fedssl]` lines, which `fedssl simulate` echoes: one when the
+round's replies are all in (or its timeout passed) and, while a round is slow, one every
+`interval_s` seconds. A round that sampled nobody (Poisson client sampling) sends nothing; the
+round's own line reports it.
 """
 
 from __future__ import annotations
@@ -13,8 +14,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 
-from flwr.app import Message, MessageType, RecordDict
+from flwr.app import Message, MessageType
 from flwr.serverapp import Grid
+
+from common.protocol import RoundInstruction
+from server.flower_internals import DelegatingGrid, pull_replies, push_messages
 
 PULL_INTERVAL_S = 0.5  # Flower's HTTP grid waits 3 s between pulls; a local pull is cheap
 PROGRESS_INTERVAL_S = 10.0
@@ -78,14 +82,14 @@ class RoundProgress:
                 f"ETA {'?' if eta is None else duration(eta)}")
 
 
-class ProgressGrid(Grid):
+class ProgressGrid(DelegatingGrid):
     """A Grid that reports round progress; everything else goes to the wrapped Grid."""
 
     def __init__(
         self, grid: Grid, num_rounds: int, say: Callable[[str], None] | None = None,
         interval_s: float = PROGRESS_INTERVAL_S, pull_interval_s: float = PULL_INTERVAL_S,
     ) -> None:
-        self.grid = grid
+        super().__init__(grid)
         self.progress = RoundProgress(num_rounds)
         self.say = say or (lambda line: print(line, flush=True))
         self.interval_s = interval_s
@@ -102,57 +106,26 @@ class ProgressGrid(Grid):
             return self.grid.send_and_receive(messages, timeout=timeout)
         server_round = self._round_of(messages)
         self.progress.start_round()
-        pending = set(self.grid.push_messages(messages))
+        pending = push_messages(self.grid, messages)
         sampled = len(pending)
-        replies: list[Message] = []
-        end = None if timeout is None else time.monotonic() + timeout
         last_line = time.monotonic()
-        while pending and (end is None or time.monotonic() < end):
-            pulled = list(self.grid.pull_messages(pending))
-            replies.extend(pulled)
-            pending.difference_update(m.metadata.reply_to_message_id for m in pulled)
-            if not pending:
-                break
+
+        def waiting(done: int) -> None:
+            nonlocal last_line
             if time.monotonic() - last_line >= self.interval_s:
-                self.say(self.progress.line(server_round, len(replies), sampled, False))
+                self.say(self.progress.line(server_round, done, sampled, False))
                 last_line = time.monotonic()
-            time.sleep(self.pull_interval_s)
+
+        replies = pull_replies(self.grid, pending, timeout, self.pull_interval_s, waiting)
         self.progress.finish_round()
         self.say(self.progress.line(server_round, len(replies), sampled, True))
         return replies
 
     def _round_of(self, messages: list[Message]) -> int:
-        """The server round the messages carry (fedssl sends it in their config)."""
-        config = messages[0].content.config_records.get("config")
-        if config is not None and "server-round" in config:
-            self.last_round = int(config["server-round"])
+        """The server round the messages carry (fedssl sends it in their instruction)."""
+        server_round = RoundInstruction.round_of(messages[0].content)
+        if server_round is not None:
+            self.last_round = server_round
         else:
             self.last_round += 1
         return self.last_round
-
-    # --- delegation to the wrapped Grid ------------------------------------------------
-
-    def set_run(self, run: object) -> None:
-        self.grid.set_run(run)  # type: ignore[arg-type]
-
-    @property
-    def run(self) -> object:
-        return self.grid.run
-
-    def create_message(
-        self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str,
-        ttl: float | None = None,
-    ) -> Message:
-        return self.grid.create_message(content, message_type, dst_node_id, group_id, ttl)
-
-    def get_node_ids(self) -> Iterable[int]:
-        return self.grid.get_node_ids()
-
-    def get_nodes(self) -> Iterable[object]:
-        return self.grid.get_nodes()
-
-    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        return self.grid.push_messages(messages)
-
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        return self.grid.pull_messages(message_ids)

@@ -1,6 +1,6 @@
 """RUN_DIR: where one run's outputs live, and the per-round record written into it.
 
-Layout (a contract the tests check; documented in the README):
+Layout (a contract the tests check; documented in docs/run-dir.md):
   config.json               the resolved run configuration
   tokenizer.json            the public vocabulary the run used (text task)
   metrics.jsonl             one JSON line per federated round

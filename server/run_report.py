@@ -19,7 +19,7 @@ def build_summary(
     run_ids: set[str],
     rounds_trained: int | None = None,
 ) -> dict[str, Any]:
-    """The summary document (see README, "RUN_DIR layout"); `privacy` comes from the ledger
+    """The summary document (docs/run-dir.md); `privacy` comes from the ledger
     (server/privacy_summary.py)."""
     summary: dict[str, Any] = {arm: downstream[arm] for arm, _ in downstream["arms"]}
     summary["arms"] = downstream["arms"]  # [key, label] in report order

@@ -14,6 +14,7 @@ that nobody who sees the aggregate can reproduce them.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import time
 from collections.abc import Callable, Iterable
@@ -26,17 +27,23 @@ from flwr.serverapp.strategy import FedAvg
 
 from common.model_updates import State, apply_update, clip_to_bound, update_norm
 from common.privacy.dp_randomness import secret_generator, secret_sampler, seeded_generator
-from common.protocol import STATUS_REFUSED, STATUS_TRAINED
+from common.protocol import (
+    STATUS_REFUSED,
+    STATUS_TRAINED,
+    ClientReply,
+    RoundInstruction,
+    canonical_content,
+    update_of,
+)
 from server.client_level_dp import ClientDpSettings, noisy_mean_update, poisson_sample
-from server.ledger_sync import LedgerCoverage, reply_entries
-from server.reply_schema import canonical_content, parse_reply
+from server.flower_internals import DEAD_WORKER_ERRORS, construct_messages
+from server.ledger_sync import LedgerCoverage, ledger_entries
 from server.round_record import RoundRecord
 
 NORM_TOLERANCE = 1e-4  # float32 rounding when the client rescales Δ to exactly S
-# Flower 1.42's Ray backend puts a dead ClientApp actor back into its pool
-# (raybackend.process_message), so every later message routed to it fails the same way, healthy
+# DEAD_WORKER_ERRORS (server/flower_internals.py): Flower 1.42's Ray backend puts a dead ClientApp
+# actor back into its pool, so every later message routed to it fails the same way, healthy
 # nodes' included: a run that goes on loses nodes silently. Stop it instead; a rerun resumes.
-DEAD_WORKER_ERRORS = ("RayActorError", "ActorDiedError", "ActorUnavailableError")
 
 
 class SimulationWorkerDied(RuntimeError):
@@ -95,14 +102,16 @@ class UpdateFedAvg(FedAvg):
         """One attempt's messages: fresh sample, the round's weights and config + attempt."""
         assert self._round_inputs is not None, "configure_train starts every round"
         arrays, config, grid = self._round_inputs
-        config = ConfigRecord({**dict(config), "attempt": attempt})  # clients seed by it
+        # Clients seed by the attempt. The round is also what FedAvg.configure_train writes.
+        config = dataclasses.replace(RoundInstruction.from_config_record(config),
+                                     server_round=server_round, attempt=attempt
+                                     ).to_config_record()
         if self.poisson_rate is None:
             messages = list(super().configure_train(server_round, arrays, config, grid))
         else:
             nodes = poisson_sample(list(grid.get_node_ids()), self.poisson_rate, self._rng)
-            config["server-round"] = server_round
             record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
-            messages = list(self._construct_messages(record, nodes, MessageType.TRAIN))
+            messages = construct_messages(self, record, nodes, MessageType.TRAIN)
         self._sampled = len(messages)
         self._sampled_nodes = {msg.metadata.dst_node_id for msg in messages}
         self.coverage.sending(self._sampled_nodes, server_round)
@@ -151,7 +160,7 @@ class UpdateFedAvg(FedAvg):
             # clients took part would let participation change what is released.
             denominator = (self.client_dp.sample_rate * self.expected_clients
                            if self.client_dp.poisson else max(self._sampled, 1))
-            updates = [msg.content["arrays"].to_torch_state_dict() for msg in valid]
+            updates = [update_of(msg.content).to_torch_state_dict() for msg in valid]
             mean = noisy_mean_update(updates, self._global, denominator, self.client_dp,
                                      self._noise)
             record.client_dp = self.client_dp
@@ -194,7 +203,7 @@ class UpdateFedAvg(FedAvg):
     def _accept(self, msg: Message, record: RoundRecord) -> bool:
         """Record what the reply says (ledger, spend, status); True if its Δ is usable.
 
-        Nothing a reply carries is used before it passed the schema (server/reply_schema.py):
+        Nothing a reply carries is used before it passed the schema (`ClientReply.parse`):
         a malformed reply is rejected and logged like a bad update, never fatal. An accepted
         reply is rebuilt in the one canonical shape Flower aggregates.
         """
@@ -205,7 +214,7 @@ class UpdateFedAvg(FedAvg):
             record.rejected.append({"node": f"node-{flower_id}", "reason": msg.error.reason,
                                     "attempt": record.attempts})
             return False
-        reply = parse_reply(msg)
+        reply = ClientReply.parse(msg.content)
         if isinstance(reply, str):
             log(30, "round %d: rejected reply from node-%d: %s", record.server_round,
                 flower_id, reply)
@@ -213,7 +222,7 @@ class UpdateFedAvg(FedAvg):
                                     "attempt": record.attempts})
             return False
         node = reply.node or f"node-{flower_id}"
-        record.ledger.extend(reply_entries(msg.content, node))
+        record.ledger.extend(ledger_entries(reply.ledger, node))
         self.coverage.replied(flower_id, reply.node, record.server_round,
                               spent=reply.status == STATUS_TRAINED or reply.spent)
         if reply.status == STATUS_REFUSED:
@@ -226,9 +235,10 @@ class UpdateFedAvg(FedAvg):
             record.rejected.append({"node": node, "reason": reply.reason or reply.status,
                                     "attempt": record.attempts})
             return False
+        # the schema requires both in a trained reply
+        assert reply.metrics is not None and reply.arrays is not None
         metrics = {**reply.metrics, "node": node, "attempt": record.attempts}
         record.spend.append(metrics)  # spent whether or not its update is used
-        assert reply.arrays is not None  # the schema requires them in a trained reply
         update = reply.arrays.to_torch_state_dict()
         problem = update_problem(update, self._global, self.update_clip_norm)
         if problem:

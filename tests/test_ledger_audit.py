@@ -258,7 +258,7 @@ def test_insane_values_are_reported_even_with_a_valid_hash(tmp_path: Path):
 # -------------------------------------------------------------------------------- accounting
 
 def test_mnist_reference_point():
-    """REFERENCE.md: σ=1.1, q=256/60000, 60 epochs, δ=1e-5 -> RDP 2.60 (Opacus), PLD 2.38,
+    """MNIST DP-SGD: σ=1.1, q=256/60000, 60 epochs, δ=1e-5 -> RDP 2.60 (Opacus), PLD 2.38,
     both add/remove; a node's record-level ε is replace-one, which costs more."""
     steps = round(60 * 60000 / 256)
     events = [(1.1, 256 / 60000, steps)]
@@ -273,7 +273,7 @@ def test_mnist_reference_point():
 
 
 def test_client_level_reference_point():
-    """REFERENCE.md: z=1, q=0.1, 200 rounds, δ=5e-4 -> RDP 8.65, one (z, q, 1) event per round."""
+    """DP-FedAvg: z=1, q=0.1, 200 rounds, δ=5e-4 -> RDP 8.65, one (z, q, 1) event per round."""
     curve = rdp_curve([(1.0, 0.1, 1)] * 200, [5e-4] * 200, ADD_REMOVE)
     assert curve[-1] == pytest.approx(8.65, rel=0.01)
     assert curve[-1] == pytest.approx(legacy_rdp_epsilon([(1.0, 0.1, 200)], 5e-4), rel=1e-9)

@@ -1,7 +1,7 @@
 """The `mae` objective under Opacus: exact per-sample gradients, per-record sensitivity ≤ C.
 
 A negative control shows the sensitivity test has teeth: the same objective with two masked
-views of each image stacked along the batch dimension (the bug DESIGN.md warns about) moves the
+views of each image stacked along the batch dimension (a known sensitivity bug) moves the
 clipped gradient sum by about 2C when one image is removed.
 """
 

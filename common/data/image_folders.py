@@ -1,4 +1,4 @@
-"""Image records of a node's data folder (for image tasks); use `local_data.load_image_folder`.
+"""Image records of a node's data folder (for image tasks); `load_image_folder`.
 
 Accepted files (folder rules as in `common/data/data_folders.py`):
 * image files `.png .jpg .jpeg .bmp .pgm .gif`, one record each, read with Pillow. Grayscale

@@ -13,7 +13,7 @@ loaders, same `DataFolderError`s as `fedssl check-data`), plus two optional per-
 Every process of a run (the `fedssl simulate` edge check, the ServerApp, each simulated
 ClientApp) computes the same seeded plan from the same folder; it is cached per process.
 Public inputs are never derived from these records: the tokenizer is the shipped vocabulary
-or `tokenizer=PATH` (DESIGN.md, "Public first, private second").
+or `tokenizer=PATH` (one trained on these records would leak rare tokens outside any DP guarantee).
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ half of its 4×4 patches, reconstruct the whole image, and score the reconstruct
 squared error over that image's masked patches only. Every random choice is drawn per image and
 the network has no in-batch statistics (GroupNorm, never BatchNorm), so each image's loss term
 depends on that image alone: clipping one record's gradient bounds its influence, as DP-SGD
-requires (DESIGN.md, "SSL objectives must be DP-SGD compatible"). There is one view per image,
+requires (only a loss that sums per-record terms lets it). There is one view per image,
 so no view packing is needed.
 
 Images are 1 × 28 × 28; the 4×4 patches form a 7×7 grid that matches the encoder's 7×7 feature

@@ -3,9 +3,9 @@
 Per image: shift it by up to MAX_SHIFT pixels (as `mae` does), rotate it by k × 90° with k
 drawn for that image alone, and classify k from the encoder's 7×7 feature map (4-way
 cross-entropy). One view per image and no in-batch statistics (GroupNorm), so each image's loss
-term depends on that image alone and per-record clipping bounds its influence (DESIGN.md; the
+term depends on that image alone and per-record clipping bounds its influence (as DP-SGD needs; the
 test in tests/test_rotation_task.py measures it). Rotation prediction (Gidaris et al., 2018)
-is the study's alternative to masked reconstruction, which REFERENCE.md found to need long
+is the study's alternative to masked reconstruction, which a Fashion-MNIST trial found to need long
 pretraining before its features beat a random encoder's.
 
 The encoder is `mae`'s ImageEncoder with the same key names, so fine-tuning, probes, pixel
