@@ -58,7 +58,7 @@ from common.protocol import (
     UPDATE_NORM,
 )
 from common.run_config import RunConfig
-from common.tasks import SslTask, freeze_vocabulary
+from common.tasks import SslTask, federated_state, freeze_vocabulary, load_federated_state
 
 
 @dataclass(frozen=True)
@@ -199,7 +199,7 @@ def run_client_round(
     entry = reserved
     try:
         model = task.build_model(config)
-        model.load_state_dict(global_state)
+        load_federated_state(model, global_state)
         if config.freeze_embeddings:
             freeze_vocabulary(task, model)
         settings = DpSettings(
@@ -217,7 +217,7 @@ def run_client_round(
             raise RuntimeError(f"DP-SGD ran {result.steps} steps at q={result.sample_rate}, "
                                f"but the ledger recorded {entry.steps} at q={entry.sample_rate}")
         update, raw_norm = clip_update(
-            compute_update(model.state_dict(), global_state), config.update_clip_norm
+            compute_update(federated_state(model), global_state), config.update_clip_norm
         )
     except BaseException:
         ledger.abandon(entry)  # stays unconfirmed: counted in full, reported as crashed

@@ -107,7 +107,14 @@ class RunConfig:
     dirichlet_alpha: float = 0.5
     max_records: int = 0
     tokenizer: str = ""
-    # Model
+    # Model. init: "none" = a from-config BERT of the shape below with the shipped vocabulary;
+    # "minilm" = the public all-MiniLM-L6-v2 checkpoint; or a local Hugging Face BERT folder.
+    # With a checkpoint, its encoder stays frozen and clients train small adapters
+    # (common/tasks/public_encoder.py); the shape settings are then the checkpoint's.
+    init: str = "none"
+    adapter: str = "lora"  # "lora", or "ffa-lora" (A frozen at its seeded init, B trained)
+    lora_rank: int = 8
+    lora_alpha: float = 16.0
     hidden_size: int = 128
     num_layers: int = 2
     num_heads: int = 2
@@ -244,6 +251,25 @@ class RunConfig:
         if self.tokenizer:
             _require("tokenizer", Path(self.tokenizer).is_file(),
                      f"file not found: {self.tokenizer}")
+        self._require_init(task.needs_checkpoint)
+
+    def _require_init(self, needs_checkpoint: bool) -> None:
+        """A public checkpoint brings its own tokenizer and shape, and trains adapters only."""
+        public = self.init != "none"
+        _require("init", public or not needs_checkpoint,
+                 f"task '{self.task}' adapts a public encoder: set init=minilm or init=PATH")
+        _require("init", not public or self.init == "minilm" or Path(self.init).is_dir(),
+                 f"'{self.init}' is neither none, minilm, nor a folder")
+        _require("adapter", self.adapter in ("lora", "ffa-lora"), "must be lora or ffa-lora")
+        _require("lora-rank", 1 <= self.lora_rank <= 256, "must be in [1, 256]")
+        _require("lora-alpha", 0 < self.lora_alpha < math.inf, "must be a finite number > 0")
+        if public:
+            _require("tokenizer", not self.tokenizer,
+                     "a checkpoint brings its own tokenizer: leave tokenizer empty with init")
+            _require("warm-start-steps", self.warm_start_steps == 0,
+                     "a public checkpoint is the public start: use 0 with init")
+            _require("freeze-embeddings", not self.freeze_embeddings,
+                     "with init the whole encoder is frozen already (adapters train)")
 
     def _require_sizes(self) -> None:
         """Upper bounds: values that validation used to let through and the run then died on

@@ -14,7 +14,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from common.run_config import RunConfig
-from common.tasks import get_task
+from common.tasks import federated_state, get_task, load_federated_state
 from server.evaluation.pipeline import run_downstream, skipped_downstream
 from server.evaluation.safetensors_export import save_state
 from server.federated_rounds import federated_rounds, wait_for_nodes
@@ -38,7 +38,7 @@ def main(grid: Grid, context: Context) -> None:
     if run.done < config.num_rounds:
         wait_for_nodes(grid, config.num_clients)
         # ProgressGrid: per-round progress (clients done, elapsed, ETA) as replies arrive.
-        model.load_state_dict(federated_rounds(ProgressGrid(grid, config.num_rounds), config,
+        load_federated_state(model, federated_rounds(ProgressGrid(grid, config.num_rounds), config,
                                                task, model, recorder, run.coverage,
                                                run.sim_state_dir, run.done))
     if config.num_rounds > 0:
@@ -47,7 +47,7 @@ def main(grid: Grid, context: Context) -> None:
                                 run.run_id)
         update_anchor(run.run_dir, run.ledger.head())
         print(f"[fedssl] ledger sync: {answered} node(s) answered", flush=True)
-    save_state(model.state_dict(), run.run_dir / GLOBAL_MODEL)  # also with 0 rounds (warm start)
+    save_state(federated_state(model), run.run_dir / GLOBAL_MODEL)  # also with 0 rounds (warm start)
     # A run whose every round was skipped has no federated model: fine-tuning it would
     # report an untrained model as if it were one. Say so, and fail.
     untrained = config.num_rounds > 0 and recorder.rounds_trained == 0

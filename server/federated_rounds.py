@@ -10,7 +10,7 @@ from flwr.app import ArrayRecord
 from flwr.serverapp import Grid
 
 from common.run_config import RunConfig
-from common.tasks import SslTask
+from common.tasks import SslTask, federated_state
 from server.federation_setup import build_strategy, round_instruction
 from server.ledger_sync import LedgerCoverage
 from server.run_directory import RoundRecorder
@@ -26,14 +26,14 @@ def federated_rounds(
     strategy = build_strategy(config, recorder, coverage, done)
     result = strategy.start(
         grid=grid,
-        initial_arrays=ArrayRecord(model.state_dict()),
+        initial_arrays=ArrayRecord(federated_state(model)),
         num_rounds=config.num_rounds - done,
         timeout=config.round_timeout,  # nodes that have not replied by then are dropouts
         train_config=round_instruction(config, task, recorder.run_id,
                                        sim_state_dir).to_config_record(),
     )
     if len(result.arrays) == 0:  # every round was skipped: Flower reports no arrays at all
-        return model.state_dict()
+        return federated_state(model)
     return result.arrays.to_torch_state_dict()
 
 

@@ -27,7 +27,7 @@ RECENT_ROUNDS = 3  # ETA from the mean duration of the last few rounds
 
 def duration(seconds: float) -> str:
     """`1h02m`, `3m05s` or `42s`."""
-    seconds = max(int(round(seconds)), 0)
+    seconds = max(round(seconds), 0)
     hours, rest = divmod(seconds, 3600)
     minutes, secs = divmod(rest, 60)
     if hours:

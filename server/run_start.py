@@ -11,7 +11,7 @@ import torch
 from common.privacy.ledger import PrivacyLedger
 from common.run_config import RunConfig
 from common.run_layout import NODES_DIR
-from common.tasks import SslTask
+from common.tasks import SslTask, load_federated_state
 from server.ledger_sync import LedgerCoverage
 from server.public_warm_start import warm_start
 from server.run_checkpoint import find_checkpoint
@@ -52,7 +52,7 @@ def start_run(config: RunConfig, task: SslTask) -> RunStart:
     if checkpoint is None and config.warm_start_steps:
         warm_start(config, task, model, run_dir)  # public data: no ledger entry
     if checkpoint is not None:
-        model.load_state_dict(checkpoint.load_model())
+        load_federated_state(model, checkpoint.load_model())
         recorder.restore()
         print(f"[fedssl] resuming after round {done}/{config.num_rounds} (model sha256 "
               f"{checkpoint.model_sha256[:16]})", flush=True)

@@ -34,6 +34,7 @@ TASK_MODULES: dict[str, str] = {
     "mlm": "common.tasks.mlm",
     "mae": "common.tasks.mae",
     "rotation": "common.tasks.rotation",
+    "contrastive": "common.tasks.contrastive",
 }
 
 
@@ -61,6 +62,27 @@ class SslTask:
     # The clipping mode when they are frozen (benchmarks/mlm_step_time.md, quiet levers table).
     frozen_grad_sample_mode: str = "hooks"
     public_corpus: bool = False  # has a public corpus for `warm-start-steps`
+    needs_checkpoint: bool = False  # adapts a public encoder only (`init` must name one)
+
+
+def federated_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """What travels between server and clients: the whole state, or for a model over a frozen
+    public encoder (which defines `federated_keys`) only its trainable adapters and heads."""
+    state = model.state_dict()
+    keys = getattr(model, "federated_keys", None)
+    return state if keys is None else {key: state[key] for key in keys}
+
+
+def load_federated_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load `state` (as `federated_state` made it) into `model`; every key must match."""
+    keys = getattr(model, "federated_keys", None)
+    if keys is None:
+        model.load_state_dict(state)
+        return
+    if set(state) != set(keys):
+        raise ValueError(f"federated state has {len(state)} keys, the model federates "
+                         f"{len(keys)} (e.g. {sorted(set(state) ^ set(keys))[:3]})")
+    model.load_state_dict(state, strict=False)
 
 
 def get_task(name: str) -> SslTask:

@@ -30,6 +30,12 @@ from common.data.tokenizer import (
 )
 from common.run_config import ModelShape, RunConfig
 from common.tasks import SslTask
+from common.tasks.public_encoder import (
+    PublicMaskedLm,
+    adapted_encoder,
+    checkpoint_inputs_sha256,
+    run_checkpoint,
+)
 
 IGNORE = -100
 # The vocabulary matrices (`freeze-embeddings`): 78% of the default model's parameters.
@@ -62,6 +68,7 @@ class MaskedLmModel(nn.Module):
         super().__init__()
         self.special_ids = special or SpecialIds()  # of the run's tokenizer: masking uses them
         self.mlm = BertForMaskedLM(config)
+        self.vocab_size = int(config.vocab_size)
         head = self.mlm.cls.predictions
         # The head's bare `bias` is shared with decoder.bias; Opacus cannot compute per-sample
         # gradients for a parameter that belongs to no supported layer, so give the decoder a
@@ -153,14 +160,27 @@ def per_sequence_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tenso
 
 
 def tokenizer_path(config: RunConfig) -> str:
-    """The run's tokenizer file: the configured one, or the shipped public vocabulary."""
+    """The run's tokenizer file: the checkpoint's (with `init`), the configured one, or the
+    shipped public vocabulary."""
+    if config.init != "none":
+        return str(run_checkpoint(config.init).tokenizer_file)
     return config.tokenizer or str(SHIPPED_TOKENIZER)
 
 
-def build_model(config: RunConfig) -> MaskedLmModel:
-    """The run's initial MLM model (seed torch first for reproducible weights)."""
+def build_model(config: RunConfig) -> MaskedLmModel | PublicMaskedLm:
+    """The run's initial MLM model (seed torch first for reproducible weights): a BERT of the
+    configured shape, or with `init` the public encoder with adapters and a tied decoder."""
     tokenizer = load_tokenizer(tokenizer_path(config))
+    if config.init != "none":
+        return PublicMaskedLm(adapted_encoder(config), special_ids(tokenizer))
     return build_mlm_model(config.model_shape, tokenizer.get_vocab_size(), special_ids(tokenizer))
+
+
+def public_inputs_sha256(config: RunConfig) -> str:
+    """What server and nodes must share: the vocabulary, and with `init` the checkpoint."""
+    if config.init != "none":
+        return checkpoint_inputs_sha256(config)
+    return tokenizer_sha256(tokenizer_path(config))
 
 
 def client_tensors(config: RunConfig, partition_id: int) -> tuple[torch.Tensor, ...]:
@@ -189,13 +209,13 @@ def per_record_loss(
     """Mask a batch of sequences and return each sequence's own MLM loss, shape `[B]`."""
     input_ids, attention_mask = batch
     inner = _inner(model)
-    corrupted, positions, labels = mask_tokens(input_ids, inner.mlm.config.vocab_size, generator,
+    corrupted, positions, labels = mask_tokens(input_ids, inner.vocab_size, generator,
                                                ids=inner.special_ids)
     return per_sequence_loss(model(corrupted, attention_mask, positions), labels)
 
 
-def _inner(model: nn.Module) -> MaskedLmModel:
-    """The MaskedLmModel inside an Opacus GradSampleModule (or the model itself)."""
+def _inner(model: nn.Module) -> MaskedLmModel | PublicMaskedLm:
+    """The model inside an Opacus GradSampleModule (or the model itself)."""
     return getattr(model, "_module", model)
 
 
@@ -212,7 +232,7 @@ TASK = SslTask(
     build_model=build_model,
     client_tensors=client_tensors,
     folder_tensors=folder_tensors,
-    public_inputs_sha256=lambda config: tokenizer_sha256(tokenizer_path(config)),
+    public_inputs_sha256=public_inputs_sha256,
     public_files=lambda config: {"tokenizer.json": tokenizer_path(config)},
     per_record_loss=per_record_loss,
     check_data=check_data,

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from common.data.tokenizer import SpecialIds
-from common.tasks.public_encoder import encode
+from common.tasks.public_encoder import encode, trainable_names
 
 DELETE_PROB = 0.15  # share of a view's ordinary tokens deleted
 TEMPERATURE = 0.05
@@ -42,6 +42,10 @@ class PublicContrastive(nn.Module):
         self.register_buffer("negative_ids", negative_ids, persistent=False)
         self.register_buffer("negative_mask", negative_mask, persistent=False)
         self._negatives: torch.Tensor | None = None
+
+    @property
+    def federated_keys(self) -> tuple[str, ...]:
+        return trainable_names(self)
 
     def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Normalised projections `[B, P]` of the mean-pooled token states."""

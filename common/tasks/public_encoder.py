@@ -19,15 +19,19 @@ over the 30k-token vocabulary).
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+import hashlib
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
-from peft import LoraConfig, inject_adapter_in_model
-from peft.tuners.lora import LoraLayer
 from torch import nn
 
-from common.data.tokenizer import SpecialIds
+from common.data.tokenizer import SpecialIds, tokenizer_sha256
+from common.public_checkpoints import PublicCheckpoint, load_encoder, resolve_checkpoint
+
+if TYPE_CHECKING:
+    from common.run_config import RunConfig
 
 # BERT's Linear layers: attention (query, key, value, attention.output.dense) and feed-forward
 # (intermediate.dense, output.dense); "dense" matches all three dense layers of a block.
@@ -35,12 +39,16 @@ LORA_TARGETS = ("query", "key", "value", "dense")
 ADAPTERS = ("lora", "ffa-lora")
 
 
-def add_adapters(encoder: nn.Module, rank: int, alpha: float, adapter: str) -> nn.Module:
+def add_adapters(encoder: nn.Module, rank: int, alpha: float, adapter: str,
+                 seed: int = 0) -> nn.Module:
     """Freeze `encoder` and add LoRA adapters of `rank` to its Linear layers (in place).
 
-    A is initialised from torch's global RNG (seed it first: every party must build the same
-    A); B starts at zero, so the adapted encoder starts equal to the public one.
+    A is drawn from a generator seeded with `seed`, so every party builds the same A (FFA-LoRA
+    never sends it); B starts at zero, so the adapted encoder starts equal to the public one.
     """
+    # Imported here: peft costs ~1.3 s per process, and runs without `init` never use it.
+    from peft import LoraConfig, inject_adapter_in_model
+
     if adapter not in ADAPTERS:
         raise ValueError(f"unknown adapter '{adapter}'; known: {', '.join(ADAPTERS)}")
     for parameter in encoder.parameters():
@@ -48,15 +56,46 @@ def add_adapters(encoder: nn.Module, rank: int, alpha: float, adapter: str) -> n
     config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0,
                         target_modules=list(LORA_TARGETS))
     encoder = inject_adapter_in_model(config, encoder)
+    generator = torch.Generator().manual_seed(seed)
     for name, parameter in encoder.named_parameters():
+        if "lora_A" in name:  # peft's own init (Kaiming-uniform, a = sqrt(5)), from `generator`
+            bound = 1.0 / parameter.shape[1] ** 0.5
+            with torch.no_grad():
+                parameter.copy_(torch.rand(parameter.shape, generator=generator) * 2 * bound
+                                - bound)
         trainable = "lora_B" in name or ("lora_A" in name and adapter == "lora")
         parameter.requires_grad_(trainable)
     return encoder
 
 
+@functools.lru_cache(maxsize=2)
+def run_checkpoint(init: str) -> PublicCheckpoint:
+    """The verified checkpoint `init` names (cached per process: verification hashes 90 MB)."""
+    checkpoint = resolve_checkpoint(init)
+    if checkpoint is None:
+        raise ValueError("init=none names no checkpoint")
+    return checkpoint
+
+
+def adapted_encoder(config: RunConfig) -> nn.Module:
+    """The run's public encoder, frozen, with the run's adapters."""
+    encoder = load_encoder(run_checkpoint(config.init))
+    return add_adapters(encoder, config.lora_rank, config.lora_alpha, config.adapter,
+                        seed=config.seed)
+
+
+def checkpoint_inputs_sha256(config: RunConfig) -> str:
+    """One hash of the public inputs a checkpoint run shares: its weights and tokenizer."""
+    checkpoint = run_checkpoint(config.init)
+    joined = f"{checkpoint.weights_sha256}:{tokenizer_sha256(checkpoint.tokenizer_file)}"
+    return hashlib.sha256(joined.encode()).hexdigest()
+
+
 def merged_encoder_state(encoder: nn.Module) -> dict[str, torch.Tensor]:
     """The encoder's weights with the adapters merged in (W + scaling·B·A), under the plain
     transformers keys: loads into a `BertModel` without peft. The encoder is left unchanged."""
+    from peft.tuners.lora import LoraLayer
+
     state: dict[str, torch.Tensor] = {}
     for name, module in encoder.named_modules():
         if isinstance(module, LoraLayer):
@@ -88,6 +127,10 @@ class PublicMaskedLm(nn.Module):
     def vocab_size(self) -> int:
         return int(self.encoder.config.vocab_size)
 
+    @property
+    def federated_keys(self) -> tuple[str, ...]:
+        return trainable_names(self)
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 positions: torch.Tensor) -> torch.Tensor:
         """Logits `[B, K, V]` at `positions` `[B, K]`."""
@@ -108,6 +151,11 @@ def encode(encoder: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor) 
         .contiguous(),
         token_type_ids=torch.zeros_like(input_ids),
     ).last_hidden_state
+
+
+def trainable_names(model: nn.Module) -> tuple[str, ...]:
+    """Names of the parameters that train: what a model over a frozen encoder federates."""
+    return tuple(name for name, parameter in model.named_parameters() if parameter.requires_grad)
 
 
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:

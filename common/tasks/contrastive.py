@@ -1,0 +1,58 @@
+"""The `contrastive` task: a public encoder adapted with DP-valid contrastive learning.
+
+Records are tokenized as for `mlm` (the checkpoint's tokenizer); the objective and its proof
+are in common/tasks/public_contrastive.py. The public negatives are NEGATIVES ICD-10-CM
+headings (public, disjoint from the records), picked with the run seed, so server and nodes
+embed the same texts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+
+from common.data.icd10_corpus import load_public_headings
+from common.data.tokenizer import encode_texts, load_tokenizer, special_ids
+from common.run_config import RunConfig
+from common.tasks import SslTask
+from common.tasks.mlm import check_data, client_tensors, folder_tensors, tokenizer_path
+from common.tasks.public_contrastive import PublicContrastive, per_record_loss
+from common.tasks.public_encoder import adapted_encoder, checkpoint_inputs_sha256
+
+NEGATIVES = 256
+
+
+def public_negatives(config: RunConfig) -> list[str]:
+    """The run's public negative texts (seeded pick from the public headings)."""
+    headings = load_public_headings()
+    picks = np.random.default_rng(config.seed).choice(len(headings), NEGATIVES, replace=False)
+    return [headings[i] for i in sorted(picks)]
+
+
+def build_model(config: RunConfig) -> PublicContrastive:
+    """The public encoder with the run's adapters, a projection, and the public negatives."""
+    tokenizer = load_tokenizer(tokenizer_path(config))
+    ids, mask = encode_texts(tokenizer, public_negatives(config), config.max_length)
+    return PublicContrastive(adapted_encoder(config), special_ids(tokenizer), ids, mask)
+
+
+def public_inputs_sha256(config: RunConfig) -> str:
+    """Checkpoint, tokenizer and the negative texts: everything public a round depends on."""
+    negatives = hashlib.sha256("\n".join(public_negatives(config)).encode()).hexdigest()
+    return hashlib.sha256(f"{checkpoint_inputs_sha256(config)}:{negatives}".encode()).hexdigest()
+
+
+TASK = SslTask(
+    name="contrastive",
+    data_kind="text",
+    build_model=build_model,
+    client_tensors=client_tensors,
+    folder_tensors=folder_tensors,
+    public_inputs_sha256=public_inputs_sha256,
+    public_files=lambda config: {"tokenizer.json": tokenizer_path(config)},
+    per_record_loss=per_record_loss,
+    check_data=check_data,
+    grad_sample_mode="hooks",  # two encoder passes per record: hooks sum them exactly
+    needs_checkpoint=True,
+)
