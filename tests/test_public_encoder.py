@@ -171,3 +171,40 @@ def test_merged_adapters_load_into_a_plain_encoder(folder, inputs):
         torch.testing.assert_close(merged(**kwargs).last_hidden_state,
                                    model.encoder(**kwargs).last_hidden_state,
                                    rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(("task_name", "adapter"), [("mlm", "lora"), ("contrastive", "ffa-lora")])
+def test_a_client_round_trains_and_sends_only_the_adapters(tmp_path, folder, task_name, adapter):
+    """The node's real round (ledger first, DP-SGD, clipped update) on a public encoder:
+    the update covers exactly the federated keys — adapters and head, never the frozen
+    encoder, and with FFA-LoRA never A."""
+    from client.local_round import run_client_round
+    from client.node_settings import NodeSettings
+    from common.data.tokenizer import encode_texts, load_tokenizer
+    from common.privacy.dp_randomness import secret_generator
+    from common.privacy.ledger import PrivacyLedger
+    from common.run_config import RunConfig
+    from common.tasks import federated_state, get_task
+
+    config = RunConfig(task=task_name, init=str(folder), adapter=adapter, lora_rank=2,
+                       batch_size=4, local_steps=2, noise_multiplier="1.0", max_length=12)
+    config.validate()
+    task = get_task(task_name)
+    torch.manual_seed(0)
+    model = task.build_model(config)
+    global_state = federated_state(model)
+    assert set(global_state) == set(model.federated_keys)
+    assert any("lora_A" in key for key in global_state) == (adapter == "lora")
+    texts = ["the patient has a fracture", "left arm fracture", "the arms of the patient",
+             "a fracture of the left arm"] * 4
+    records = encode_texts(load_tokenizer(str(folder / "tokenizer.json")), texts, 12)
+    node = NodeSettings(node_id="h", state_dir=tmp_path / "state", max_epsilon=0.0,
+                        delta=1e-5, partition_id=None)
+    output = run_client_round(
+        config=config, task=task, global_state=global_state, records=records, node=node,
+        ledger=PrivacyLedger.open(node.ledger_path, owner="h"), run_id="r", server_round=1,
+        seed=1, dp_generator=secret_generator())
+    assert output.update is not None and set(output.update) == set(global_state)
+    assert any(delta.abs().sum() > 0 for delta in output.update.values())
+    spends = PrivacyLedger.open(node.ledger_path, owner="h").spends("h")
+    assert len(spends) == 1 and spends[0].noise_multiplier == 1.0  # written, then confirmed
