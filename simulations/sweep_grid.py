@@ -34,7 +34,7 @@ from typing import Any
 from common.data.label_budgets import BudgetError, LabelBudget
 from common.run_config import ConfigError, RunConfig
 from common.tasks import get_task
-from server.evaluation.label_budget_arms import RECIPES
+from server.evaluation.arms import RECIPES
 
 # Settings that decide the split, the labeled pool or the downstream recipe: the same for all.
 SHARED_ONLY = ("task", "seed", "run-dir", "num-rounds", "downstream", "test-fraction",

@@ -30,7 +30,7 @@ import torch
 from common.data.label_budgets import LabelBudget
 from common.run_config import RunConfig
 from common.tasks import get_task
-from server.evaluation.label_budget_arms import BudgetResult, evaluate_budget
+from server.evaluation.arms import BudgetResult, evaluate_budget
 from server.evaluation.downstream_kit import DownstreamKit
 from server.evaluation.pipeline import make_kit
 from server.evaluation.safetensors_export import load_state

@@ -1,7 +1,7 @@
 """What a data kind contributes to the evaluation stage: its labeled data, classifier, baseline.
 
-`text_arms.text_kit` and `image_arms.image_kit` build one; the pipeline (pipeline.py) runs the
-same arms on any kit.
+`text_arms.text_kit` and `image_arms.image_kit` build one; arms.py measures the same arms on
+any kit, for `fedssl simulate` (pipeline.py) and `fedssl sweep` alike.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Linear probes: logistic regression on frozen features (also the pixel baseline's model).
 
 A probe on self-supervised features means something only next to the same probe on a
-*random-init* encoder (REFERENCE.md: 150 MAE steps gave features no better than random ones),
+*random-init* encoder (in a trial, 150 MAE steps gave features no better than random ones),
 so every task reports both.
 """
 

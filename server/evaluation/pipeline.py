@@ -1,19 +1,18 @@
-"""After federated pretraining: fine-tune on the server's few labels, compare, prune, save.
+"""After federated pretraining: every downstream arm on the server's few labels, then prune, save.
 
 The same for every task; a task's `DownstreamKit` (server/evaluation/text_arms.py,
 server/evaluation/image_arms.py) supplies its labeled data, classifier and classical baseline.
-The arms see exactly the same labeled records and test split: the pretrained encoder
-fine-tuned, the identical architecture trained from scratch with the identical recipe (only
-the starting weights differ), a classical baseline, and a linear probe on the frozen encoder
-next to the same probe on a random-init encoder (the control without which a probe looks better
-than it is). The fine-tuned model is then pruned by global magnitude, briefly recovered, and
-evaluated again.
+The arms are those `fedssl sweep` measures per label budget (server/evaluation/arms.py), here
+on the run's own labeled set: the pretrained encoder fine-tuned, the identical architecture
+trained from scratch with the identical recipe (only the starting weights differ), a classical
+baseline, and a linear probe on the frozen encoder next to the same probe on a random-init
+encoder (the control without which a probe looks better than it is). The fine-tuned model is
+then pruned by global magnitude, briefly recovered, and evaluated again.
 """
 
 from __future__ import annotations
 
 import copy
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,12 +22,8 @@ from torch import nn
 
 from common.run_config import RunConfig
 from common.tasks import get_task
-from server.evaluation.classifier_training import (
-    FinetuneRecipe,
-    classification_metrics,
-    predict,
-    train_classifier,
-)
+from server.evaluation.arms import evaluate_arm, evaluate_classifier, finetune_recipe
+from server.evaluation.classifier_training import FinetuneRecipe, train_classifier
 from server.evaluation.downstream_kit import DownstreamKit, LabeledData
 from server.evaluation.image_arms import image_kit
 from server.evaluation.pruning import linear_sparsity, make_pruning_permanent, prune_linear_weights
@@ -36,10 +31,6 @@ from server.evaluation.safetensors_export import save_state
 from server.evaluation.text_arms import text_kit
 
 Say = Callable[[str], None]
-FINETUNED = ("finetuned", "SSL pretrained (federated, DP) + fine-tune")
-BASELINE = ("baseline", "same architecture from scratch")
-PROBE = ("probe", "SSL encoder (federated, DP), linear probe")
-PROBE_RANDOM = ("probe_random", "random-init encoder, linear probe (control)")
 PRUNED = ("pruned", "fine-tuned, pruned + recovered")
 
 
@@ -52,17 +43,6 @@ KITS: dict[str, Callable[[RunConfig, nn.Module], DownstreamKit]] = {
 def make_kit(config: RunConfig, pretrained: nn.Module) -> DownstreamKit:
     """The downstream kit of `config.task`'s data kind."""
     return KITS[get_task(config.task).data_kind](config, pretrained)
-
-
-def finetune_recipe(config: RunConfig) -> FinetuneRecipe:
-    """The run's fine-tuning recipe: the same for every arm, so only the start differs."""
-    return FinetuneRecipe(
-        epochs=config.finetune_epochs,
-        batch_size=config.finetune_batch_size,
-        learning_rate=config.finetune_learning_rate,
-        seed=config.seed,
-        min_steps=config.finetune_min_steps,
-    )
 
 
 def skipped_downstream() -> dict[str, Any]:
@@ -80,37 +60,30 @@ def run_downstream(
     recipe = finetune_recipe(config)
     models_dir = run_dir / "models"
     models_dir.mkdir(exist_ok=True)
-
-    def evaluate(model: nn.Module) -> dict[str, float | int]:
-        return classification_metrics(data.test_labels, predict(model, data.test_inputs),
-                                      data.num_classes)
-
+    key, label, _ = kit.classical
+    arms = (  # key, label, starting encoder (None: scratch / random init), recipe
+        ("finetuned", "SSL pretrained (federated, DP) + fine-tune", kit.encoder_weights,
+         "finetune"),
+        ("baseline", "same architecture from scratch", None, "finetune"),
+        (key, label, None, "classical"),
+        ("probe", "SSL encoder (federated, DP), linear probe", kit.encoder_weights, "probe"),
+        ("probe_random", "random-init encoder, linear probe (control)", None, "probe"),
+    )
     results: dict[str, Any] = {}
     trained = {}
-    for (arm, _), weights in ((FINETUNED, kit.encoder_weights), (BASELINE, None)):
-        start = time.monotonic()
-        say(f"[fedssl] {arm}: training on {len(data.train_labels)} labels for "
-            f"{recipe.epochs_for(len(data.train_labels))} epochs")
-        model = kit.build_classifier(weights)
-        train_classifier(model, data.train_inputs, data.train_labels, recipe)
-        results[arm] = {**evaluate(model), "seconds": round(time.monotonic() - start, 1)}
-        save_state(model.state_dict(), models_dir / f"{arm}.safetensors")
-        trained[arm] = model
+    for arm, _, weights, arm_recipe in arms:
+        if arm_recipe == "finetune":
+            say(f"[fedssl] {arm}: training on {len(data.train_labels)} labels for "
+                f"{recipe.epochs_for(len(data.train_labels))} epochs")
+        results[arm], model = evaluate_arm(kit, data, weights, arm_recipe, recipe)
+        if model is not None:
+            save_state(model.state_dict(), models_dir / f"{arm}.safetensors")
+            trained[arm] = model
     if kit.save_extra is not None:
         kit.save_extra(trained["finetuned"], models_dir)
 
-    key, label, _ = kit.classical
-    arms = [FINETUNED, BASELINE, (key, label), PROBE, PROBE_RANDOM]
-    for arm, produce in ((key, lambda: kit.run_classical(data)),
-                         (PROBE[0], lambda: kit.probe(data, kit.encoder_weights)),
-                         (PROBE_RANDOM[0], lambda: kit.probe(data, None))):
-        start = time.monotonic()
-        results[arm] = {**produce(), "seconds": round(time.monotonic() - start, 1)}
-
-    pruned, results["pruned"] = _prune_and_recover(trained["finetuned"], config, recipe, data,
-                                                   evaluate)
+    pruned, results["pruned"] = _prune_and_recover(trained["finetuned"], config, recipe, data)
     save_state(pruned.state_dict(), models_dir / "pruned.safetensors")
-    arms.append(PRUNED)
     present = set(data.train_labels.tolist())
     results["labels"] = {
         "labels_used": len(data.train_labels),
@@ -118,16 +91,12 @@ def run_downstream(
         "classes_in_test_set": len(np.unique(data.test_labels)),
         "test_records": len(data.test_labels),
     }
-    results["arms"] = [list(a) for a in arms]
+    results["arms"] = [[arm, arm_label] for arm, arm_label, *_ in arms] + [list(PRUNED)]
     return results
 
 
 def _prune_and_recover(
-    finetuned: nn.Module,
-    config: RunConfig,
-    recipe: FinetuneRecipe,
-    data: LabeledData,
-    evaluate: Callable[[nn.Module], dict[str, float | int]],
+    finetuned: nn.Module, config: RunConfig, recipe: FinetuneRecipe, data: LabeledData
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Global magnitude pruning of Linear weights, a short recovery, then evaluation."""
     model = copy.deepcopy(finetuned)
@@ -142,7 +111,7 @@ def _prune_and_recover(
         train_classifier(model, data.train_inputs, data.train_labels, recovery)
     make_pruning_permanent(model)
     return model, {
-        **evaluate(model),
+        **evaluate_classifier(model, data),
         "sparsity": linear_sparsity(model),
         "amount": config.prune_amount,
         "recover_epochs": config.prune_recover_epochs,

@@ -11,11 +11,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 
-def save_state(
-    model_or_state: nn.Module | dict[str, torch.Tensor],
-    path: str | Path,
-    metadata: dict[str, str] | None = None,
-) -> None:
+def save_state(model_or_state: nn.Module | dict[str, torch.Tensor], path: str | Path) -> None:
     """Save a module's `state_dict()` (or a tensor dict) to `path` as safetensors, atomically.
 
     Tensors are detached, moved to CPU and cloned: safetensors rejects non-contiguous tensors
@@ -31,7 +27,7 @@ def save_state(
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        save_file(tensors, tmp_name, metadata=metadata)
+        save_file(tensors, tmp_name)
         with open(tmp_name, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp_name, path)

@@ -7,11 +7,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from transformers import BertConfig
 
 from common.data.run_splits import text_splits
 from common.data.tokenizer import encode_texts, load_tokenizer
 from common.run_config import RunConfig
 from common.tasks.mlm import bert_config, encoder_state, tokenizer_path
+from common.tasks.public_encoder import merged_encoder_state, run_checkpoint
 from server.evaluation.downstream_kit import DownstreamKit, LabeledData
 from server.evaluation.text_classifier import (
     build_classifier,
@@ -37,7 +39,14 @@ def text_kit(config: RunConfig, pretrained: nn.Module) -> DownstreamKit:
         train_raw=splits.labeled_texts,
         test_raw=splits.test_texts,
     )
-    bert_cfg = bert_config(config.model_shape, tokenizer.get_vocab_size(), num_classes)
+    if config.init != "none":
+        # The checkpoint's own architecture; the federated adapters merged into its weights.
+        bert_cfg = BertConfig.from_pretrained(str(run_checkpoint(config.init).folder),
+                                              num_labels=num_classes)
+        weights = merged_encoder_state(pretrained.encoder)
+    else:
+        bert_cfg = bert_config(config.model_shape, tokenizer.get_vocab_size(), num_classes)
+        weights = encoder_state(pretrained)
 
     def tfidf(labeled: LabeledData, seed: int) -> np.ndarray:
         return np.asarray(tfidf_logreg(labeled.train_raw, labeled.train_labels.tolist(),
@@ -54,7 +63,7 @@ def text_kit(config: RunConfig, pretrained: nn.Module) -> DownstreamKit:
     return DownstreamKit(
         data=data,
         build_classifier=lambda weights: build_classifier(bert_cfg, weights, seed=config.seed),
-        encoder_weights=encoder_state(pretrained),
+        encoder_weights=weights,
         classical=("tfidf", "TF-IDF (1-2 grams) + logistic regression", tfidf),
         features=features,
         seed=config.seed,
