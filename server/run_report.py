@@ -62,6 +62,7 @@ def summary_table(summary: dict[str, Any]) -> str:
 
 
 PRETRAINED = ("finetuned", "probe")  # arms that start from the federated model (pruned: derived)
+PUBLIC = ("public", "public_probe")  # the public checkpoint without federated adaptation
 
 
 def pretraining_verdict(summary: dict[str, Any]) -> str:
@@ -78,14 +79,21 @@ def pretraining_verdict(summary: dict[str, Any]) -> str:
     best = max(pretrained, key=lambda a: summary[a]["macro_f1"])
     rival = max(baselines, key=lambda a: summary[a]["macro_f1"])
     margin = summary[best]["macro_f1"] - summary[rival]["macro_f1"]
+    public = [a for a in PUBLIC if a in labels]
+    over_public = ""
+    if public:
+        control = max(public, key=lambda a: summary[a]["macro_f1"])
+        gain = summary[best]["macro_f1"] - summary[control]["macro_f1"]
+        over_public = (f" Over the public encoder alone ({labels[control]}), the hospitals' "
+                       f"private records added {gain:+.3f} macro-F1.")
     if margin > 0:
         return (f"Pretraining paid in this run: {labels[best]} leads the best baseline "
                 f"({labels[rival]}) by {margin:+.3f} macro-F1 (one seed; `fedssl sweep` "
-                "measures the spread).")
+                f"measures the spread).{over_public}")
     return (f"Pretraining did not pay in this run: the best arm is a baseline ({labels[rival]}, "
             f"macro-F1 {summary[rival]['macro_f1']:.3f}); the best pretrained arm "
-            f"({labels[best]}) is {margin:+.3f} behind. docs/label-efficiency.md shows where "
-            "federated DP pretraining pays and where it does not.")
+            f"({labels[best]}) is {margin:+.3f} behind.{over_public} docs/label-efficiency.md "
+            "shows where federated DP pretraining pays and where it does not.")
 
 
 def write_reports(run_dir: Path, summary: dict[str, Any]) -> None:

@@ -67,6 +67,8 @@ class DownstreamKit:
     # The lower half of a classifier's encoder, which the `finetune-top` recipe freezes.
     lower_layers: Callable[[nn.Module], list[nn.Module]]
     save_extra: Callable[[nn.Module, Path], None] | None = None  # e.g. save_pretrained
+    # The public checkpoint's own encoder (runs with `init`): the `public` control arms.
+    public_weights: dict[str, torch.Tensor] | None = None
 
     def probe(self, data: LabeledData, encoder_weights: dict[str, torch.Tensor] | None
               ) -> dict[str, float | int]:

@@ -69,6 +69,13 @@ def run_downstream(
         ("probe", "SSL encoder (federated, DP), linear probe", kit.encoder_weights, "probe"),
         ("probe_random", "random-init encoder, linear probe (control)", None, "probe"),
     )
+    if kit.public_weights is not None:  # what the public model gives without private data
+        arms += (
+            ("public", "public encoder, no federated adaptation + fine-tune",
+             kit.public_weights, "finetune"),
+            ("public_probe", "public encoder, no federated adaptation, linear probe",
+             kit.public_weights, "probe"),
+        )
     results: dict[str, Any] = {}
     trained = {}
     for arm, _, weights, arm_recipe in arms:

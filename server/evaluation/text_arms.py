@@ -11,6 +11,7 @@ from transformers import BertConfig
 
 from common.data.run_splits import text_splits
 from common.data.tokenizer import encode_texts, load_tokenizer
+from common.public_checkpoints import load_encoder
 from common.run_config import RunConfig
 from common.tasks.mlm import bert_config, encoder_state, tokenizer_path
 from common.tasks.public_encoder import merged_encoder_state, run_checkpoint
@@ -44,9 +45,12 @@ def text_kit(config: RunConfig, pretrained: nn.Module) -> DownstreamKit:
         bert_cfg = BertConfig.from_pretrained(str(run_checkpoint(config.init).folder),
                                               num_labels=num_classes)
         weights = merged_encoder_state(pretrained.encoder)
+        public = {k: v.detach().clone()
+                  for k, v in load_encoder(run_checkpoint(config.init)).state_dict().items()}
     else:
         bert_cfg = bert_config(config.model_shape, tokenizer.get_vocab_size(), num_classes)
         weights = encoder_state(pretrained)
+        public = None
 
     def tfidf(labeled: LabeledData, seed: int) -> np.ndarray:
         return np.asarray(tfidf_logreg(labeled.train_raw, labeled.train_labels.tolist(),
@@ -69,4 +73,5 @@ def text_kit(config: RunConfig, pretrained: nn.Module) -> DownstreamKit:
         seed=config.seed,
         lower_layers=lower_encoder_layers,
         save_extra=save_hf,
+        public_weights=public,
     )
