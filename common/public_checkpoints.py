@@ -166,8 +166,20 @@ def load_encoder(checkpoint: PublicCheckpoint) -> Any:
     """The checkpoint's encoder as a transformers `BertModel` (offline, no pooler)."""
     from transformers import BertModel
 
-    return BertModel.from_pretrained(str(checkpoint.folder), local_files_only=True,
-                                     add_pooling_layer=False)
+    has_pooler = any(key.startswith("pooler.") for key in _weight_names(checkpoint))
+    # Loaded with the pooler its file has (else transformers reports "unexpected keys"), then
+    # dropped: fedssl mean-pools token states.
+    encoder = BertModel.from_pretrained(str(checkpoint.folder), local_files_only=True,
+                                        add_pooling_layer=has_pooler)
+    encoder.pooler = None
+    return encoder
+
+
+def _weight_names(checkpoint: PublicCheckpoint) -> list[str]:
+    from safetensors import safe_open
+
+    with safe_open(str(checkpoint.folder / WEIGHTS_FILE), framework="pt") as weights:
+        return list(weights.keys())
 
 
 def sha256_file(path: Path) -> str:
