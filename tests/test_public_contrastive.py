@@ -16,12 +16,10 @@ import pytest
 import torch
 from opacus import GradSampleModule
 from opacus.optimizers import DPOptimizer
-from tiny_checkpoints import tiny_bert_folder
-from transformers import BertModel
+from tiny_checkpoints import adapted_tiny_encoder, tiny_bert_folder
 
 from common.data.tokenizer import SpecialIds
 from common.tasks.public_contrastive import PublicContrastive, delete_tokens
-from common.tasks.public_encoder import add_adapters
 
 CLIP = 0.05
 BATCH = 6
@@ -37,17 +35,8 @@ def _tokens(rows: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _model(folder) -> PublicContrastive:
-    encoder = BertModel.from_pretrained(str(folder), add_pooling_layer=False)
     torch.manual_seed(1)
-    encoder = add_adapters(encoder, rank=2, alpha=4, adapter="lora")
-    model = PublicContrastive(encoder, SPECIAL, *_tokens(5, seed=9)).double()
-    for name, parameter in model.named_parameters():
-        if "lora_B" in name:
-            torch.nn.init.normal_(parameter, std=0.2)
-    for module in model.modules():
-        if isinstance(module, torch.nn.Dropout):
-            module.p = 0.0
-    return model
+    return PublicContrastive(adapted_tiny_encoder(folder), SPECIAL, *_tokens(5, seed=9)).double()
 
 
 @pytest.fixture()

@@ -16,7 +16,7 @@ import torch
 from opacus import GradSampleModule, PrivacyEngine
 from opacus.optimizers import DPOptimizer
 from opacus.utils.fast_gradient_clipping_utils import DPTensorFastGradientClipping
-from tiny_checkpoints import tiny_bert_folder
+from tiny_checkpoints import adapted_tiny_encoder, tiny_bert_folder
 from torch.utils.data import DataLoader, TensorDataset
 from transformers import BertModel
 
@@ -24,7 +24,6 @@ from common.data.tokenizer import SpecialIds
 from common.tasks.mlm import mask_tokens, per_sequence_loss
 from common.tasks.public_encoder import (
     PublicMaskedLm,
-    add_adapters,
     merged_encoder_state,
     trainable_state,
 )
@@ -34,17 +33,8 @@ BATCH = 6
 
 
 def _model(folder, adapter: str = "lora") -> PublicMaskedLm:
-    encoder = BertModel.from_pretrained(str(folder), add_pooling_layer=False)
     torch.manual_seed(1)
-    encoder = add_adapters(encoder, rank=2, alpha=4, adapter=adapter)
-    model = PublicMaskedLm(encoder, SpecialIds()).double()
-    for name, parameter in model.named_parameters():  # B = 0 at init: give A's gradient a signal
-        if "lora_B" in name:
-            torch.nn.init.normal_(parameter, std=0.2)
-    for module in model.modules():
-        if isinstance(module, torch.nn.Dropout):
-            module.p = 0.0
-    return model
+    return PublicMaskedLm(adapted_tiny_encoder(folder, adapter), SpecialIds()).double()
 
 
 @pytest.fixture()

@@ -27,3 +27,20 @@ def tiny_bert_folder(folder: Path, specials: tuple[str, ...] = (
         meta = json.loads((folder / "config.json").read_text())
         (folder / "config.json").write_text(json.dumps({**meta, "model_type": model_type}))
     return folder
+
+
+def adapted_tiny_encoder(folder: Path, adapter: str = "lora") -> torch.nn.Module:
+    """The tiny checkpoint with rank-2 adapters, B made non-zero (at init B = 0 gives A no
+    gradient to check) and dropout off (batched and one-at-a-time passes then agree exactly)."""
+    from common.tasks.public_encoder import add_adapters
+
+    encoder = add_adapters(BertModel.from_pretrained(str(folder), add_pooling_layer=False),
+                           rank=2, alpha=4, adapter=adapter, seed=1)
+    torch.manual_seed(1)
+    for name, parameter in encoder.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(parameter, std=0.2)
+    for module in encoder.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    return encoder
