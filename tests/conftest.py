@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from simulation_runs import TINY
 
 from common.data.icd10_corpus import load_icd10_records
 from common.data.tokenizer import encode_texts, load_tokenizer
-from common.run_config import ModelShape
 from common.tasks.mlm import MaskedLmModel, build_mlm_model
-
-# Shared by the test modules (`from conftest import TINY`).
-TINY = ModelShape(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, max_length=32)
 
 
 @pytest.fixture(scope="session")

@@ -1,27 +1,48 @@
-"""Running `fedssl simulate` from tests, and proving it left no process behind."""
+"""The test modules' shared helpers (the one place they import helpers from; fixtures live in
+conftest.py): running `fedssl` in-process or as a command, running `fedssl simulate` and
+proving it left no process behind, a user's text folder, and ledger entries written the way
+nodes and the server write them."""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import io
+import json
 import os
+import signal
 import subprocess
 import sys
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import psutil
+import torch
+
+from client.node_settings import NodeSettings
+from common.privacy.accounting import ACCOUNTANT, epsilon_of
+from common.privacy.ledger import POISSON_GAUSSIAN, SECRET_NOISE, LedgerEntry, PrivacyLedger
+from common.privacy.ledger_integrity import RELATION_OF
+from common.run_config import ModelShape, RunConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 MARK = "FEDSSL_TEST_RUN"  # environment marker of the processes one test run started
 FLOWER_PROCESS_NAMES = ("flower-superlink", "flower-superexec", "flwr-serverapp",
                         "flwr-simulation", "flwr-clientapp", "raylet", "gcs_server")
-# A tiny model and few records: the whole pipeline in about a minute.
+# A tiny model and few records: the whole pipeline in about a minute. Fine-tuning runs its 2
+# epochs and no more (the default finetune-min-steps would stretch them to 50 epochs, about as
+# long as the federated rounds themselves, and no test reads how well it learned).
 TINY_RUN = {
     "max-records": 4000, "local-steps": 4, "batch-size": 32, "label-fraction": 0.05,
     "hidden-size": 32, "num-layers": 1, "intermediate-size": 64, "max-length": 32,
-    "finetune-epochs": 2, "prune-recover-epochs": 1,
+    "finetune-epochs": 2, "finetune-min-steps": 0, "prune-recover-epochs": 1,
 }
 
+
+# ------------------------------------------------------- `fedssl simulate` and its processes
 
 # Every process this test session starts inherits this mark (Ray's daemons and Flower's
 # detached processes too, which are not our descendants), so cleanup finds exactly ours and
@@ -88,3 +109,152 @@ def simulate(
         except psutil.NoSuchProcess:
             pass
     return result, leftovers
+
+
+# ---------------------------------------------------------------------------- the fedssl command
+
+def fedssl_in_process(*args: str) -> tuple[int, str, str]:
+    """`fedssl ARGS` in this process: (exit code, stdout, stderr).
+
+    For commands that start no process (bad settings, bad data, audits): the same code path
+    as the console command (`sys.exit(main())`) without paying its imports again. Should one
+    get as far as starting a simulation, it fails at once instead (in the test's own process
+    it could not be stopped by PID). The command's Ctrl-C/SIGTERM handlers are put back.
+    """
+    from simulations import flower_launcher
+    from simulations.cli import main
+
+    def refuse(*_: object, **__: object) -> None:
+        raise AssertionError(f"`fedssl {' '.join(args)}` started a simulation in-process")
+
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), \
+                mock.patch.object(flower_launcher, "simulation_superlink", refuse):
+            code = main(list(args))
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    return code, out.getvalue(), err.getvalue()
+
+
+def fedssl_command(*args: str, timeout: int = 120) -> subprocess.CompletedProcess[str]:
+    """`python -m simulations.cli ARGS` as its own process (the console command's path)."""
+    return subprocess.run([sys.executable, "-m", "simulations.cli", *args],
+                          capture_output=True, text=True, cwd=ROOT, timeout=timeout,
+                          check=False)
+
+
+# ------------------------------------------------------------------------ a user's data folder
+
+TOPICS = {"cardio": "heart artery chest", "neuro": "brain nerve seizure",
+          "resp": "lung cough asthma"}
+
+
+def write_text_folder(folder: Path, records: int = 240, sites: int = 4,
+                      unlabelled_txt: int = 0) -> Path:
+    """A .jsonl file (every other record labelled, all with a client) and an optional .txt."""
+    folder.mkdir(parents=True, exist_ok=True)
+    names = list(TOPICS)
+    with open(folder / "notes.jsonl", "w") as handle:
+        for i in range(records):
+            label = names[i % 3]
+            record = {"text": f"patient {i} reports {TOPICS[label]}", "client": f"site-{i % sites}"}
+            if i % 2 == 0:
+                record["label"] = label
+            handle.write(json.dumps(record) + "\n")
+    if unlabelled_txt:
+        (folder / "more.txt").write_text("".join(f"follow-up visit {i}\n"
+                                                 for i in range(unlabelled_txt)))
+    return folder
+
+
+# ---------------------------------------------------------------------------- ledger entries
+
+DELTA = 1e-5
+SIGMA, RATE, STEPS = 1.1, 64 / 5000, 20  # expected batch 64 of 5,000 records, 20 steps/round
+FED_Z, FED_Q = 1.0, 0.1  # client-level: z = 1, 10 of 100 clients expected per round
+Tweak = Callable[[str, int, dict[str, Any]], None]
+
+
+def ledger_event(rnd: int, node: str, guarantee: str, sigma: float, rate: float, steps: int,
+                 budget: float, run_id: str = "run-1") -> dict[str, Any]:
+    """The fields of one privacy-consuming event, as a node (or the server) records it."""
+    return {"run_id": run_id, "round": rnd, "node_id": node, "guarantee": guarantee,
+            "mechanism": POISSON_GAUSSIAN, "noise_multiplier": sigma, "sample_rate": rate,
+            "steps": steps, "delta": DELTA, "accountant": ACCOUNTANT, "max_epsilon": budget,
+            "relation": RELATION_OF[guarantee], "noise": SECRET_NOISE}
+
+
+def append_spend(ledger: PrivacyLedger, history: list[tuple[float, float, int]],
+                 fields: dict[str, Any], tweak: Tweak | None = None) -> LedgerEntry:
+    """Append one event as a writer does: claimed ε = epsilon_of(history incl. this event)
+    under the entry's relation (record-level: replace-one; client-level: add/remove).
+    `tweak(node_id, round, fields)` may change the fields first (to forge an entry)."""
+    history.append((fields["noise_multiplier"], fields["sample_rate"], fields["steps"]))
+    fields = {**fields, "epsilon": epsilon_of(history, fields["delta"], fields["relation"])}
+    if tweak:
+        tweak(fields["node_id"], fields["round"], fields)
+    return ledger.append(**fields)
+
+
+# A simulated node's real ClientApp round, as a digest (worker cache, secret noise).
+SETTINGS = {"max-records": 2000, "num-clients": 4, "local-steps": 3, "batch-size": 8,
+            "hidden-size": 32, "num-layers": 1, "intermediate-size": 64, "max-length": 32,
+            "noise-multiplier": "auto", "target-epsilon": 4.0, "reproducible-noise": True}
+
+
+def serve(partition_id: int, state_dir: Path, node_id: int,
+          settings: dict | None = None) -> dict:
+    """Run the real ClientApp `train` for one simulated node's round 1; a digest of its reply."""
+    from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+    from flwr.supercore.task_identity import TaskIdentity
+
+    import client.app as client_app
+    from common.run_config import RunConfig
+    from common.tasks import get_task
+
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 1, 1
+    config = RunConfig.from_mapping(settings or SETTINGS)
+    task = get_task(config.task)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        arrays = ArrayRecord(task.build_model(config).state_dict())
+    context = Context(run_id=5, node_id=node_id, state=RecordDict(),
+                      node_config={"partition-id": partition_id, "num-partitions": 4},
+                      run_config=config.to_mapping())
+    instruction = Message(RecordDict({"arrays": arrays, "config": ConfigRecord({
+        "server-round": 1, "sim-state-dir": str(state_dir),
+        "public-inputs-sha256": task.public_inputs_sha256(config)})}),
+        dst_node_id=node_id, message_type="train")
+    reply = client_app.train(instruction, context)
+    info = reply.content["fedssl"]
+    ledger = [{k: v for k, v in json.loads(e).items() if k not in ("timestamp", "hash", "prev_hash")}
+              for e in info["ledger"]]
+    update = reply.content["arrays"].to_torch_state_dict()
+    return {
+        "status": info["status"],
+        "update": {k: hashlib.sha256(v.numpy().tobytes()).hexdigest() for k, v in update.items()},
+        "metrics": dict(reply.content["metrics"]),
+        "ledger": ledger,
+        "rng_after": torch.rand(4).tolist(),
+    }
+
+
+# A tiny BERT shape for fast tests (`from simulation_runs import TINY`).
+TINY = ModelShape(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, max_length=32)
+
+# One node's round settings for the client-round tests (tiny model, fixed σ).
+CONFIG = RunConfig(
+    hidden_size=TINY.hidden_size, num_layers=TINY.num_layers, num_heads=TINY.num_heads,
+    intermediate_size=TINY.intermediate_size, max_length=TINY.max_length,
+    batch_size=8, local_steps=3, noise_multiplier="1.1", num_rounds=3,
+)
+SIGMA = 1.1
+DELTA = 1e-5
+
+
+def hospital_node(tmp_path: Path, max_epsilon: float = 0.0, delta: float = DELTA) -> NodeSettings:
+    return NodeSettings(node_id="hospital-a", state_dir=tmp_path / "state",
+                        max_epsilon=max_epsilon, delta=delta, partition_id=None)

@@ -16,15 +16,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_ledger_audit import (
+from simulation_runs import (
     DELTA,
     FED_Q,
     FED_Z,
     RATE,
     SIGMA,
     STEPS,
-    _event,
-    _spend,
+    append_spend,
+    ledger_event,
 )
 
 from common.privacy.accounting import REPLACE_ONE, epsilon_of
@@ -61,8 +61,8 @@ def _node_round(node: PrivacyLedger, node_id: str, history: History, rnd: int, r
         if epsilon is not None:
             fields["epsilon"] = epsilon
 
-    entry = _spend(node, history, _event(rnd, node_id, RECORD_LEVEL, SIGMA, RATE, STEPS, 0.0,
-                                         run_id=run_id), claim)
+    event = ledger_event(rnd, node_id, RECORD_LEVEL, SIGMA, RATE, STEPS, 0.0, run_id=run_id)
+    entry = append_spend(node, history, event, claim)
     assert node.confirm(entry) is not None
 
 
@@ -83,8 +83,8 @@ def build_run_dir(run_dir: Path) -> Path:
         for node_id, (node, history) in nodes.items():
             _node_round(node, node_id, history, rnd, RUN_ID)
             run.add_many(node.run_entries(node_id, RUN_ID))  # what the reply carries
-        _spend(run, federation, _event(rnd, FEDERATION_NODE, CLIENT_LEVEL, FED_Z, FED_Q, 1, 0.0,
-                                       run_id=RUN_ID), None)
+        append_spend(run, federation, ledger_event(rnd, FEDERATION_NODE, CLIENT_LEVEL, FED_Z, FED_Q,
+                                                   1, 0.0, run_id=RUN_ID), None)
         metrics.append({"round": rnd, "run_id": RUN_ID,
                         "clients": [{"node": n, "num-examples": 5000} for n in NODES]})
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))
@@ -169,8 +169,9 @@ def test_a_confirmation_the_run_ledger_lacks_is_only_a_note(run_dir: Path):
         seq = conn.execute("SELECT MAX(seq) FROM entries WHERE node_id='partition-1'").fetchone()
         conn.execute("DELETE FROM entries WHERE seq>=?", seq)
     run = PrivacyLedger.open(path, owner="run")
-    _spend(run, [(FED_Z, FED_Q, 1)] * (ROUNDS - 1),
-           _event(ROUNDS, FEDERATION_NODE, CLIENT_LEVEL, FED_Z, FED_Q, 1, 0.0, run_id=RUN_ID), None)
+    append_spend(run, [(FED_Z, FED_Q, 1)] * (ROUNDS - 1),
+                 ledger_event(ROUNDS, FEDERATION_NODE, CLIENT_LEVEL, FED_Z, FED_Q, 1, 0.0,
+                              run_id=RUN_ID), None)
     _write_anchor(run_dir, run, [RUN_ID])
     report = audit(run_dir)
     assert report.ok, report.reasons

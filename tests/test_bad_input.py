@@ -9,23 +9,21 @@ from pathlib import Path
 
 import pytest
 import torch
-from simulation_runs import TINY_RUN
+from simulation_runs import TINY_RUN, fedssl_in_process
 
 from common.run_config import RunConfig
 from server.run_checkpoint import CHECKPOINT_FILE, commit_round, save_round_model
-from simulations.cli import main as fedssl
 from simulations.flower_launcher import SimulationError
 from simulations.local_deployment import Credentials, LocalDeployment
 
 SETTINGS = {**TINY_RUN, "num-clients": 2, "num-rounds": 3}
 
 
-def _simulate(run_dir: Path, capsys, *extra: str) -> tuple[int, str]:
+def _simulate(run_dir: Path, *extra: str) -> tuple[int, str]:
     args = [a for k, v in SETTINGS.items() for a in ("--set", f"{k}={v}")]
-    code = fedssl(["simulate", "--out", str(run_dir), *args, *extra])
-    captured = capsys.readouterr()
-    assert "Traceback" not in captured.out + captured.err
-    return code, captured.err
+    code, out, err = fedssl_in_process("simulate", "--out", str(run_dir), *args, *extra)
+    assert "Traceback" not in out + err
+    return code, err
 
 
 def _one_line(err: str) -> str:
@@ -51,36 +49,36 @@ def _committed_run(run_dir: Path) -> Path:
     (["--set", "task=nonsense"], "setting 'task'"),
     (["--set", "short-round=sometimes"], "setting 'short-round'"),
 ])
-def test_bad_settings(tmp_path, capsys, extra, expected):
-    code, err = _simulate(tmp_path / "run", capsys, *extra)
+def test_bad_settings(tmp_path, extra, expected):
+    code, err = _simulate(tmp_path / "run", *extra)
     assert code == 2
     assert expected in _one_line(err)
     assert not (tmp_path / "run").exists()
 
 
-def test_corrupt_checkpoint(tmp_path, capsys):
+def test_corrupt_checkpoint(tmp_path):
     run_dir = tmp_path / "run"
     _committed_run(run_dir)
     (run_dir / CHECKPOINT_FILE).write_text('{"round": 1, "model_')  # cut off mid-write
-    code, err = _simulate(run_dir, capsys)
+    code, err = _simulate(run_dir)
     assert code == 2
     assert "checkpoint.json is corrupt" in _one_line(err)
 
 
-def test_truncated_checkpoint_model(tmp_path, capsys):
+def test_truncated_checkpoint_model(tmp_path):
     run_dir = tmp_path / "run"
     model_file = _committed_run(run_dir)
     model_file.write_bytes(model_file.read_bytes()[:100])
-    code, err = _simulate(run_dir, capsys)
+    code, err = _simulate(run_dir)
     assert code == 2
     assert "corrupt or truncated" in _one_line(err) and "round-1.safetensors" in err
 
 
-def test_corrupt_run_ledger_when_resuming(tmp_path, capsys):
+def test_corrupt_run_ledger_when_resuming(tmp_path):
     run_dir = tmp_path / "run"
     _committed_run(run_dir)
     (run_dir / "ledger.sqlite").write_bytes(b"this is not a database" * 100)
-    code, err = _simulate(run_dir, capsys)
+    code, err = _simulate(run_dir)
     assert code == 2
     line = _one_line(err)
     assert "cannot use privacy ledger" in line and "ledger.sqlite" in line

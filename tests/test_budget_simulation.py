@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import itertools
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from simulation_runs import ROOT, TINY_RUN, simulate
+from simulation_runs import TINY_RUN, fedssl_command, simulate
 
 from client.dp_training import poisson_sample_rate
 from common.data.demo_text import demo_splits
@@ -143,10 +141,7 @@ def test_node_ledgers_accumulate_across_runs(two_runs):
 def test_audit_passes_on_both_runs_and_every_node_ledger(two_runs):
     root, _, _, _ = two_runs
     for path in [root / "a", root / "b", *sorted((root / "node-state").iterdir())]:
-        result = subprocess.run(
-            [sys.executable, "-m", "simulations.cli", "audit", str(path), "--json"],
-            capture_output=True, text=True, cwd=ROOT, timeout=300, check=False,
-        )
+        result = fedssl_command("audit", str(path), "--json", timeout=300)
         assert result.returncode == 0, (path, result.stderr[-2000:])
         assert json.loads(result.stdout)["ok"] is True
 

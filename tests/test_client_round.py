@@ -13,7 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 import torch
-from conftest import TINY
+from simulation_runs import CONFIG, DELTA, SIGMA, hospital_node
 
 from client.dp_training import poisson_sample_rate
 from client.local_round import plan_round, run_client_round
@@ -30,19 +30,6 @@ from common.privacy.ledger import (
 )
 from common.run_config import ConfigError, RunConfig
 from common.tasks import get_task
-
-CONFIG = RunConfig(
-    hidden_size=TINY.hidden_size, num_layers=TINY.num_layers, num_heads=TINY.num_heads,
-    intermediate_size=TINY.intermediate_size, max_length=TINY.max_length,
-    batch_size=8, local_steps=3, noise_multiplier="1.1", num_rounds=3,
-)
-SIGMA = 1.1
-DELTA = 1e-5
-
-
-def _node(tmp_path: Path, max_epsilon: float = 0.0, delta: float = DELTA) -> NodeSettings:
-    return NodeSettings(node_id="hospital-a", state_dir=tmp_path / "state",
-                        max_epsilon=max_epsilon, delta=delta, partition_id=None)
 
 
 def _round(node: NodeSettings, records, server_round: int, run_id: str = "1",
@@ -66,7 +53,7 @@ def records(icd_batch):
 
 
 def test_ledger_history_across_rounds_and_runs_is_one_composition(tmp_path, records):
-    node = _node(tmp_path)
+    node = hospital_node(tmp_path)
     outputs = [_round(node, records, r, run_id=run) for run in ("1", "2") for r in (1, 2, 3)]
     rate = poisson_sample_rate(32, CONFIG.batch_size)
     events = [(SIGMA, rate, CONFIG.local_steps)] * 6
@@ -93,7 +80,7 @@ def test_ledger_history_across_rounds_and_runs_is_one_composition(tmp_path, reco
 
 
 def test_spend_is_recorded_before_training_so_a_crash_over_counts(tmp_path, records):
-    node = _node(tmp_path)
+    node = hospital_node(tmp_path)
 
     def crash(*args, **kwargs):
         raise KeyboardInterrupt("killed during local training")
@@ -117,7 +104,7 @@ def test_node_refuses_exactly_the_round_that_would_cross_its_budget(tmp_path, re
     per_round = [epsilon_of([(SIGMA, rate, CONFIG.local_steps)] * k, DELTA, REPLACE_ONE)
                  for k in (1, 2, 3)]
     budget = (per_round[1] + per_round[2]) / 2  # rounds 1, 2 fit; round 3 would cross
-    node = _node(tmp_path, max_epsilon=budget)
+    node = hospital_node(tmp_path, max_epsilon=budget)
     outputs = [_round(node, records, r) for r in (1, 2, 3, 4)]
     assert [o.refusal == "" for o in outputs] == [True, True, False, False]
     assert outputs[2].update is None and "past the node's cap" in outputs[2].refusal
@@ -174,11 +161,11 @@ def test_two_runs_with_identical_settings_release_different_updates(tmp_path, re
     knows the run seed cannot recompute a release. With the switch, bit for bit the same."""
     torch.manual_seed(0)
     state = get_task("mlm").build_model(CONFIG).state_dict()
-    secret = [_round(_node(tmp_path / str(i)), records, 1, global_state=state) for i in (1, 2)]
+    secret = [_round(hospital_node(tmp_path / str(i)), records, 1, global_state=state) for i in (1, 2)]
     diff = {k: secret[0].update[k] - secret[1].update[k] for k in state}
     assert update_norm(diff) > 1e-3
     config = dataclasses.replace(CONFIG, reproducible_noise=True)
-    seeded = [_round(_node(tmp_path / str(i)), records, 1, config=config, global_state=state,
+    seeded = [_round(hospital_node(tmp_path / str(i)), records, 1, config=config, global_state=state,
                      generator=seeded_generator(7)) for i in (3, 4)]
     assert all(torch.equal(seeded[0].update[k], seeded[1].update[k]) for k in state)
     assert seeded[0].entry.noise == SEEDED_NOISE and secret[0].entry.noise == SECRET_NOISE
@@ -197,7 +184,7 @@ def _hold_round(state_dir: str, ready, release) -> None:
 
 
 def test_a_second_round_of_a_node_is_refused_while_one_is_in_flight(tmp_path, records):
-    node = _node(tmp_path)
+    node = hospital_node(tmp_path)
     node.state_dir.mkdir(parents=True)
     ready, release = multiprocessing.Event(), multiprocessing.Event()
     holder = multiprocessing.get_context("fork").Process(

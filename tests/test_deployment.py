@@ -11,12 +11,11 @@ import csv
 import json
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-from simulation_runs import ROOT, TINY_RUN, flower_processes
+from simulation_runs import ROOT, TINY_RUN, fedssl_in_process, flower_processes
 
 from common.data.demo_text import demo_splits
 from common.privacy.ledger import PrivacyLedger
@@ -129,9 +128,23 @@ def _outsider_attempts(root: Path, certs: Path, gateway_port: int, key: Path,
         "list": ["supernode", "list", "coordinator"],
         "run": ["run", str(app), "coordinator"],
     }
-    return {name: subprocess.run([console_script("flwr"), *args], env=env, text=True,
-                                 capture_output=True, timeout=120, check=False)
-            for name, args in attempts.items()}
+    # All four at once (each is refused on its own; none waits for another), each stopped by
+    # PID if it has not exited when the test moves on.
+    running = {name: subprocess.Popen([console_script("flwr"), *args], env=env, text=True,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+               for name, args in attempts.items()}
+    results = {}
+    try:
+        for name, process in running.items():
+            stdout, stderr = process.communicate(timeout=120)
+            results[name] = subprocess.CompletedProcess(process.args, process.returncode,
+                                                        stdout, stderr)
+    finally:
+        for process in running.values():
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    return results
 
 
 def _log_tail(outcome: dict) -> str:
@@ -188,9 +201,8 @@ def test_each_node_kept_its_own_ledger_and_the_run_audits_clean(deployment_run):
         assert [e.round for e in ledger.entries() if e.is_confirmation] == [1, 2]
     assert not (root / "state-c" / "ledger.sqlite").exists() or not PrivacyLedger.open(
         root / "state-c" / "ledger.sqlite", "hospital-c").entries()
-    audit = subprocess.run([sys.executable, "-m", "simulations.cli", "audit", str(run_dir)],
-                           capture_output=True, text=True, cwd=ROOT, timeout=300, check=False)
-    assert audit.returncode == 0, audit.stdout + audit.stderr
+    code, out, err = fedssl_in_process("audit", str(run_dir))
+    assert code == 0, out + err
 
 
 def test_every_started_process_was_stopped(deployment_run):

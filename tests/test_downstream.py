@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import TINY
+from simulation_runs import TINY
 
 from common.data.icd10_corpus import load_icd10_records
 from common.data.tokenizer import encode_texts

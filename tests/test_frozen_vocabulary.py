@@ -11,7 +11,7 @@ import pytest
 import torch
 from opacus import PrivacyEngine
 from opacus.utils.fast_gradient_clipping_utils import DPTensorFastGradientClipping
-from test_client_round import CONFIG, SIGMA, _node
+from simulation_runs import CONFIG, SIGMA, hospital_node
 from torch.utils.data import DataLoader, TensorDataset
 
 from client.local_round import run_client_round
@@ -28,7 +28,7 @@ def test_a_frozen_round_sends_exactly_zero_for_the_vocabulary(tmp_path, icd_batc
     config = dataclasses.replace(CONFIG, freeze_embeddings=True)
     task = get_task("mlm")
     records = tuple(t.repeat(4, 1) for t in icd_batch)
-    node = _node(tmp_path)
+    node = hospital_node(tmp_path)
     output = run_client_round(
         config=config, task=task, global_state=task.build_model(config).state_dict(),
         records=records, node=node, ledger=PrivacyLedger.open(node.ledger_path, node.node_id),

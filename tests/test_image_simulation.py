@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
-from simulation_runs import ROOT, simulate
+from simulation_runs import fedssl_command, simulate
 
 # Slow tier (`make test-slow`): the whole image pipeline in simulation: ~1.5 min.
 pytestmark = pytest.mark.slow
@@ -61,6 +59,5 @@ def test_the_median_aggregate_moved_the_model_every_round(image_run):
 
 def test_image_run_audits_clean(image_run):
     run_dir, _, _ = image_run
-    audit = subprocess.run([sys.executable, "-m", "simulations.cli", "audit", str(run_dir)],
-                           capture_output=True, text=True, cwd=ROOT, timeout=300, check=False)
+    audit = fedssl_command("audit", str(run_dir), timeout=300)
     assert audit.returncode == 0, audit.stdout + audit.stderr

@@ -6,8 +6,8 @@ import ast
 from pathlib import Path
 
 import pytest
+from simulation_runs import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 FORBIDDEN = {"common": {"client", "server", "simulations"}, "client": {"server", "simulations"},
              "server": {"client", "simulations"}}
 

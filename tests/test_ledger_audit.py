@@ -12,13 +12,23 @@ import itertools
 import json
 import shutil
 import sqlite3
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from dp_accounting import GaussianDpEvent, PoissonSampledDpEvent, SelfComposedDpEvent
 from dp_accounting.pld import PLDAccountant
+from simulation_runs import (
+    DELTA,
+    FED_Q,
+    FED_Z,
+    RATE,
+    SIGMA,
+    STEPS,
+    Tweak,
+    append_spend,
+    ledger_event,
+)
 
 from common.privacy.accounting import (
     ACCOUNTANT,
@@ -52,34 +62,10 @@ from common.privacy.ledger_audit import (
     rdp_curve,
     verify_chain,
 )
-from common.privacy.ledger_integrity import RELATION_OF
 from simulations.cli import main
 
-DELTA = 1e-5
-SIGMA, RATE, STEPS = 1.1, 64 / 5000, 20  # expected batch 64 of 5,000 records, 20 steps/round
-FED_Z, FED_Q = 1.0, 0.1  # client-level: z = 1, 10 of 100 clients expected per round
 ROUNDS = 3
 MIDDLE = 5  # seq of round 2, partition-1 (rows: p0, p1, federation per round)
-Tweak = Callable[[str, int, dict[str, Any]], None]
-
-
-def _spend(ledger: PrivacyLedger, history: list[tuple[float, float, int]], fields: dict[str, Any],
-           tweak: Tweak | None) -> LedgerEntry:
-    """Append one event as a writer does: claimed ε = epsilon_of(history incl. this event)
-    under the entry's relation (record-level: replace-one; client-level: add/remove)."""
-    history.append((fields["noise_multiplier"], fields["sample_rate"], fields["steps"]))
-    fields = {**fields, "epsilon": epsilon_of(history, fields["delta"], fields["relation"])}
-    if tweak:
-        tweak(fields["node_id"], fields["round"], fields)
-    return ledger.append(**fields)
-
-
-def _event(rnd: int, node: str, guarantee: str, sigma: float, rate: float, steps: int,
-           budget: float, run_id: str = "run-1") -> dict[str, Any]:
-    return {"run_id": run_id, "round": rnd, "node_id": node, "guarantee": guarantee,
-            "mechanism": POISSON_GAUSSIAN, "noise_multiplier": sigma, "sample_rate": rate,
-            "steps": steps, "delta": DELTA, "accountant": ACCOUNTANT, "max_epsilon": budget,
-            "relation": RELATION_OF[guarantee], "noise": SECRET_NOISE}
 
 
 def make_run(tmp_path: Path, budgets: tuple[float, ...] = (8.0, 0.0),
@@ -93,10 +79,10 @@ def make_run(tmp_path: Path, budgets: tuple[float, ...] = (8.0, 0.0),
     federation: list[tuple[float, float, int]] = []
     for rnd in range(1, ROUNDS + 1):
         for node, (ledger, history, budget) in nodes.items():
-            run.add(_spend(ledger, history, _event(rnd, node, RECORD_LEVEL, SIGMA, RATE, STEPS,
-                                                   budget), tweak))
-        _spend(run, federation, _event(rnd, FEDERATION_NODE, CLIENT_LEVEL, FED_Z, FED_Q, 1, 0.0),
-               tweak)
+            event = ledger_event(rnd, node, RECORD_LEVEL, SIGMA, RATE, STEPS, budget)
+            run.add(append_spend(ledger, history, event, tweak))
+        append_spend(run, federation,
+                     ledger_event(rnd, FEDERATION_NODE, CLIENT_LEVEL, FED_Z, FED_Q, 1, 0.0), tweak)
     summary = {"privacy": {"ledger": {"file": "ledger.sqlite", **run.head()}}}
     (run_dir / "summary.json").write_text(json.dumps(summary))
     return run_dir
@@ -481,7 +467,7 @@ def test_state_dir_copy_is_audited_like_a_run(run_dir: Path, tmp_path: Path):
 
 def test_noise_free_training_is_infinite_epsilon_in_strict_json(tmp_path: Path, capsys):
     ledger = PrivacyLedger.open(tmp_path / "ledger.sqlite", owner="n1")
-    _spend(ledger, [], _event(1, "n1", RECORD_LEVEL, 0.0, RATE, STEPS, 0.0), None)
+    append_spend(ledger, [], ledger_event(1, "n1", RECORD_LEVEL, 0.0, RATE, STEPS, 0.0), None)
     assert main(["audit", str(tmp_path), "--json"]) == 0  # claimed ∞, and ∞ it is
     node = json.loads(capsys.readouterr().out)["nodes"][0]
     assert node["epsilon_rdp_bound"] == node["epsilon_pld"] == node["claimed_epsilon"] == "inf"

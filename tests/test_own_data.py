@@ -9,32 +9,12 @@ import sys
 import numpy as np
 import pytest
 from PIL import Image
-from simulation_runs import ROOT
+from simulation_runs import ROOT, fedssl_in_process, write_text_folder
 
 from common.data.data_folders import DataFolderError, load_text_folder
 from common.data.run_splits import image_splits, load_own_records, text_splits
 from common.run_config import ConfigError, RunConfig
 from common.tasks import check_run_data
-
-TOPICS = {"cardio": "heart artery chest", "neuro": "brain nerve seizure",
-          "resp": "lung cough asthma"}
-
-
-def write_text_folder(folder, records: int = 240, sites: int = 4, unlabelled_txt: int = 0):
-    """A .jsonl file (every other record labelled, all with a client) and an optional .txt."""
-    folder.mkdir(parents=True, exist_ok=True)
-    names = list(TOPICS)
-    with open(folder / "notes.jsonl", "w") as handle:
-        for i in range(records):
-            label = names[i % 3]
-            record = {"text": f"patient {i} reports {TOPICS[label]}", "client": f"site-{i % sites}"}
-            if i % 2 == 0:
-                record["label"] = label
-            handle.write(json.dumps(record) + "\n")
-    if unlabelled_txt:
-        (folder / "more.txt").write_text("".join(f"follow-up visit {i}\n"
-                                                 for i in range(unlabelled_txt)))
-    return folder
 
 
 def _config(folder, **values) -> RunConfig:
@@ -145,24 +125,21 @@ def test_images_of_the_wrong_shape_fail_at_the_edge(tmp_path):
                                  label_fraction=0.5))
 
 
-def _fedssl(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "simulations.cli", *args],
-                          capture_output=True, text=True, cwd=ROOT, timeout=120)
-
-
 def test_simulate_rejects_a_bad_folder_like_check_data(tmp_path):
     data = tmp_path / "data"
     data.mkdir()
     (data / "notes.txt").write_text("fine\n")
     (data / "export.docx").write_bytes(b"PK")
-    check = _fedssl("check-data", str(data))
-    result = _fedssl("simulate", "--out", str(tmp_path / "run"), "--set", f"data={data}")
-    assert check.returncode == 1 and result.returncode == 1
-    assert result.stderr.strip().startswith("fedssl simulate: wrong-format: export.docx")
+    # In this process: neither command gets as far as starting anything.
+    check_code, _, check_err = fedssl_in_process("check-data", str(data))
+    code, _, err = fedssl_in_process("simulate", "--out", str(tmp_path / "run"),
+                                     "--set", f"data={data}")
+    assert check_code == 1 and code == 1
+    assert err.strip().startswith("fedssl simulate: wrong-format: export.docx")
     # The same kind and message as `fedssl check-data`, only the program name differs.
-    assert result.stderr.split(":", 1)[1] == check.stderr.split(":", 1)[1]
-    assert "Traceback" not in result.stderr
+    assert err.split(":", 1)[1] == check_err.split(":", 1)[1]
+    assert "Traceback" not in err
     assert not (tmp_path / "run").exists()  # nothing started, nothing written
-    missing = _fedssl("simulate", "--out", str(tmp_path / "run"), "--set",
-                      f"data={tmp_path / 'nope'}")
-    assert missing.returncode == 1 and "missing-folder" in missing.stderr
+    code, _, err = fedssl_in_process("simulate", "--out", str(tmp_path / "run"), "--set",
+                                     f"data={tmp_path / 'nope'}")
+    assert code == 1 and "missing-folder" in err

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
-from simulation_runs import ROOT
+from simulation_runs import fedssl_command
 
 from common.run_config import ConfigError, RunConfig
 from common.tasks import check_run_data
@@ -49,18 +46,14 @@ def test_set_overrides_the_preset_key_by_key_and_out_wins(tmp_path):
         preset_settings("nope")
 
 
-def _fedssl(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "simulations.cli", *args],
-                          capture_output=True, text=True, cwd=ROOT, timeout=120)
-
-
 def test_cli_lists_presets_and_rejects_an_unknown_one():
-    listing = _fedssl("simulate", "--list-presets")
+    # As a command of its own: the console entry point's exit codes (0 and 2).
+    listing = fedssl_command("simulate", "--list-presets")
     assert listing.returncode == 0
     for name, preset in PRESETS.items():
         assert f"{name}: {preset.description}" in listing.stdout
     assert "num-clients=1000" in listing.stdout
-    bad = _fedssl("simulate", "--preset", "nope")
+    bad = fedssl_command("simulate", "--preset", "nope")
     assert bad.returncode == 2
     assert bad.stderr.strip().count("\n") == 0 and "presets: hospitals, devices" in bad.stderr
     assert "Traceback" not in bad.stderr

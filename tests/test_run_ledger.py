@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from test_ledger_audit import RATE, SIGMA, STEPS, _event, _spend
+from simulation_runs import RATE, SIGMA, STEPS, append_spend, ledger_event
 
 from common.privacy.accounting import ACCOUNTANT, ADD_REMOVE, epsilon_of
 from common.privacy.ledger import (
@@ -27,8 +27,8 @@ from simulations.cli import main
 def test_add_many_relays_new_entries_once_and_keeps_the_chains(tmp_path: Path):
     node = PrivacyLedger.open(tmp_path / "node.sqlite", owner="partition-0")
     history: list[tuple[float, float, int]] = []
-    entries = [_spend(node, history, _event(r, "partition-0", RECORD_LEVEL, SIGMA, RATE, STEPS,
-                                            8.0), None) for r in (1, 2, 3)]
+    entries = [append_spend(node, history, ledger_event(r, "partition-0", RECORD_LEVEL, SIGMA,
+                                                        RATE, STEPS, 8.0), None) for r in (1, 2, 3)]
     run = PrivacyLedger.open(tmp_path / "run" / "ledger.sqlite", owner="run")
     assert run.add_many(entries[:2]) == 2
     assert run.add_many(entries) == 1  # known entries are skipped by hash
@@ -40,7 +40,8 @@ def test_add_many_relays_new_entries_once_and_keeps_the_chains(tmp_path: Path):
 
 def test_record_round_writes_the_federation_event_for_add_remove_clients(tmp_path: Path):
     node = PrivacyLedger.open(tmp_path / "node.sqlite", owner="partition-0")
-    sent = _spend(node, [], _event(1, "partition-0", RECORD_LEVEL, SIGMA, RATE, STEPS, 8.0), None)
+    sent = append_spend(node, [], ledger_event(1, "partition-0", RECORD_LEVEL, SIGMA, RATE, STEPS,
+                                               8.0), None)
     run, run_id = open_run_ledger(tmp_path / "run")
     assert open_run_ledger(tmp_path / "run")[1] == run_id  # drawn once, kept in the ledger
     dp = ClientDpSettings(noise_multiplier=1.0, clip_norm=5.0, sample_rate=0.1, poisson=True)

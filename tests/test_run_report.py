@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from test_ledger_audit import RATE, SIGMA, STEPS, _event
+from simulation_runs import RATE, SIGMA, STEPS, ledger_event
 
 from common.privacy.accounting import REPLACE_ONE, epsilon_of
 from common.privacy.ledger import (
@@ -56,8 +56,8 @@ def _spend_at(ledger: PrivacyLedger, history: History, node: str, rnd: int, delt
               run_id: str = RUN_ID) -> None:
     """One round of a node as it writes it, claiming at its own δ."""
     history.append((SIGMA, RATE, STEPS))
-    ledger.append(**{**_event(rnd, node, RECORD_LEVEL, SIGMA, RATE, STEPS, 0.0, run_id=run_id),
-                     "delta": delta, "epsilon": epsilon_of(history, delta, REPLACE_ONE)})
+    event = ledger_event(rnd, node, RECORD_LEVEL, SIGMA, RATE, STEPS, 0.0, run_id=run_id)
+    ledger.append(**{**event, "delta": delta, "epsilon": epsilon_of(history, delta, REPLACE_ONE)})
 
 
 def test_privacy_section_marks_unseen_spend_and_puts_every_node_at_the_run_delta(tmp_path: Path):
@@ -150,7 +150,7 @@ def test_a_reply_can_carry_only_its_own_nodes_entries():
     from server.ledger_sync import reply_entries
 
     def entry(node_id: str) -> str:
-        fields = _event(1, node_id, RECORD_LEVEL, SIGMA, RATE, STEPS, 1.0, run_id=RUN_ID)
+        fields = ledger_event(1, node_id, RECORD_LEVEL, SIGMA, RATE, STEPS, 1.0, run_id=RUN_ID)
         return LedgerEntry(**fields, epsilon=1.0, timestamp="2026-01-01T00:00:00+00:00",
                            prev_hash=GENESIS).to_json()
 

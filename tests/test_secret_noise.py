@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
-from test_worker_cache import SETTINGS, serve
+from simulation_runs import SETTINGS, serve
 
 from common.privacy.ledger import SECRET_NOISE, SEEDED_NOISE, LedgerEntry
 from server.client_level_dp import ClientDpSettings, noisy_mean_update, poisson_sample

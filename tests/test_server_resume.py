@@ -14,7 +14,7 @@ import time
 
 import psutil
 import pytest
-from simulation_runs import ROOT, TINY_RUN, flower_processes, simulate
+from simulation_runs import ROOT, TINY_RUN, fedssl_command, flower_processes, simulate
 
 from common.privacy.ledger import PrivacyLedger
 from common.run_config import ConfigError, RunConfig
@@ -122,8 +122,7 @@ def test_no_spend_was_lost_and_the_ledger_audits_clean(killed_and_resumed):
         # (written before training, then trained again): over-counted, never under-counted.
         assert {e.round for e in entries} == {1, 2, 3}
         assert [e.round for e in entries][:2] == [1, 2]
-    audit = subprocess.run([sys.executable, "-m", "simulations.cli", "audit", str(run_dir)],
-                           capture_output=True, text=True, cwd=ROOT, timeout=300, check=False)
+    audit = fedssl_command("audit", str(run_dir), timeout=300)
     assert audit.returncode == 0, audit.stdout + audit.stderr
 
 

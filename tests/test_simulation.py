@@ -10,7 +10,14 @@ from pathlib import Path
 import psutil
 import pytest
 from safetensors.torch import load_file
-from simulation_runs import ROOT, TINY_RUN, marked_env, marked_processes, simulate
+from simulation_runs import (
+    ROOT,
+    TINY_RUN,
+    fedssl_in_process,
+    marked_env,
+    marked_processes,
+    simulate,
+)
 
 from common.privacy.accounting import REPLACE_ONE, epsilon_of
 from common.privacy.ledger import PrivacyLedger
@@ -26,7 +33,7 @@ def finished_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess[st
 
 
 def test_simulation_succeeds_and_stops_every_process(finished_run):
-    run_dir, result, leftovers = finished_run
+    _, result, leftovers = finished_run
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "[fedssl] round 2/2 | clients 3/3" in result.stdout
     assert "| SSL pretrained (federated, DP) + fine-tune |" in result.stdout  # summary table
@@ -89,12 +96,10 @@ def test_epsilon_accumulates_across_rounds_in_real_clients(finished_run):
         assert {e.noise for e in own} == {"secret"}
 
 
-def test_audit_of_the_run_passes(finished_run, capsys):
-    from simulations.cli import main
-
+def test_audit_of_the_run_passes(finished_run):
     run_dir, _, _ = finished_run
-    assert main(["audit", str(run_dir)]) == 0
-    out = capsys.readouterr().out
+    code, out, err = fedssl_in_process("audit", str(run_dir))
+    assert code == 0, out + err
     assert "cross-checked 3 simulated node ledger(s)" in out and "PASS" in out
 
 

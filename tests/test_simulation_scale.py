@@ -13,8 +13,14 @@ from pathlib import Path
 
 import psutil
 import pytest
-from simulation_runs import ROOT, TINY_RUN, marked_env, marked_processes, simulate
-from test_own_data import write_text_folder
+from simulation_runs import (
+    ROOT,
+    TINY_RUN,
+    marked_env,
+    marked_processes,
+    simulate,
+    write_text_folder,
+)
 
 from common.data.run_splits import text_splits
 from common.run_config import RunConfig

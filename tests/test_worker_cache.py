@@ -9,7 +9,6 @@ by a caller.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import subprocess
 import sys
@@ -17,52 +16,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from simulation_runs import SETTINGS, serve
 
 ROOT = Path(__file__).resolve().parent.parent
 # Bit-for-bit comparisons need DP noise that repeats: the simulation switch (secret noise is
 # tested in tests/test_secret_noise.py with the same `serve`).
-SETTINGS = {"max-records": 2000, "num-clients": 4, "local-steps": 3, "batch-size": 8,
-            "hidden-size": 32, "num-layers": 1, "intermediate-size": 64, "max-length": 32,
-            "noise-multiplier": "auto", "target-epsilon": 4.0, "reproducible-noise": True}
-
-
-def serve(partition_id: int, state_dir: Path, node_id: int,
-          settings: dict | None = None) -> dict:
-    """Run the real ClientApp `train` for one simulated node's round 1; a digest of its reply."""
-    from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
-    from flwr.supercore.task_identity import TaskIdentity
-
-    import client.app as client_app
-    from common.run_config import RunConfig
-    from common.tasks import get_task
-
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 1, 1
-    config = RunConfig.from_mapping(settings or SETTINGS)
-    task = get_task(config.task)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        arrays = ArrayRecord(task.build_model(config).state_dict())
-    context = Context(run_id=5, node_id=node_id, state=RecordDict(),
-                      node_config={"partition-id": partition_id, "num-partitions": 4},
-                      run_config=config.to_mapping())
-    instruction = Message(RecordDict({"arrays": arrays, "config": ConfigRecord({
-        "server-round": 1, "sim-state-dir": str(state_dir),
-        "public-inputs-sha256": task.public_inputs_sha256(config)})}),
-        dst_node_id=node_id, message_type="train")
-    reply = client_app.train(instruction, context)
-    info = reply.content["fedssl"]
-    ledger = [{k: v for k, v in json.loads(e).items() if k not in ("timestamp", "hash", "prev_hash")}
-              for e in info["ledger"]]
-    update = reply.content["arrays"].to_torch_state_dict()
-    return {
-        "status": info["status"],
-        "update": {k: hashlib.sha256(v.numpy().tobytes()).hexdigest() for k, v in update.items()},
-        "metrics": dict(reply.content["metrics"]),
-        "ledger": ledger,
-        "rng_after": torch.rand(4).tolist(),
-    }
-
-
 def test_node_reply_is_the_same_after_other_nodes_as_in_a_fresh_process(tmp_path):
     from client import worker_cache
 
