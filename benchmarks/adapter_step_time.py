@@ -47,7 +47,7 @@ def main() -> None:
     from common.data.demo_text import demo_splits
     from common.data.tokenizer import encode_texts, load_tokenizer
     from common.run_config import RunConfig
-    from common.tasks import get_task
+    from common.tasks import get_task, grad_sample_mode
     from common.tasks.mlm import tokenizer_path
 
     torch.set_num_threads(args.threads)
@@ -55,7 +55,7 @@ def main() -> None:
                        max_length=args.length, batch_size=args.batch)
     config.validate()
     task = get_task(args.task)
-    mode = args.mode or task.grad_sample_mode
+    mode = args.mode or grad_sample_mode(task, config)
     texts = demo_splits(config).client_texts[0][: args.batch]
     batch = encode_texts(load_tokenizer(tokenizer_path(config)), texts, args.length)
 

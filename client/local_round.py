@@ -58,7 +58,13 @@ from common.protocol import (
     UPDATE_NORM,
 )
 from common.run_config import RunConfig
-from common.tasks import SslTask, federated_state, freeze_vocabulary, load_federated_state
+from common.tasks import (
+    SslTask,
+    federated_state,
+    freeze_vocabulary,
+    grad_sample_mode,
+    load_federated_state,
+)
 
 
 @dataclass(frozen=True)
@@ -208,8 +214,7 @@ def run_client_round(
             batch_size=config.batch_size,
             local_steps=config.local_steps,
             learning_rate=config.learning_rate,
-            grad_sample_mode=(task.frozen_grad_sample_mode if config.freeze_embeddings
-                              else task.grad_sample_mode),
+            grad_sample_mode=grad_sample_mode(task, config),
         )
         result = train(model, records, task.per_record_loss, settings, seed, dp_generator)
         if (result.steps, result.sample_rate) != (entry.steps, entry.sample_rate):

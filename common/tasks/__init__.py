@@ -63,6 +63,17 @@ class SslTask:
     frozen_grad_sample_mode: str = "hooks"
     public_corpus: bool = False  # has a public corpus for `warm-start-steps`
     needs_checkpoint: bool = False  # adapts a public encoder only (`init` must name one)
+    # With `init` (frozen encoder, small adapters) per-sample gradients are cheap and ghost's
+    # second backward pass is not: MiniLM + LoRA, batch 64, measured hooks 1.14x a non-private
+    # step vs ghost 1.72x (benchmarks/adapter_step_time.py, docs/public-encoders.md).
+    adapter_grad_sample_mode: str = "hooks"
+
+
+def grad_sample_mode(task: SslTask, config: RunConfig) -> str:
+    """The Opacus clipping mode a client uses for `task` under `config`."""
+    if config.init != "none":
+        return task.adapter_grad_sample_mode
+    return task.frozen_grad_sample_mode if config.freeze_embeddings else task.grad_sample_mode
 
 
 def federated_state(model: nn.Module) -> dict[str, torch.Tensor]:
