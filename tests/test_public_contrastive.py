@@ -9,14 +9,14 @@ a record's loss does not change when the other records of its batch do.
 
 from __future__ import annotations
 
-import copy
-import warnings
-
 import pytest
 import torch
-from opacus import GradSampleModule
-from opacus.optimizers import DPOptimizer
-from tiny_checkpoints import adapted_tiny_encoder, tiny_bert_folder
+from tiny_checkpoints import (
+    adapted_tiny_encoder,
+    assert_one_record_moves_the_clipped_sum_by_its_own_share,
+    assert_per_sample_gradients_equal_brute_force,
+    tiny_bert_folder,
+)
 
 from common.data.tokenizer import SpecialIds
 from common.tasks.public_contrastive import PublicContrastive, delete_tokens
@@ -75,40 +75,10 @@ def test_a_records_loss_ignores_the_other_records(folder, views):
 
 
 def test_per_sample_gradients_equal_brute_force(folder, views):
-    model = _model(folder)
-    reference = copy.deepcopy(model)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        gsm = GradSampleModule(model, batch_first=True, loss_reduction="mean")
-        _loss(gsm, list(range(BATCH)), views).backward()
-    trainable = [(n, p) for n, p in gsm.named_parameters() if p.requires_grad]
-    per_sample = {n: p.grad_sample.detach().clone() for n, p in trainable}
-    reference_params = [p for p in reference.parameters() if p.requires_grad]
-    for row in range(BATCH):
-        reference.zero_grad(set_to_none=True)
-        _loss(reference, [row], views).backward()
-        for (name, got), expected in zip(per_sample.items(), reference_params, strict=True):
-            torch.testing.assert_close(got[row], expected.grad, rtol=1e-6, atol=1e-9,
-                                       msg=name)
+    assert_per_sample_gradients_equal_brute_force(
+        _model(folder), lambda model, rows: _loss(model, rows, views), BATCH)
 
 
 def test_removing_one_record_moves_clipped_sum_by_at_most_clip_norm(folder, views):
-    gsm = GradSampleModule(_model(folder), batch_first=True, loss_reduction="mean")
-    trainable = [p for p in gsm.parameters() if p.requires_grad]
-    optimizer = DPOptimizer(torch.optim.SGD(trainable, lr=0.0), noise_multiplier=0.0,
-                            max_grad_norm=CLIP, expected_batch_size=BATCH)
-
-    def clipped_sum(rows):
-        optimizer.zero_grad(set_to_none=True)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            _loss(gsm, rows, views).backward()
-        optimizer.clip_and_accumulate()
-        return torch.cat([p.summed_grad.flatten() for p in optimizer.params])
-
-    everyone = list(range(BATCH))
-    full = clipped_sum(everyone)
-    for removed in everyone:
-        change = full - clipped_sum([r for r in everyone if r != removed])
-        torch.testing.assert_close(change, clipped_sum([removed]), rtol=1e-6, atol=1e-10)
-        assert 0.99 * CLIP < change.norm() <= CLIP * (1 + 1e-6)
+    assert_one_record_moves_the_clipped_sum_by_its_own_share(
+        _model(folder), lambda model, rows: _loss(model, rows, views), BATCH, CLIP)
