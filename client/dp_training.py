@@ -72,7 +72,9 @@ def train_locally(
     Uses Poisson sampling (batches vary in size and may be empty; an empty batch still adds
     noise and counts as a step, as the accountant assumes). `model` is trained in place.
     """
-    torch.manual_seed(seed)  # dropout and anything else on the global RNG: public, reproducible
+    # Public and reproducible: dropout and anything else on the global RNG. The DP randomness
+    # (Poisson masks, noise) comes only from `dp_generator` (tests/test_dp_randomness_source.py).
+    torch.manual_seed(seed)
     task_rng = torch.Generator().manual_seed(seed + 1)  # the task's masks / augmentations
     # Opacus's Poisson sampler takes the loader's generator; its noise takes noise_generator.
     loader = DataLoader(TensorDataset(*records), batch_size=settings.batch_size,
