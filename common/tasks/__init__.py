@@ -64,8 +64,8 @@ class SslTask:
     public_corpus: bool = False  # has a public corpus for `warm-start-steps`
     needs_checkpoint: bool = False  # adapts a public encoder only (`init` must name one)
     # With `init` (frozen encoder, small adapters) per-sample gradients are cheap and ghost's
-    # second backward pass is not: MiniLM + LoRA, batch 64, measured hooks 1.14x a non-private
-    # step vs ghost 1.72x (benchmarks/adapter_step_time.py, docs/public-encoders.md).
+    # second backward pass is not: MiniLM + LoRA, batch 64, measured hooks 1.17x a non-private
+    # step vs ghost 1.70x (benchmarks/adapter_step_time.py, docs/public-encoders.md).
     adapter_grad_sample_mode: str = "hooks"
 
 
