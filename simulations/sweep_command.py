@@ -49,7 +49,9 @@ def sweep_command(args: argparse.Namespace) -> int:
     if not results.exists():
         print(f"fedssl: error: no results in {results}", file=sys.stderr)
         return 1
-    written = write_plots(results, [b.name for b in grid.budgets], list(grid.recipes),
+    recipes = list(dict.fromkeys(r for arm in grid.arms for r in grid.arm_recipes(arm)))
+    recipes = list(grid.recipes) + [r for r in recipes if r not in grid.recipes]
+    written = write_plots(results, [b.name for b in grid.budgets], recipes,
                           grid.headline_budget.name, out)
     print("fedssl: wrote " + ", ".join(str(p) for p in written))
     return 0

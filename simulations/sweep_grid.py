@@ -18,6 +18,9 @@ target-epsilon = 8
 [pretraining.public-only]  # an arm may set its own `rounds`: 0 = no federated rounds
 warm-start-steps = 1000
 rounds = [0]
+[pretraining.minilm]       # ... and its own `recipes` (a subset of RECIPES)
+init = "minilm"
+recipes = ["probe"]
 ```
 Every arm of a seed shares the data split, so a pretraining arm may not change the settings
 that decide the split or the downstream recipe (seed, fractions, clients, finetune-*); it may
@@ -58,6 +61,7 @@ class PretrainArm:
     name: str
     settings: dict[str, Any]
     rounds: tuple[int, ...] | None = None  # its own pretraining budgets (None: the grid's)
+    recipes: tuple[str, ...] | None = None  # its own recipes (None: the grid's)
 
 
 @dataclass(frozen=True)
@@ -76,6 +80,10 @@ class SweepGrid:
     def arm_rounds(self, arm: PretrainArm) -> tuple[int, ...]:
         """The pretraining budgets (num-rounds) of `arm`."""
         return self.rounds if arm.rounds is None else arm.rounds
+
+    def arm_recipes(self, arm: PretrainArm) -> tuple[str, ...]:
+        """The downstream recipes measured on `arm`'s encoder."""
+        return self.recipes if arm.recipes is None else arm.recipes
 
     def run_config(self, seed: int, arm: PretrainArm | None = None, rounds: int = 1,
                    run_dir: str = "runs/latest") -> RunConfig:
@@ -125,6 +133,7 @@ def parse_grid(raw: dict[str, Any], overrides: dict[str, str]) -> SweepGrid:
             raise GridError(f"pretraining.{name} must be a table of run settings")
         values = dict(values)
         own_rounds = values.pop("rounds", None)
+        own_recipes = values.pop("recipes", None)
         shared = sorted(set(values) & set(SHARED_ONLY) - _same_data_task(raw, name, values))
         if shared:
             raise GridError(f"pretraining.{name} may not set {', '.join(shared)}: every arm "
@@ -134,7 +143,14 @@ def parse_grid(raw: dict[str, Any], overrides: dict[str, str]) -> SweepGrid:
                 raise GridError(f"pretraining.{name}.rounds must be a non-empty list of "
                                 "rounds >= 0")
             own_rounds = tuple(sorted({int(r) for r in own_rounds}))
-        arms.append(PretrainArm(name=name, settings=values, rounds=own_rounds))
+        if own_recipes is not None:
+            if (not isinstance(own_recipes, list) or not own_recipes
+                    or any(r not in RECIPES for r in own_recipes)):
+                raise GridError(f"pretraining.{name}.recipes must be a non-empty list of "
+                                f"recipes ({', '.join(RECIPES)})")
+            own_recipes = tuple(own_recipes)
+        arms.append(PretrainArm(name=name, settings=values, rounds=own_rounds,
+                                recipes=own_recipes))
     if not arms:
         raise GridError("the grid needs at least one [pretraining.NAME] table")
     grid = SweepGrid(task=str(raw.get("task", "mlm")), seeds=seeds, budgets=budgets,

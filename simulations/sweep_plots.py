@@ -187,6 +187,8 @@ def results_tables(rows: list[Row], budgets: list[str], recipes: list[str],
             table.append(f"| {_label(line)} | {line[2]} | " + " | ".join(cells) + " |")
         parts.append("\n".join(table))
     parts.append(margin_table(rows, budgets, rounds))
+    if PUBLIC_ARM in rounds:
+        parts.append(public_margin_table(rows, budgets, rounds))
     return "\n\n".join(parts) + "\n"
 
 
@@ -208,5 +210,32 @@ def margin_table(rows: list[Row], budgets: list[str], rounds: dict[str, str]) ->
                 s = stats.get(((arm, rounds[arm], recipe), b))
                 cells.append("n/a" if s is None or not baselines
                              else f"{s[0] - max(baselines):+.3f} (n={s[2]})")
+            table.append(f"| {arm} | {recipe} | " + " | ".join(cells) + " |")
+    return "\n".join(table)
+
+
+PUBLIC_ARM = "public"  # the grid arm that is the public checkpoint with no federated rounds
+
+
+def public_margin_table(rows: list[Row], budgets: list[str], rounds: dict[str, str]) -> str:
+    """Markdown: each pretraining arm's macro-F1 minus the `public` arm's under the same recipe
+    (what the private records add on top of the public encoder), with the seed spread of the
+    paired differences."""
+    by_key = {(r["arm"], r["recipe"], r["budget"], r["seed"]): float(r["macro_f1"])
+              for r in rows if r["arm"] == PUBLIC_ARM or r["rounds"] == rounds.get(r["arm"])}
+    recipes = sorted({r["recipe"] for r in rows if r["arm"] == PUBLIC_ARM})
+    table = ["### macro-F1 gain over `public` (same recipe; mean ± sd of per-seed differences)",
+             "", "| arm | recipe | " + " | ".join(budgets) + " |",
+             "|" + "---|" * (len(budgets) + 2)]
+    for arm in sorted(a for a in rounds if a != PUBLIC_ARM):
+        for recipe in recipes:
+            cells = []
+            for b in budgets:
+                diffs = [v - by_key[(PUBLIC_ARM, recipe, b, seed)]
+                         for (a, rc, bb, seed), v in by_key.items()
+                         if (a, rc, bb) == (arm, recipe, b)
+                         and (PUBLIC_ARM, recipe, b, seed) in by_key]
+                cells.append("n/a" if not diffs else
+                             f"{np.mean(diffs):+.3f} ± {np.std(diffs):.3f} (n={len(diffs)})")
             table.append(f"| {arm} | {recipe} | " + " | ".join(cells) + " |")
     return "\n".join(table)

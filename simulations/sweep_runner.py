@@ -120,7 +120,7 @@ def _arm_cells(grid: SweepGrid, seed: int, arm: PretrainArm, rounds: int) -> lis
     config = grid.run_config(seed, arm, rounds)
     target = math.nan if config.fixed_noise_multiplier is not None else config.target_epsilon
     return [Cell(seed, b, arm.name, r, pretraining=arm.name, rounds=rounds,
-                 target_epsilon=target) for b in grid.budgets for r in grid.recipes]
+                 target_epsilon=target) for b in grid.budgets for r in grid.arm_recipes(arm)]
 
 
 def pretrain(grid: SweepGrid, seed: int, arm: PretrainArm, rounds: int, out: Path,
@@ -228,7 +228,8 @@ def _grid_record(grid: SweepGrid) -> dict[str, object]:
             "budgets": [b.name for b in grid.budgets], "recipes": list(grid.recipes),
             "headline_budget": grid.headline_budget.name, "rounds": list(grid.rounds),
             "settings": grid.settings,
-            "pretraining": {a.name: {**a.settings, "rounds": list(grid.arm_rounds(a))}
+            "pretraining": {a.name: {**a.settings, "rounds": list(grid.arm_rounds(a)),
+                                     **({} if a.recipes is None else {"recipes": list(a.recipes)})}
                             for a in grid.arms}}
 
 
