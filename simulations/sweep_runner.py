@@ -29,7 +29,7 @@ import torch
 
 from common.data.label_budgets import LabelBudget
 from common.run_config import RunConfig
-from common.tasks import get_task
+from common.tasks import get_task, load_federated_state
 from server.evaluation.arms import BudgetResult, evaluate_budget
 from server.evaluation.downstream_kit import DownstreamKit
 from server.evaluation.pipeline import make_kit
@@ -144,7 +144,8 @@ def pretrain(grid: SweepGrid, seed: int, arm: PretrainArm, rounds: int, out: Pat
             raise SweepError(f"pretraining run {run_dir} failed (exit {code}); see {log}")
     summary = json.loads(summary_file.read_text())
     model = get_task(config.task).build_model(config)
-    model.load_state_dict(load_state(run_dir / "global_model.safetensors"))
+    # Only the federated keys (adapters and head, with `init`) are in the file.
+    load_federated_state(model, load_state(run_dir / "global_model.safetensors"))
     return config, model, _spent_epsilon(summary["privacy"], run_dir, say)
 
 
