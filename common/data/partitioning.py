@@ -31,6 +31,9 @@ class SplitSettings:
     dirichlet_alpha: float
     max_records: int = 0
     partition: str = "dirichlet"  # "dirichlet", "iid" or "column" (needs `groups`)
+    # false (pretraining only): the server fine-tunes and tests nothing, so a split that
+    # leaves it no test or labelled records (e.g. a folder without labels) is fine.
+    downstream: bool = True
 
     @classmethod
     def from_config(cls, config: RunConfig) -> SplitSettings:
@@ -38,7 +41,7 @@ class SplitSettings:
         return cls(seed=config.seed, test_fraction=config.test_fraction,
                    label_fraction=config.label_fraction, num_clients=config.num_clients,
                    dirichlet_alpha=config.dirichlet_alpha, max_records=config.max_records,
-                   partition=config.partition)
+                   partition=config.partition, downstream=config.downstream)
 
 
 def plan_splits(
@@ -49,9 +52,10 @@ def plan_splits(
     Optionally a seeded subset of `max_records`; then a stratified test split of the labelled
     records; a stratified `label_fraction` of the rest for the server; the remaining records
     (with every unlabelled one: label -1) spread over the clients by `settings.partition`:
-    Dirichlet over labels (unlabelled records count as one more class), IID, or "column":
-    one client per distinct value of `groups` (int codes, -1 = none). Raises ConfigError
-    ("label-fraction", "num-clients" or "partition") when the split is impossible.
+    Dirichlet over labels (unlabelled records spread evenly, see `_client_parts`), IID, or
+    "column": one client per distinct value of `groups` (int codes, -1 = none). Raises
+    ConfigError ("test-fraction", "label-fraction", "num-clients" or "partition") when the
+    split is impossible; with `downstream` false, empty test and labelled splits are fine.
     """
     seed, max_records = settings.seed, settings.max_records
     test_fraction, label_fraction = settings.test_fraction, settings.label_fraction
@@ -70,12 +74,8 @@ def plan_splits(
     taken, pool = stratified_split(labels[train_idx], label_fraction, rng)
     labeled_idx = train_idx[taken]
     unlabeled_idx = np.union1d(train_idx[pool], np.flatnonzero(labels < 0))
-    if len(test_idx) == 0:
-        raise ConfigError("test-fraction", f"{test_fraction} of {len(have)} labelled records "
-                          "leaves no test records (label more records)")
-    if len(labeled_idx) == 0:
-        raise ConfigError("label-fraction", f"{label_fraction} leaves no labeled records "
-                          f"({len(train_idx)} labelled records outside the test split)")
+    if settings.downstream:
+        _require_server_splits(len(have), labels[train_idx], test_idx, labeled_idx, settings)
     needed = num_clients * MIN_RECORDS_PER_CLIENT
     if len(unlabeled_idx) < needed:
         raise ConfigError(
@@ -87,6 +87,32 @@ def plan_splits(
                           None if groups is None else np.asarray(groups)[kept][unlabeled_idx])
     return SplitPlan(test=kept[test_idx], labeled=kept[labeled_idx],
                      clients=[kept[unlabeled_idx[p]] for p in parts])
+
+
+def _require_server_splits(
+    labelled: int, train_labels: np.ndarray, test_idx: np.ndarray, labeled_idx: np.ndarray,
+    settings: SplitSettings,
+) -> None:
+    """ConfigError, with the fix, when fine-tuning would get no test or no labelled records.
+
+    `labelled`: labelled records in all; `train_labels`: those outside the test split.
+    """
+    pretrain_only = "or set downstream=false for a pretraining-only run"
+    if len(test_idx) == 0:
+        raise ConfigError("test-fraction", f"{settings.test_fraction} of {labelled} labelled "
+                          "records leaves no test records: label more records, raise "
+                          f"test-fraction, {pretrain_only}")
+    if len(labeled_idx) == 0:
+        counts = np.bincount(train_labels) if len(train_labels) else np.array([], dtype=int)
+        counts = counts[counts > 0]
+        # stratified_split takes round(f * n) per class: >= 1 for all once f >= 1/n_min.
+        raise_it = (f"raise it (label-fraction={1 / counts.min():.3g} gives every class at "
+                    "least one), " if len(counts) else "")
+        raise ConfigError(
+            "label-fraction",
+            f"{settings.label_fraction} leaves no labeled records ({len(train_labels)} "
+            f"labelled records outside the test split): {raise_it}label more records, "
+            f"{pretrain_only}")
 
 
 def _client_parts(
@@ -115,11 +141,20 @@ def _client_parts(
                               f"{MIN_RECORDS_PER_CLIENT} records after the test and labeled "
                               "splits")
         return parts
+    # Dirichlet skews the labelled records by class. Unlabelled ones (-1) have no class to
+    # skew by: as "one more class" a mostly unlabelled pool went wholesale by one Dirichlet
+    # draw (clients of 13,047 / 1,252 / 332 / ... records), so they are dealt out evenly
+    # (seeded). A fully labelled pool (the demo data) draws nothing extra: same plan as ever.
+    unlabelled, labelled = np.flatnonzero(labels < 0), np.flatnonzero(labels >= 0)
+    even = np.array_split(rng.permutation(unlabelled), num_clients) if len(unlabelled) \
+        else [np.array([], dtype=int)] * num_clients
     try:
-        return dirichlet_partition(labels, num_clients, settings.dirichlet_alpha, rng,
-                                   MIN_RECORDS_PER_CLIENT)
+        skewed = dirichlet_partition(labels[labelled], num_clients, settings.dirichlet_alpha,
+                                     rng, MIN_RECORDS_PER_CLIENT,
+                                     held=np.array([len(e) for e in even]))
     except ValueError as err:
         raise ConfigError("num-clients", str(err)) from None
+    return [np.sort(np.concatenate([e, labelled[p]]).astype(int)) for e, p in zip(even, skewed)]
 
 
 def stratified_split(
@@ -146,15 +181,19 @@ def dirichlet_partition(
     alpha: float,
     rng: np.random.Generator,
     min_size: int = 1,
+    held: np.ndarray | None = None,
 ) -> list[np.ndarray]:
     """Split indices across clients non-IID: each class is divided by Dirichlet(alpha) shares.
 
     Small alpha → each client sees few classes. Redraws (up to 100 times) until every client
-    holds at least `min_size` records; raises ValueError if that is impossible.
+    holds at least `min_size` records, counting the `held` records it already has from
+    elsewhere (default none); raises ValueError if that is impossible.
     """
-    if num_clients * min_size > len(labels):
+    held = np.zeros(num_clients, dtype=int) if held is None else np.asarray(held)
+    if num_clients * min_size > len(labels) + held.sum():
         raise ValueError(
-            f"cannot give {num_clients} clients {min_size}+ records each from {len(labels)}"
+            f"cannot give {num_clients} clients {min_size}+ records each from "
+            f"{len(labels) + held.sum()}"
         )
     classes = np.unique(labels)
     for _ in range(100):
@@ -165,7 +204,7 @@ def dirichlet_partition(
             cuts = (np.cumsum(shares)[:-1] * len(members)).astype(int)
             for client, chunk in enumerate(np.split(members, cuts)):
                 parts[client].extend(chunk.tolist())
-        if min(len(p) for p in parts) >= min_size:
+        if min(len(p) + h for p, h in zip(parts, held)) >= min_size:
             return [np.sort(np.array(p, dtype=int)) for p in parts]
     raise ValueError(
         f"Dirichlet(alpha={alpha}) left a client with < {min_size} records in 100 draws; "

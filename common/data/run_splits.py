@@ -6,7 +6,8 @@ loaders, same `DataFolderError`s as `fedssl check-data`), plus two optional per-
 * `label`: text: the `.jsonl` key or `.csv` column `label` (a string or a number); images: the
   name of the record's top-level subfolder (`DIR/<label>/x.png`, `DIR/<label>/batch.npy`).
   Records without a label (`.txt` lines, blank values, images directly in DIR) only join the
-  clients' unlabelled pool; the server's labelled and test splits come from labelled records.
+  clients' unlabelled pool; the server's labelled and test splits come from labelled records
+  (a folder without any is fine for a pretraining-only run, `downstream=false`).
 * `client`: text only, the `.jsonl` key or `.csv` column `client`: with `partition=column`,
   one simulated client per distinct value (a natural split, e.g. per hospital).
 
@@ -129,10 +130,10 @@ def _own_image_splits(data_dir: str, settings: SplitSettings) -> ImageSplits:
 def _checked(own: OwnRecords, data_dir: str, data_kind: str, settings: SplitSettings
              ) -> OwnRecords:
     """ConfigError when the records cannot give what the run needs."""
-    if own.labelled == 0:
+    if own.labelled == 0 and settings.downstream:
         raise ConfigError("data", f"{data_dir} has no labelled records: the server's "
                           "fine-tuning and test splits need some (" + _LABEL_HOWTO[data_kind]
-                          + ")")
+                          + "), or set downstream=false to pretrain only")
     if settings.partition == "column" and own.groups is None:
         raise ConfigError("partition", "'column' needs a `client` value per record (a .jsonl "
                           "key or .csv column `client`; text data only)")
