@@ -13,10 +13,13 @@ is therefore a *lower* bound on how much the noise dominates a step (real per-re
 gradients disagree, so the real signal is smaller). FedAvg over K clients averages K
 independent noises, which divides the ratio of the average by about √K. d is the number of
 trained (noised) parameters: the default text model has 1,340,928, of which 1,052,672 are the
-vocabulary matrices that `freeze-embeddings` leaves out (288,256 remain).
+vocabulary matrices that `freeze-embeddings` leaves out (288,256 remain); with `init=minilm`
+only the LoRA adapters and the objective's head are trained (docs/public-encoders.md).
 
     .venv/bin/python benchmarks/dp_noise_to_signal.py            # Markdown table
     .venv/bin/python benchmarks/dp_noise_to_signal.py --records 15000 --epsilon 8
+    .venv/bin/python benchmarks/dp_noise_to_signal.py --records 2880 --batches 64 256 \
+        --steps 30 300        # the public-encoder sweep's clients
 
 No training runs: this is accounting arithmetic, seconds on any machine.
 """
@@ -28,7 +31,14 @@ import math
 
 from common.privacy.accounting import REPLACE_ONE, calibrate_noise_multiplier
 
-FULL, FROZEN = 1_340_928, 288_256  # trained parameters of the default mlm model
+# Trained (noised) parameters d of each model, counted from the models (docs/public-encoders.md).
+TRAINED = {
+    "tiny, all trained": 1_340_928,
+    "tiny, frozen vocabulary": 288_256,
+    "MiniLM mlm + LoRA r8": 480_384,
+    "MiniLM contrastive + LoRA r8": 381_056,
+    "MiniLM contrastive + FFA-LoRA r8": 215_168,
+}
 BATCHES = (64, 128, 512, 2048)
 STEPS = (60, 600, 3000)
 
@@ -47,23 +57,23 @@ def main() -> None:
     parser.add_argument("--epsilon", type=float, default=8.0)
     parser.add_argument("--delta", type=float, default=1e-5)
     parser.add_argument("--clients", type=int, default=5, help="K, for the FedAvg column")
+    parser.add_argument("--batches", type=int, nargs="+", default=list(BATCHES))
+    parser.add_argument("--steps", type=int, nargs="+", default=list(STEPS))
     args = parser.parse_args()
     print(f"One client, N = {args.records} records, target ε = {args.epsilon} at δ = "
           f"{args.delta} (PLD, replace-one); FedAvg over K = {args.clients} clients.\n")
-    print("| batch B | steps T | epochs | σ | noise/signal, all trained | frozen vocabulary "
-          "| frozen, after FedAvg |")
-    print("|---|---|---|---|---|---|---|")
-    for batch in BATCHES:
-        for steps in STEPS:
+    print("| batch B | steps T | epochs | σ | trained | d | noise/signal | after FedAvg |")
+    print("|---|---|---|---|---|---|---|---|")
+    for batch in args.batches:
+        for steps in args.steps:
             if batch >= args.records:
                 continue
-            sigma, full = noise_to_signal(args.records, batch, steps, args.epsilon,
-                                          args.delta, FULL)
-            _, frozen = noise_to_signal(args.records, batch, steps, args.epsilon, args.delta,
-                                        FROZEN)
             epochs = steps * batch / args.records
-            print(f"| {batch} | {steps} | {epochs:.1f} | {sigma:.2f} | {full:.1f} | "
-                  f"{frozen:.1f} | {frozen / math.sqrt(args.clients):.2f} |")
+            for name, trained in TRAINED.items():
+                sigma, ratio = noise_to_signal(args.records, batch, steps, args.epsilon,
+                                               args.delta, trained)
+                print(f"| {batch} | {steps} | {epochs:.1f} | {sigma:.2f} | {name} | "
+                      f"{trained:,} | {ratio:.1f} | {ratio / math.sqrt(args.clients):.2f} |")
 
 
 if __name__ == "__main__":
