@@ -19,20 +19,11 @@ from flwr.serverapp import Grid
 
 from common.protocol import RoundInstruction
 from server.flower_internals import DelegatingGrid, pull_replies, push_messages
+from server.progress_text import duration
 
 PULL_INTERVAL_S = 0.5  # Flower's HTTP grid waits 3 s between pulls; a local pull is cheap
 PROGRESS_INTERVAL_S = 10.0
 RECENT_ROUNDS = 3  # ETA from the mean duration of the last few rounds
-
-
-def duration(seconds: float) -> str:
-    """`1h02m`, `3m05s` or `42s`."""
-    seconds = max(round(seconds), 0)
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    if hours:
-        return f"{hours}h{minutes:02d}m"
-    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
 class RoundProgress:

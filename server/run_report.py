@@ -8,6 +8,7 @@ from typing import Any
 
 from common.run_config import RunConfig
 from server.atomic_json import write_json
+from server.evaluation.arm_labels import relabel_arms
 
 
 def build_summary(
@@ -22,7 +23,8 @@ def build_summary(
     """The summary document (docs/run-dir.md); `privacy` comes from the ledger
     (server/privacy_summary.py)."""
     summary: dict[str, Any] = {arm: downstream[arm] for arm, _ in downstream["arms"]}
-    summary["arms"] = downstream["arms"]  # [key, label] in report order
+    # [key, label] in report order; the federated arms' labels say the run's privacy
+    summary["arms"] = relabel_arms(downstream["arms"], privacy)
     summary.update(
         {
             "privacy": privacy,
@@ -68,12 +70,14 @@ PUBLIC = ("public", "public_probe")  # the public checkpoint without federated a
 def pretraining_verdict(summary: dict[str, Any]) -> str:
     """One sentence: did the federated pretraining beat every baseline of this run?
 
-    Baselines are scratch, the classical model and the random-init probe. One run is one
-    seed: the sentence says so, and points to the sweep for spread over seeds.
+    Baselines are scratch, the classical model and the random-init probe. With a public
+    checkpoint (`init`) the public arms are not baselines but the control: a second sentence
+    names the gain of the federated arm over the better public arm. One run is one seed: the
+    sentence says so, and points to the sweep for spread over seeds.
     """
     labels = dict(summary.get("arms", []))
     pretrained = [a for a in PRETRAINED if a in labels]
-    baselines = [a for a in labels if a not in (*PRETRAINED, "pruned")]
+    baselines = [a for a in labels if a not in (*PRETRAINED, *PUBLIC, "pruned")]
     if not pretrained or not baselines:
         return ""
     best = max(pretrained, key=lambda a: summary[a]["macro_f1"])
@@ -84,14 +88,16 @@ def pretraining_verdict(summary: dict[str, Any]) -> str:
     if public:
         control = max(public, key=lambda a: summary[a]["macro_f1"])
         gain = summary[best]["macro_f1"] - summary[control]["macro_f1"]
-        over_public = (f" Over the public encoder alone ({labels[control]}), the hospitals' "
-                       f"private records added {gain:+.3f} macro-F1.")
+        added = f"added {gain:+.3f}" if gain > 0 else f"added nothing ({gain:+.3f})"
+        over_public = (f" Over the public encoder alone ({labels[control]}, macro-F1 "
+                       f"{summary[control]['macro_f1']:.3f}), the federated adaptation on the "
+                       f"private records ({labels[best]}) {added} macro-F1.")
     if margin > 0:
         return (f"Pretraining paid in this run: {labels[best]} leads the best baseline "
                 f"({labels[rival]}) by {margin:+.3f} macro-F1 (one seed; `fedssl sweep` "
                 f"measures the spread).{over_public}")
-    return (f"Pretraining did not pay in this run: the best arm is a baseline ({labels[rival]}, "
-            f"macro-F1 {summary[rival]['macro_f1']:.3f}); the best pretrained arm "
+    return (f"Pretraining did not pay in this run: the best baseline ({labels[rival]}, "
+            f"macro-F1 {summary[rival]['macro_f1']:.3f}) leads; the best pretrained arm "
             f"({labels[best]}) is {margin:+.3f} behind.{over_public} docs/label-efficiency.md "
             "shows where federated DP pretraining pays and where it does not.")
 
@@ -114,11 +120,33 @@ Task `{summary['task']}`: {summary['clients']} clients, {summary['rounds']} fede
 {summary_table(summary)}
 
 Macro-F1 averages over the classes present in the test split; a class with no labeled example
-cannot be predicted and counts as F1 = 0. The classes are very imbalanced, so macro-F1 is the
-headline number; accuracy mostly reflects the largest class.
+cannot be predicted and counts as F1 = 0. {class_balance_text(labels)}
 
 {privacy_markdown(summary["privacy"])}"""
     (run_dir / "report.md").write_text(text)
+
+
+# Largest / smallest test class count at and above which the report calls the classes
+# imbalanced: past 3x, accuracy and macro-F1 can rank arms differently.
+IMBALANCED_RATIO = 3.0
+BALANCED_RATIO = 1.5
+
+
+def class_balance_text(labels: dict[str, Any]) -> str:
+    """What the test split's class counts are, in numbers, and so which metric leads."""
+    ratio, share = labels.get("class_count_ratio"), labels.get("largest_class_share")
+    if ratio is None or share is None or not labels.get("classes_in_test_set"):
+        return "Macro-F1 is the headline number."
+    counts = (f"the largest class is {share:.0%} of the {labels['test_records']:,} test records, "
+              f"{ratio:.1f}× the smallest of {labels['classes_in_test_set']} classes")
+    if ratio >= IMBALANCED_RATIO:
+        return (f"The test classes are imbalanced ({counts}), so macro-F1 is the headline "
+                "number; accuracy mostly reflects the largest classes.")
+    if ratio >= BALANCED_RATIO:
+        return (f"The test classes are moderately uneven ({counts}); macro-F1 is the headline "
+                "number, accuracy leans towards the larger classes.")
+    return (f"The test classes are balanced ({counts}), so accuracy and macro-F1 tell much "
+            "the same story; macro-F1 stays the headline number.")
 
 
 def privacy_markdown(privacy: dict[str, Any]) -> str:

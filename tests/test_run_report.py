@@ -1,24 +1,38 @@
-"""The run report: the one-sentence verdict (did pretraining beat every baseline of the run?)
-and the privacy section, built from the run's ledger (server/privacy_summary.py)."""
+"""The run report: the one-sentence verdict (did pretraining beat every baseline of the run?),
+the privacy section, built from the run's ledger (server/privacy_summary.py), and wording that
+is true of the run (the federated arms' privacy tag, the test split's class balance)."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
-from simulation_runs import RATE, SIGMA, STEPS, ledger_event
+import numpy as np
+from simulation_runs import RATE, SIGMA, STEPS, append_spend, ledger_event
 
 from common.privacy.accounting import REPLACE_ONE, epsilon_of
 from common.privacy.ledger import (
     FEDERATION_NODE,
     GENESIS,
     RECORD_LEVEL,
+    SECRET_NOISE,
+    SEEDED_NOISE,
     LedgerEntry,
     PrivacyLedger,
 )
 from common.run_config import RunConfig
+from server.evaluation.arm_labels import federated_label, privacy_tag
+from server.evaluation.pipeline import class_balance
 from server.ledger_sync import LedgerCoverage
 from server.privacy_summary import privacy_section
-from server.run_report import epsilon_text, pretraining_verdict, privacy_markdown, summary_table
+from server.run_report import (
+    build_summary,
+    epsilon_text,
+    pretraining_verdict,
+    privacy_markdown,
+    summary_table,
+    write_reports,
+)
 
 ARMS = [["finetuned", "SSL + fine-tune"], ["baseline", "scratch"], ["tfidf", "TF-IDF"],
         ["probe", "SSL probe"], ["probe_random", "random probe"], ["pruned", "pruned"]]
@@ -158,3 +172,100 @@ def test_a_reply_can_carry_only_its_own_nodes_entries():
         entry("partition-0"), entry("partition-1"), entry(FEDERATION_NODE)]})})
     assert [e.node_id for e in reply_entries(content, "partition-0")] == ["partition-0"]
     assert reply_entries(content, FEDERATION_NODE) == []
+
+
+# ------------------------------------------------ report wording: true of the run (issue 18 §7)
+
+
+def _privacy(tmp_path: Path, sigma: float, noise: str = SECRET_NOISE) -> dict:
+    """The privacy section of a one-node, one-round run spent at noise multiplier `sigma`."""
+    run = PrivacyLedger.open(tmp_path / f"run-{sigma}-{noise}.sqlite", owner="run")
+    node = PrivacyLedger.open(tmp_path / f"node-{sigma}-{noise}.sqlite", owner="partition-0")
+    event = ledger_event(1, "partition-0", RECORD_LEVEL, sigma, RATE, STEPS, 0.0, run_id=RUN_ID)
+    append_spend(node, [], {**event, "noise": noise})
+    run.add_many(node.run_entries("partition-0", RUN_ID))
+    coverage = LedgerCoverage(run_id=RUN_ID)
+    coverage.sending({1}, 1)
+    coverage.replied(1, "partition-0", 1, spent=True)
+    return privacy_section(run, coverage, RunConfig(), {RUN_ID}, {}, 0)
+
+
+def _labels(summary: dict) -> dict[str, str]:
+    return dict(summary["arms"])
+
+
+DOWNSTREAM = {"arms": [["finetuned", federated_label("finetuned")], ["baseline", "scratch"],
+                       ["probe", federated_label("probe")], ["pruned", "pruned"]],
+              "labels": {"labels_used": 10, "classes_in_labeled_set": 2,
+                         "classes_in_test_set": 2, "test_records": 100},
+              **{arm: {"accuracy": 0.5, "macro_f1": 0.5, "sparsity": 0.5} for arm in
+                 ("finetuned", "baseline", "probe", "pruned")}}
+
+
+def test_the_federated_arms_say_the_privacy_the_run_had(tmp_path: Path):
+    def labels(privacy: dict) -> dict[str, str]:
+        return _labels(build_summary(RunConfig(), DOWNSTREAM, privacy, 1, 1.0, {RUN_ID}))
+
+    noisy = _privacy(tmp_path, SIGMA)
+    expected = f"federated, DP ε={noisy['max_epsilon']:.3g}"
+    assert labels(noisy)["finetuned"] == f"SSL pretrained ({expected}) + fine-tune"
+    assert labels(noisy)["probe"] == f"SSL encoder ({expected}), linear probe"
+    assert labels(noisy)["baseline"] == "scratch"
+
+    free = _privacy(tmp_path, 0.0)  # noise-multiplier = 0: ε = ∞
+    assert math.isinf(free["max_epsilon"]) and free["dp_guarantee"]
+    assert labels(free)["finetuned"] == "SSL pretrained (federated, no DP noise) + fine-tune"
+    seeded = _privacy(tmp_path, SIGMA, SEEDED_NOISE)  # reproducible-noise: no guarantee
+    assert labels(seeded)["probe"] == ("SSL encoder (federated, NO DP guarantee: reproducible "
+                                       "noise), linear probe")
+    for privacy in (free, seeded):
+        assert "DP ε=" not in str(labels(privacy))
+    assert privacy_tag({**noisy, "max_epsilon_lower_bound": True}).startswith(
+        "federated, DP ε≥")
+    assert privacy_tag({**noisy, "clients": [], "unknown_nodes": []}) == "no federated training"
+
+
+def test_the_class_balance_sentence_states_the_numbers_of_the_test_split(tmp_path: Path):
+    privacy = _privacy(tmp_path, SIGMA)
+    reports = {}
+    for name, test_labels in (("balanced", [0, 1, 2, 3] * 25),
+                              ("imbalanced", [0] * 80 + [1] * 15 + [2] * 5)):
+        labels = {**DOWNSTREAM["labels"], "classes_in_test_set": len(set(test_labels)),
+                  **class_balance(np.array(test_labels))}
+        summary = build_summary(RunConfig(), {**DOWNSTREAM, "labels": labels}, privacy, 1, 1.0,
+                                {RUN_ID})
+        write_reports(tmp_path, summary)
+        reports[name] = (tmp_path / "report.md").read_text()
+    assert "imbalanced" not in reports["balanced"]
+    assert ("The test classes are balanced (the largest class is 25% of the 100 test records, "
+            "1.0× the smallest of 4 classes)") in reports["balanced"]
+    assert ("The test classes are imbalanced (the largest class is 80% of the 100 test "
+            "records, 16.0× the smallest of 3 classes), so macro-F1 is the headline number"
+            ) in reports["imbalanced"]
+    assert "very imbalanced" not in reports["imbalanced"]
+
+
+PUBLIC_ARMS = [["finetuned", "SSL + fine-tune"], ["baseline", "scratch"], ["tfidf", "TF-IDF"],
+               ["probe", "SSL probe"], ["probe_random", "random probe"],
+               ["public", "public + fine-tune"], ["public_probe", "public probe"],
+               ["pruned", "pruned"]]
+
+
+def test_with_init_the_verdict_names_the_gain_over_the_baselines_and_over_public():
+    f1 = {"finetuned": 0.50, "baseline": 0.30, "tfidf": 0.41, "probe": 0.45,
+          "probe_random": 0.20, "public": 0.47, "public_probe": 0.48, "pruned": 0.9}
+    summary = {"arms": PUBLIC_ARMS, **{a: {"accuracy": 0.5, "macro_f1": v} for a, v in f1.items()}}
+    verdict = pretraining_verdict(summary)
+    # The public arms are the control, not a baseline: the best baseline is TF-IDF.
+    assert "SSL + fine-tune leads the best baseline (TF-IDF) by +0.090 macro-F1" in verdict
+    assert ("Over the public encoder alone (public probe, macro-F1 0.480), the federated "
+            "adaptation on the private records (SSL + fine-tune) added +0.020 macro-F1."
+            ) in verdict
+    worse = {**summary, "finetuned": {"accuracy": 0.5, "macro_f1": 0.46}}
+    assert "(SSL + fine-tune) added nothing (-0.020) macro-F1" in pretraining_verdict(worse)
+    lost = {**summary, "finetuned": {"accuracy": 0.5, "macro_f1": 0.40},
+            "probe": {"accuracy": 0.5, "macro_f1": 0.39}}
+    verdict = pretraining_verdict(lost)
+    assert verdict.startswith("Pretraining did not pay in this run: the best baseline (TF-IDF, "
+                              "macro-F1 0.410) leads")
+    assert "added nothing (-0.080)" in verdict

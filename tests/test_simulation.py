@@ -36,7 +36,10 @@ def test_simulation_succeeds_and_stops_every_process(finished_run):
     _, result, leftovers = finished_run
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "[fedssl] round 2/2 | clients 3/3" in result.stdout
-    assert "| SSL pretrained (federated, DP) + fine-tune |" in result.stdout  # summary table
+    # The summary table names the run's privacy; the evaluation stage reported every arm.
+    assert "| SSL pretrained (federated, DP ε=" in result.stdout
+    assert "[fedssl] evaluation arm 1/6 finetuned: fine-tune on " in result.stdout
+    assert "[fedssl] evaluation arm 6/6 pruned done in " in result.stdout
     assert not leftovers, f"processes left running: {leftovers}"
 
 
@@ -50,7 +53,9 @@ def test_run_dir_layout(finished_run):
     weights = load_file(run_dir / "global_model.safetensors")
     assert "mlm.bert.embeddings.word_embeddings.weight" in weights
     report = (run_dir / "report.md").read_text()
-    assert "max record-level ε" in report and "| SSL pretrained" in report
+    epsilon = json.loads((run_dir / "summary.json").read_text())["privacy"]["max_epsilon"]
+    assert f"| SSL pretrained (federated, DP ε={epsilon:.3g}) + fine-tune |" in report
+    assert "max record-level ε" in report and "The test classes are " in report
     assert "replace-one" in report and "NO DP GUARANTEE" not in report
 
 

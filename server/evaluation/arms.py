@@ -32,6 +32,7 @@ from common.data.label_budgets import LabelBudget, select_labeled, validation_sp
 from common.run_config import RunConfig
 from server.evaluation.classifier_training import (
     FinetuneRecipe,
+    StepHook,
     classification_metrics,
     freeze,
     predict,
@@ -68,12 +69,13 @@ def evaluate_arm(
     encoder_weights: dict[str, torch.Tensor] | None,
     recipe: str,
     training: FinetuneRecipe,
+    on_step: StepHook | None = None,
 ) -> tuple[Metrics | None, nn.Module | None]:
     """Train/score one arm on `data`'s labels; `encoder_weights` None = scratch.
 
     `recipe` is one of RECIPES or `classical` (which ignores `encoder_weights`). Returns the
     test metrics with `seconds` (None: the recipe cannot run on these labels) and, for the
-    fine-tuning recipes, the trained classifier.
+    fine-tuning recipes, the trained classifier. `on_step` follows the fine-tuning's steps.
     """
     start = time.monotonic()
     model = None
@@ -86,20 +88,22 @@ def evaluate_arm(
     else:
         model = kit.build_classifier(encoder_weights)
         if recipe == "finetune-es":
-            stopped = _train_early_stopped(kit, data, model, training)
+            stopped = _train_early_stopped(kit, data, model, training, on_step)
             if stopped is None:
                 return None, None
         else:
             if recipe == "finetune-top":
                 freeze(kit.lower_layers(model))
-            train_classifier(model, data.train_inputs, data.train_labels, training)
+            train_classifier(model, data.train_inputs, data.train_labels, training,
+                             on_step=on_step)
             stopped = {}
         metrics = {**evaluate_classifier(model, data), **stopped}
     return {**metrics, "seconds": round(time.monotonic() - start, 1)}, model
 
 
 def _train_early_stopped(kit: DownstreamKit, data: LabeledData, model: nn.Module,
-                         training: FinetuneRecipe) -> Metrics | None:
+                         training: FinetuneRecipe, on_step: StepHook | None = None
+                         ) -> Metrics | None:
     """`finetune-es` on a validation split carved from `data`'s labels (None: no class has
     2 labels); returns the chosen epoch and its validation macro-F1."""
     labels = data.train_labels.numpy()
@@ -113,6 +117,7 @@ def _train_early_stopped(kit: DownstreamKit, data: LabeledData, model: nn.Module
         (tuple(t[val_idx] for t in data.train_inputs), labels[val_idx.numpy()]),
         training,
         data.num_classes,
+        on_step=on_step,
     )
     return {"validation_macro_f1": outcome.validation_macro_f1, "best_epoch": outcome.best_epoch}
 

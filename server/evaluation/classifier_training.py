@@ -40,6 +40,9 @@ class FinetuneRecipe:
         return max(self.epochs, math.ceil(self.min_steps / max(steps_per_epoch, 1)))
 
 
+StepHook = Callable[[int, int], None]  # (optimizer steps done, steps planned)
+
+
 def _forward_logits(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
     out = model(*inputs)
     return out.logits if hasattr(out, "logits") else out
@@ -58,6 +61,7 @@ def train_classifier(
     recipe: FinetuneRecipe,
     progress: Callable[[str], None] | None = None,
     after_epoch: Callable[[int], bool] | None = None,
+    on_step: StepHook | None = None,
 ) -> nn.Module:
     """Fine-tune `model` in place with AdamW and a linear warmup/decay schedule; returns it.
 
@@ -67,7 +71,8 @@ def train_classifier(
     and the pruning hook re-applies the mask on every forward, so pruned weights stay zero.
     `progress`, if given, receives one line per epoch with the mean training loss.
     `after_epoch(epoch)`, if given, runs after each epoch (model in eval mode); returning True
-    stops training early.
+    stops training early. `on_step(done, total)`, if given, runs after every optimizer step
+    (server/evaluation/evaluation_progress.py throttles it into progress lines).
     """
     labels = torch.as_tensor(labels, dtype=torch.long)
     sizes = {len(t) for t in inputs} | {len(labels)}
@@ -99,6 +104,7 @@ def train_classifier(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
     generator = torch.Generator().manual_seed(recipe.seed)
 
+    done_steps = 0
     model.train()
     # fork_rng: dropout draws from the global RNG; seed it here without leaking to the caller.
     with torch.random.fork_rng(devices=[]):
@@ -115,6 +121,9 @@ def train_classifier(
                 optimizer.step()
                 scheduler.step()
                 loss_sum += loss.item() * len(batch)
+                done_steps += 1
+                if on_step is not None:
+                    on_step(done_steps, total_steps)
             if progress is not None:
                 progress(
                     f"epoch {epoch + 1}/{epochs} loss {loss_sum / len(labels):.4f} "
@@ -165,6 +174,7 @@ def train_early_stopped(
     recipe: FinetuneRecipe,
     num_classes: int,
     patience: int = 5,
+    on_step: StepHook | None = None,
 ) -> EarlyStopped:
     """Fine-tune with `recipe` for at most its epochs; keep the epoch best on validation.
 
@@ -184,7 +194,8 @@ def train_early_stopped(
             best.update(score=score, epoch=epoch + 1, state=copy.deepcopy(model.state_dict()))
         return epoch + 1 - int(best["epoch"]) >= patience
 
-    train_classifier(model, train[0], train[1], recipe, after_epoch=after_epoch)
+    train_classifier(model, train[0], train[1], recipe, after_epoch=after_epoch,
+                     on_step=on_step)
     model.load_state_dict(best["state"])
     model.eval()
     return EarlyStopped(best_epoch=int(best["epoch"]), validation_macro_f1=float(best["score"]))
