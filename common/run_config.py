@@ -112,6 +112,9 @@ class RunConfig:
     # With a checkpoint, its encoder stays frozen and clients train small adapters
     # (common/tasks/public_encoder.py); the shape settings are then the checkpoint's.
     init: str = "none"
+    # Text records longer than the loaders' limit (20,000 characters): false = refuse the
+    # folder naming every one; true = cut them to the limit (and train on what max-length keeps).
+    truncate_records: bool = False
     adapter: str = "lora"  # "lora", or "ffa-lora" (A frozen at its seeded init, B trained)
     lora_rank: int = 8
     lora_alpha: float = 16.0
@@ -191,6 +194,8 @@ class RunConfig:
         _require("hidden-size", self.hidden_size % self.num_heads == 0,
                  f"must be divisible by num-heads ({self.num_heads})")
         _require("fraction-train", 0 < self.fraction_train <= 1, "must be in (0, 1]")
+        _require("truncate-records", not self.truncate_records or task.data_kind == "text",
+                 f"task '{self.task}' reads images, which have no text records to truncate")
         _require("freeze-embeddings", not self.freeze_embeddings or bool(task.vocabulary_parameters),
                  f"task '{self.task}' has no vocabulary matrices to freeze (only mlm has)")
         _require("learning-rate", 0 < self.learning_rate < math.inf, "must be a finite number > 0")

@@ -51,6 +51,10 @@ def main(argv: list[str] | None = None) -> int:
     check_data.add_argument("data_dir", metavar="DIR", help="the folder a node's data-dir names")
     check_data.add_argument("--task", default="mlm",
                             help="SSL task whose data kind to expect (default: mlm)")
+    check_data.add_argument(
+        "--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
+        help="check under a run setting (repeatable), e.g. --set truncate-records=true or "
+        "--set max-length=256; also decides whether `simulate --set data=DIR` would accept it")
     gateway = commands.add_parser(
         "gateway", help="coordinator: the public TLS gateway that forwards the Fleet API only "
         "(docs/deploy.md)")
@@ -83,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "check-data":
             from client.check_data_command import check_data_command
 
-            return check_data_command(args.data_dir, args.task)
+            return check_data_command(args.data_dir, args.task, args.settings)
         if args.command == "certs":
             return certs_command(args)
         if args.command == "gateway":

@@ -61,6 +61,7 @@ def simulate_command(
     except DataFolderError as err:
         print(f"{PROG}: {err.kind}: {err}", file=sys.stderr)
         return 1
+    warn_about_lengths(config)
     run_dir.mkdir(parents=True, exist_ok=True)
     state_dir = Path(config.sim_state_dir).expanduser() if config.sim_state_dir \
         else run_dir / "nodes"
@@ -125,6 +126,20 @@ def simulate_command(
         print(summary_table(summary))
     print(f"\nrecord-level DP per client: {epsilon_text(summary['privacy'])}")
     return 0
+
+
+def warn_about_lengths(config: RunConfig) -> None:
+    """One line on stderr when max-length cuts off most of a typical record of the user's
+    own text (`data`): silently training on the first 14% of each document misleads."""
+    from common.data.record_lengths import run_length_coverage
+    from common.tasks import get_task
+
+    if not config.data or get_task(config.task).data_kind != "text":
+        return
+    coverage = run_length_coverage(config)
+    warning = coverage.warning() if coverage is not None else None
+    if warning:
+        print(f"fedssl: {warning}", file=sys.stderr, flush=True)
 
 
 def untrained(summary: dict[str, object], config: RunConfig) -> bool:

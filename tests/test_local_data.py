@@ -90,7 +90,9 @@ def test_blank_only_folder(tmp_path):
 def test_oversize_record_names_file_line_and_limit(tmp_path):
     _write(tmp_path, "a.txt", "short\n" + SECRET * 600 + "\n")
     message = _problem(tmp_path, "oversize-record")
-    assert message.startswith("a.txt line 2:") and "20,000" in message
+    assert message.startswith("1 record longer than the limit of 20,000 characters: "
+                              "a.txt line 2 (")
+    assert "truncate-records=true" in message
     _write(tmp_path, "a.txt", "short\n" + SECRET + "\n")
     message = _problem(tmp_path, "oversize-record", max_record_chars=10)
     assert "a.txt line 2" in message

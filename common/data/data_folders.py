@@ -19,7 +19,9 @@ Text formats (`load_text_folder`), all UTF-8 (a leading byte-order mark is accep
 * `.csv`: a header row with a `text` column (other columns, such as `label` or `client`, are
   ignored); quoted fields may span lines.
 Records are stripped of surrounding whitespace; blank lines (and blank `text` values) are
-skipped and counted. Image formats are described in `common/data/image_folders.py`.
+skipped and counted. A record longer than MAX_RECORD_CHARS refuses the folder, naming every
+such record (file and line, never content), unless the loader is asked to truncate (the run
+setting `truncate-records`). Image formats are described in `common/data/image_folders.py`.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".pgm", ".gif", ".npy")
 DATA_KINDS = ("text", "image")
 ERROR_KINDS = ("missing-folder", "not-a-folder", "no-records", "unreadable", "not-utf8",
                "blank-only", "oversize-record", "oversize-file", "wrong-format")
+OVERSIZE_SHOWN = 10  # record locations named in an oversize-record message (check-data: all)
 # One data file is read whole into memory (as the node trains on it): bound it, so that a
 # stray multi-GB file (or a link to one) fails with a message instead of exhausting memory.
 MAX_FILE_BYTES = 512 * 2**20
@@ -50,14 +53,26 @@ SUMMARY_FILES_SHOWN = 20  # a folder of 10,000 images should not print 10,000 li
 class DataFolderError(ValueError):
     """The data folder cannot be used; `kind` is one of ERROR_KINDS, the message names the file.
 
-    The message never contains record content (not even a snippet).
+    The message never contains record content (not even a snippet). `locations` lists every
+    offending record as (file, "line N" or "row N (line L)") when there can be many (oversize
+    records); the message names the first few.
     """
 
-    def __init__(self, kind: str, message: str) -> None:
+    def __init__(self, kind: str, message: str,
+                 locations: tuple[tuple[str, str], ...] = ()) -> None:
         if kind not in ERROR_KINDS:
             raise ValueError(f"unknown data folder error kind '{kind}'")
         super().__init__(message)
         self.kind = kind
+        self.locations = locations
+
+    def location_lines(self) -> list[str]:
+        """Every offending record, one line per file (counts and positions only)."""
+        by_file: dict[str, list[str]] = {}
+        for name, where in self.locations:
+            by_file.setdefault(name, []).append(where)
+        return [f"  {name}: {_plural(len(wheres), 'record')}: {', '.join(wheres)}"
+                for name, wheres in by_file.items()]
 
 
 @dataclass(frozen=True)
@@ -78,6 +93,8 @@ class FolderReport:
     files: tuple[FileCount, ...]
     shape: tuple[int, int, int] | None = None  # images: (C, H, W) of every record
     skipped: int = 0  # entries that are not regular files (FIFOs, devices, links to them)
+    truncated: int = 0  # text records cut to the record limit (truncate-records)
+    max_record_chars: int = MAX_RECORD_CHARS
 
     @property
     def total_records(self) -> int:
@@ -111,6 +128,10 @@ class FolderReport:
             what = "entry" if self.skipped == 1 else "entries"
             lines.append(f"  {self.skipped:,} {what} skipped: not regular files (FIFOs, "
                          "devices, sockets, or links to them)")
+        if self.truncated:
+            lines.append(f"  {_plural(self.truncated, 'record')} longer than "
+                         f"{self.max_record_chars:,} characters cut to that length "
+                         "(truncate-records)")
         return lines
 
 
@@ -170,18 +191,20 @@ def _visible_files(folder: Path) -> Iterator[str]:
                 yield (Path(root) / name).relative_to(folder).as_posix()
 
 
-def load_text_folder(data_dir: str | Path, max_record_chars: int = MAX_RECORD_CHARS
-                     ) -> tuple[list[str], FolderReport]:
+def load_text_folder(data_dir: str | Path, max_record_chars: int = MAX_RECORD_CHARS,
+                     truncate: bool = False) -> tuple[list[str], FolderReport]:
     """Every text record of the folder, in deterministic order, with the folder's report.
 
-    Raises DataFolderError naming the file (and line or row) of the first problem.
+    Raises DataFolderError naming the file (and line or row) of the first problem, or every
+    record longer than `max_record_chars` (unless `truncate`: then they are cut to it).
     """
-    records, _, report = load_text_records(data_dir, (), max_record_chars)
+    records, _, report = load_text_records(data_dir, (), max_record_chars, truncate)
     return records, report
 
 
 def load_text_records(
-    data_dir: str | Path, fields: tuple[str, ...], max_record_chars: int = MAX_RECORD_CHARS
+    data_dir: str | Path, fields: tuple[str, ...], max_record_chars: int = MAX_RECORD_CHARS,
+    truncate: bool = False,
 ) -> tuple[list[str], list[dict[str, str]], FolderReport]:
     """Like `load_text_folder`, plus each record's optional `fields` (e.g. "label", "client").
 
@@ -196,6 +219,7 @@ def load_text_records(
     records: list[str] = []
     extras: list[dict[str, str]] = []
     counts: list[FileCount] = []
+    oversize: list[tuple[str, str, int]] = []  # (file, where, characters)
     for name in names:
         text = _read_utf8(folder / name, name)
         suffix = Path(name).suffix.lower()
@@ -203,20 +227,36 @@ def load_text_records(
             found, blank = _csv_records(text, name, fields)
         else:
             found, blank = _line_records(text, name, suffix == ".jsonl", fields)
-        for where, record, _ in found:
-            if len(record) > max_record_chars:
-                raise DataFolderError(
-                    "oversize-record", f"{name} {where}: record has {len(record):,} characters, "
-                    f"more than the limit of {max_record_chars:,}")
-        records.extend(record for _, record, _ in found)
+        # Every offender, not only the first: one fix (or truncate-records) for all of them.
+        oversize += [(name, where, len(r)) for where, r, _ in found if len(r) > max_record_chars]
+        records.extend(record[:max_record_chars] for _, record, _ in found)
         extras.extend(extra for _, _, extra in found)
         counts.append(FileCount(name, len(found), blank))
-    report = FolderReport("text", str(folder), tuple(counts), skipped=skipped)
+    if oversize and not truncate:
+        raise _oversize_error(oversize, max_record_chars)
+    report = FolderReport("text", str(folder), tuple(counts), skipped=skipped,
+                          truncated=len(oversize), max_record_chars=max_record_chars)
     if not records:
         raise DataFolderError(
             "blank-only", f"data folder {folder}: its {len(names)} file(s) hold only blank "
             "lines or empty values, no records")
     return records, extras, report
+
+
+def _oversize_error(oversize: list[tuple[str, str, int]], limit: int) -> DataFolderError:
+    """One error naming how many records are too long and where (the first few; all in
+    `locations`), with both fixes."""
+    shown = "; ".join(f"{name} {where} ({length:,})"
+                      for name, where, length in oversize[:OVERSIZE_SHOWN])
+    more = len(oversize) - OVERSIZE_SHOWN
+    shown += f"; and {more:,} more (fedssl check-data lists all)" if more > 0 else ""
+    them = "it" if len(oversize) == 1 else "them"
+    return DataFolderError(
+        "oversize-record",
+        f"{_plural(len(oversize), 'record')} longer than the limit of {limit:,} characters: "
+        f"{shown}; split {them} into shorter records (a record this long is usually an export "
+        f"that lost its line breaks), or set truncate-records=true to cut {them} to {limit:,} "
+        "characters", tuple((name, where) for name, where, _ in oversize))
 
 
 def _read_utf8(path: Path, name: str) -> str:
@@ -290,6 +330,9 @@ def _json_text(line: str, name: str, number: int, fields: tuple[str, ...] = ()
 def _csv_records(text: str, name: str, fields: tuple[str, ...] = ()) -> tuple[Found, int]:
     """(("row N (line L)", record, fields) triples, blank rows skipped) of a .csv file."""
     reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    # csv's own field limit (128 KiB) would stop at one long record before the record limit
+    # can name them all or truncate them; a field cannot outgrow its file (MAX_FILE_BYTES).
+    csv_limit = csv.field_size_limit(MAX_FILE_BYTES)
     found: Found = []
     blank = 0
     row_number = 0
@@ -328,4 +371,6 @@ def _csv_records(text: str, name: str, fields: tuple[str, ...] = ()) -> tuple[Fo
             raise DataFolderError("oversize-record", f"{where}: a field is longer than "
                                   f"{csv.field_size_limit():,} characters") from None
         raise DataFolderError("wrong-format", f"{where}: not valid CSV ({err})") from None
+    finally:
+        csv.field_size_limit(csv_limit)
     return found, blank

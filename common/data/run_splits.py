@@ -53,10 +53,12 @@ class OwnRecords:
         return int(np.count_nonzero(self.labels >= 0))
 
 
-def load_own_records(data_dir: str | Path, data_kind: str) -> OwnRecords:
-    """The folder's records with their optional label/client fields (DataFolderError if bad)."""
+def load_own_records(data_dir: str | Path, data_kind: str, truncate: bool = False
+                     ) -> OwnRecords:
+    """The folder's records with their optional label/client fields (DataFolderError if bad);
+    `truncate`: cut over-long text records instead of refusing them (`truncate-records`)."""
     if data_kind == "text":
-        texts, fields, _ = load_text_records(data_dir, TEXT_FIELDS)
+        texts, fields, _ = load_text_records(data_dir, TEXT_FIELDS, truncate=truncate)
         labels, names = _codes([f.get("label") for f in fields])
         has_client = any("client" in f for f in fields)
         groups = _codes([f.get("client") for f in fields])[0] if has_client else None
@@ -90,7 +92,8 @@ def text_splits(config: RunConfig) -> TextSplits:
         from common.data.demo_text import demo_splits  # the ICD-10 corpus loads only when used
 
         return demo_splits(config)
-    return _own_text_splits(_absolute(config.data), SplitSettings.from_config(config))
+    return _own_text_splits(_absolute(config.data), SplitSettings.from_config(config),
+                            config.truncate_records)
 
 
 def image_splits(config: RunConfig, dataset: str) -> ImageSplits:
@@ -105,10 +108,10 @@ def _absolute(data: str) -> str:
 
 
 @functools.lru_cache(maxsize=4)
-def _own_text_splits(data_dir: str, settings: SplitSettings) -> TextSplits:
+def _own_text_splits(data_dir: str, settings: SplitSettings, truncate: bool) -> TextSplits:
     from common.data.demo_text import TextSplits
 
-    own = _checked(load_own_records(data_dir, "text"), data_dir, "text", settings)
+    own = _checked(load_own_records(data_dir, "text", truncate), data_dir, "text", settings)
     plan = plan_splits(own.labels, settings, own.groups)
     texts = np.array(own.records, dtype=object)
     return TextSplits(
@@ -144,3 +147,15 @@ _LABEL_HOWTO = {
     "text": "add a `label` key to .jsonl records or a `label` column to .csv files",
     "image": "put labelled images in subfolders named by their label, DIR/<label>/...",
 }
+
+
+def own_split_sizes(config: RunConfig, data_kind: str) -> tuple[int, int, list[int]]:
+    """(test, server-labelled, per-client) record counts of the run's split of its own `data`
+    (the cached plan: build it first with `check_run_data`)."""
+    settings, data_dir = SplitSettings.from_config(config), _absolute(config.data)
+    if data_kind == "text":
+        text = _own_text_splits(data_dir, settings, config.truncate_records)
+        return len(text.test_texts), len(text.labeled_texts), [len(c) for c in text.client_texts]
+    images = _own_image_splits(data_dir, settings)
+    return (len(images.test_labels), len(images.labeled_labels),
+            [len(c) for c in images.client_images])

@@ -199,7 +199,7 @@ def folder_tensors(config: RunConfig, data_dir: Path) -> tuple[torch.Tensor, ...
 
     Raises DataFolderError (naming the file, never a record) for an unusable folder.
     """
-    texts, _ = load_text_folder(data_dir)
+    texts, _ = load_text_folder(data_dir, truncate=config.truncate_records)
     return encode_texts(load_tokenizer(tokenizer_path(config)), texts, config.max_length)
 
 
