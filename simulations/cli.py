@@ -9,6 +9,7 @@ import sys
 from common.run_config import ConfigError
 from server.deployment.certs_command import add_certs_parser, certs_command
 from simulations.presets import preset_listing
+from simulations.settings_help import settings_epilog
 from simulations.sweep_command import add_sweep_parser, sweep_command
 
 
@@ -19,7 +20,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     commands = parser.add_subparsers(dest="command", required=True)
     simulate = commands.add_parser(
-        "simulate", help="run the whole pipeline in Flower's simulation engine"
+        "simulate", help="run the whole pipeline in Flower's simulation engine",
+        epilog=settings_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     simulate.add_argument("--out", help="RUN_DIR for all outputs (default: runs/latest, or "
                           "runs/PRESET with --preset)")
