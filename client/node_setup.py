@@ -81,12 +81,14 @@ def node_run_id(announced: str, context: Context) -> str:
 
 
 def check_public_inputs(task: SslTask, config: RunConfig, expected: str | None) -> None:
-    """Refuse to train with public inputs (vocabulary) other than the server's."""
+    """Refuse to train with public inputs (vocabulary, checkpoint, public corpus) other than
+    the server's."""
     own = task.public_inputs_sha256(config)
     if expected is not None and str(expected) != own:
         raise ConfigError("tokenizer", f"this node's public inputs (sha256 {own[:12]}…) differ "
                           f"from the server's ({str(expected)[:12]}…): install the same "
-                          "fedssl version or pass the same tokenizer file")
+                          "fedssl version, and hold the same tokenizer file, init checkpoint "
+                          "and public-corpus as the server")
 
 
 def node_records(task: SslTask, config: RunConfig, node: NodeSettings) -> tuple[Any, ...]:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from common.config_error import ConfigError
+from common.data.public_corpus import corpus_problem
 from common.tasks import get_task
 
 AUTO = "auto"
@@ -84,6 +85,11 @@ class RunConfig:
     # Its batch, independent of the clients' DP batch (so a sweep arm that changes the DP
     # batch does not also change how much public text the warm start reads).
     warm_start_batch_size: int = 128
+    # Public text for the warm start and the contrastive task's negatives: "" = the shipped
+    # ICD-10-CM headings; or a .txt file (one text per line) or a folder of text files of the
+    # user's own domain, public by declaration (common/data/public_corpus.py). Its hash enters
+    # the public-inputs hash, so every node must hold the same corpus.
+    public_corpus: str = ""
     # Clients' DP-SGD leaves the task's vocabulary matrices as the server sent them (text:
     # word embeddings and MLM decoder, 78% of the default model): the noise is spread over
     # fewer coordinates. Meant after a public warm start, which trains those matrices.
@@ -257,6 +263,8 @@ class RunConfig:
             _require("tokenizer", Path(self.tokenizer).is_file(),
                      f"file not found: {self.tokenizer}")
         self._require_init(task.needs_checkpoint)
+        self._require_public_corpus(task.public_negatives,
+                                    task.public_corpus and self.warm_start_steps > 0)
 
     def _require_init(self, needs_checkpoint: bool) -> None:
         """A public checkpoint brings its own tokenizer and shape, and trains adapters only."""
@@ -275,6 +283,17 @@ class RunConfig:
                      "a public checkpoint is the public start: use 0 with init")
             _require("freeze-embeddings", not self.freeze_embeddings,
                      "with init the whole encoder is frozen already (adapters train)")
+
+    def _require_public_corpus(self, negatives: bool, warm_start: bool) -> None:
+        """A named corpus must exist and be read by this run (else it would be ignored)."""
+        if not self.public_corpus:
+            return
+        problem = corpus_problem(self.public_corpus)
+        _require("public-corpus", problem is None, problem or "")
+        _require("public-corpus", negatives or warm_start,
+                 f"task '{self.task}' reads no public text in this run: the corpus feeds the "
+                 "warm start (warm-start-steps > 0, task mlm without init) and the contrastive "
+                 "task's negatives; leave public-corpus empty")
 
     def _require_sizes(self) -> None:
         """Upper bounds: values that validation used to let through and the run then died on

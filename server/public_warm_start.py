@@ -3,13 +3,16 @@
 DP training is known to work best as adaptation: whatever can be learned from public data
 costs no privacy, so the server learns it first, non-privately, and the clients spend their
 budget only on what their private records add. The public corpus is an explicit run input,
-never derived from a client's records:
+never derived from a client's records (`public-corpus`, common/data/public_corpus.py):
 
-* `mlm`: the non-leaf ICD-10-CM headings (chapters, blocks, categories) that ship in the
-  `simple-icd-10-cm` package, 23,420 texts, the same public corpus the shipped vocabulary is
-  trained on. They are public (published with the classification) and disjoint from the
-  billable code descriptions that play the clients' private records: headings that repeat a
-  description word for word are excluded (`common.data.icd10_corpus.load_public_headings`).
+* `mlm`, by default: the non-leaf ICD-10-CM headings (chapters, blocks, categories) that ship
+  in the `simple-icd-10-cm` package, 23,420 texts, the same public corpus the shipped
+  vocabulary is trained on. They are public (published with the classification) and disjoint
+  from the billable code descriptions that play the clients' private records: headings that
+  repeat a description word for word are excluded
+  (`common.data.icd10_corpus.load_public_headings`).
+* `mlm` with `public-corpus=PATH`: a user's own public text of their domain (a .txt file or a
+  folder of text files), public by declaration.
 * `mae`: no public image corpus is wired yet (`warm-start-steps` must stay 0).
 
 The warm start writes no ledger entry (it reads no client record); `warm_start.json` in RUN_DIR
@@ -18,7 +21,6 @@ records the corpus, its SHA-256, the steps and the loss curve, so a reader can c
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import time
@@ -28,25 +30,25 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from common.data.public_corpus import PublicCorpus, load_public_corpus
 from common.run_config import ConfigError, RunConfig
 from common.tasks import SslTask
 
 WARM_START_FILE = "warm_start.json"
-PUBLIC_CORPORA = {"mlm": "ICD-10-CM non-leaf headings (simple-icd-10-cm package)"}
 
 
-def public_corpus(config: RunConfig) -> tuple[tuple[torch.Tensor, ...], str]:
-    """The task's public records as model inputs, and the SHA-256 of the raw corpus."""
+def public_corpus(config: RunConfig) -> tuple[tuple[torch.Tensor, ...], PublicCorpus]:
+    """The run's public records as model inputs, and the corpus they come from."""
     if config.task != "mlm":
         raise ConfigError("warm-start-steps", f"task '{config.task}' has no public corpus "
                           "for a warm start; use warm-start-steps=0")
-    from common.data.icd10_corpus import load_public_headings
     from common.data.tokenizer import encode_texts, load_tokenizer
     from common.tasks.mlm import tokenizer_path
 
-    texts = load_public_headings()
-    digest = hashlib.sha256("\n".join(texts).encode()).hexdigest()
-    return encode_texts(load_tokenizer(tokenizer_path(config)), texts, config.max_length), digest
+    corpus = load_public_corpus(config.public_corpus)
+    records = encode_texts(load_tokenizer(tokenizer_path(config)), list(corpus.texts),
+                           config.max_length)
+    return records, corpus
 
 
 def warm_start(
@@ -59,7 +61,7 @@ def warm_start(
     run seed; the objective is the task's own SSL loss (mean of the per-record terms).
     Writes and returns the `warm_start.json` record.
     """
-    records, digest = public_corpus(config)
+    records, corpus = public_corpus(config)
     generator = torch.Generator().manual_seed(config.seed + 7919)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
     steps, losses, started = config.warm_start_steps, [], time.monotonic()
@@ -79,9 +81,9 @@ def warm_start(
                 f"{sum(recent) / len(recent):.3f}")
     window = max(1, min(100, steps // 10))
     record = {
-        "corpus": PUBLIC_CORPORA[config.task],
+        "corpus": corpus.name,
         "records": len(records[0]),
-        "corpus_sha256": digest,
+        "corpus_sha256": corpus.sha256,
         "steps": steps,
         "batch_size": config.warm_start_batch_size,
         "learning_rate": config.learning_rate,

@@ -62,6 +62,8 @@ class SslTask:
     # The clipping mode when they are frozen (benchmarks/mlm_step_time.md, quiet levers table).
     frozen_grad_sample_mode: str = "hooks"
     public_corpus: bool = False  # has a public corpus for `warm-start-steps`
+    # Its objective reads public texts every round (contrastive negatives): `public-corpus`.
+    public_negatives: bool = False
     needs_checkpoint: bool = False  # adapts a public encoder only (`init` must name one)
     # With `init` (frozen encoder, small adapters) per-sample gradients are cheap and ghost's
     # second backward pass is not: MiniLM + LoRA, batch 64, measured hooks 1.17x a non-private

@@ -1,9 +1,10 @@
 """The `contrastive` task: a public encoder adapted with DP-valid contrastive learning.
 
 Records are tokenized as for `mlm` (the checkpoint's tokenizer); the objective and its proof
-are in common/tasks/public_contrastive.py. The public negatives are NEGATIVES ICD-10-CM
-headings (public, disjoint from the records), picked with the run seed, so server and nodes
-embed the same texts.
+are in common/tasks/public_contrastive.py. The public negatives are NEGATIVES texts of the
+run's public corpus (`public-corpus`: by default the ICD-10-CM headings, public and disjoint
+from the records; or a user's public text of their domain, common/data/public_corpus.py),
+picked with the run seed, so server and nodes embed the same texts.
 """
 
 from __future__ import annotations
@@ -12,11 +13,13 @@ import hashlib
 
 import numpy as np
 
-from common.data.icd10_corpus import load_public_headings
+from common.config_error import ConfigError
+from common.data.public_corpus import load_public_corpus
 from common.data.tokenizer import encode_texts, load_tokenizer, special_ids
 from common.run_config import RunConfig
 from common.tasks import SslTask
-from common.tasks.mlm import check_data, client_tensors, folder_tensors, tokenizer_path
+from common.tasks.mlm import check_data as check_text_data
+from common.tasks.mlm import client_tensors, folder_tensors, tokenizer_path
 from common.tasks.public_contrastive import PublicContrastive, per_record_loss
 from common.tasks.public_encoder import adapted_encoder, checkpoint_inputs_sha256
 
@@ -24,10 +27,14 @@ NEGATIVES = 256
 
 
 def public_negatives(config: RunConfig) -> list[str]:
-    """The run's public negative texts (seeded pick from the public headings)."""
-    headings = load_public_headings()
-    picks = np.random.default_rng(config.seed).choice(len(headings), NEGATIVES, replace=False)
-    return [headings[i] for i in sorted(picks)]
+    """The run's public negative texts (seeded pick from the public corpus)."""
+    texts = load_public_corpus(config.public_corpus).texts
+    if len(texts) < NEGATIVES:
+        raise ConfigError("public-corpus", f"holds {len(texts):,} texts; the contrastive task "
+                          f"draws {NEGATIVES} distinct public negatives from it: give at least "
+                          f"{NEGATIVES}")
+    picks = np.random.default_rng(config.seed).choice(len(texts), NEGATIVES, replace=False)
+    return [texts[i] for i in sorted(picks)]
 
 
 def build_model(config: RunConfig) -> PublicContrastive:
@@ -38,9 +45,21 @@ def build_model(config: RunConfig) -> PublicContrastive:
 
 
 def public_inputs_sha256(config: RunConfig) -> str:
-    """Checkpoint, tokenizer and the negative texts: everything public a round depends on."""
+    """Checkpoint, tokenizer and the negative texts: everything public a round depends on;
+    with a `public-corpus` of the user's, the whole corpus too (a node whose copy differs
+    anywhere refuses, not only where the seeded pick happens to look)."""
     negatives = hashlib.sha256("\n".join(public_negatives(config)).encode()).hexdigest()
-    return hashlib.sha256(f"{checkpoint_inputs_sha256(config)}:{negatives}".encode()).hexdigest()
+    inputs = f"{checkpoint_inputs_sha256(config)}:{negatives}"
+    if config.public_corpus:
+        inputs += f":public-corpus:{load_public_corpus(config.public_corpus).sha256}"
+    return hashlib.sha256(inputs.encode()).hexdigest()
+
+
+def check_data(config: RunConfig) -> None:
+    """The run's text splits, and its public negatives (a bad `public-corpus` fails here,
+    before the run starts)."""
+    check_text_data(config)
+    public_negatives(config)
 
 
 TASK = SslTask(
@@ -55,4 +74,5 @@ TASK = SslTask(
     check_data=check_data,
     grad_sample_mode="hooks",  # two encoder passes per record: hooks sum them exactly
     needs_checkpoint=True,
+    public_negatives=True,
 )

@@ -12,6 +12,7 @@ one record's loss term depends on that record alone, as DP-SGD's clipping requir
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import torch
@@ -20,6 +21,7 @@ from torch import nn
 from transformers import BertConfig, BertForMaskedLM
 
 from common.data.data_folders import load_text_folder
+from common.data.public_corpus import load_public_corpus, public_corpus_sha256
 from common.data.tokenizer import (
     SHIPPED_TOKENIZER,
     SpecialIds,
@@ -177,10 +179,14 @@ def build_model(config: RunConfig) -> MaskedLmModel | PublicMaskedLm:
 
 
 def public_inputs_sha256(config: RunConfig) -> str:
-    """What server and nodes must share: the vocabulary, and with `init` the checkpoint."""
-    if config.init != "none":
-        return checkpoint_inputs_sha256(config)
-    return tokenizer_sha256(tokenizer_path(config))
+    """What server and nodes must share: the vocabulary, and with `init` the checkpoint; with
+    a `public-corpus` of the user's (the warm start's text), its hash too."""
+    digest = checkpoint_inputs_sha256(config) if config.init != "none" \
+        else tokenizer_sha256(tokenizer_path(config))
+    if not config.public_corpus:
+        return digest  # the shipped headings: part of the installed fedssl, like the vocabulary
+    return hashlib.sha256(f"{digest}:public-corpus:"
+                          f"{public_corpus_sha256(config.public_corpus)}".encode()).hexdigest()
 
 
 def client_tensors(config: RunConfig, partition_id: int) -> tuple[torch.Tensor, ...]:
@@ -224,6 +230,8 @@ def check_data(config: RunConfig) -> None:
     from common.data.run_splits import text_splits
 
     text_splits(config)
+    if config.public_corpus:  # an unreadable public corpus fails now, not in the warm start
+        load_public_corpus(config.public_corpus)
 
 
 TASK = SslTask(
