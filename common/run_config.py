@@ -112,15 +112,15 @@ class RunConfig:
     test_fraction: float = 0.2
     dirichlet_alpha: float = 0.5
     max_records: int = 0
+    # Text records longer than the loaders' limit (20,000 characters): false = refuse the
+    # folder naming every one; true = cut them to the limit (and train on what max-length keeps).
+    truncate_records: bool = False
     tokenizer: str = ""
     # Model. init: "none" = a from-config BERT of the shape below with the shipped vocabulary;
     # "minilm" = the public all-MiniLM-L6-v2 checkpoint; or a local Hugging Face BERT folder.
     # With a checkpoint, its encoder stays frozen and clients train small adapters
     # (common/tasks/public_encoder.py); the shape settings are then the checkpoint's.
     init: str = "none"
-    # Text records longer than the loaders' limit (20,000 characters): false = refuse the
-    # folder naming every one; true = cut them to the limit (and train on what max-length keeps).
-    truncate_records: bool = False
     adapter: str = "lora"  # "lora", or "ffa-lora" (A frozen at its seeded init, B trained)
     lora_rank: int = 8
     lora_alpha: float = 16.0
@@ -194,14 +194,14 @@ class RunConfig:
         _require("warm-start-steps", self.warm_start_steps == 0 or task.public_corpus,
                  f"task '{self.task}' has no public corpus for a warm start; use 0")
         _require("max-records", self.max_records >= 0, "must be >= 0 (0 means all records)")
+        _require("truncate-records", not self.truncate_records or task.data_kind == "text",
+                 f"task '{self.task}' reads images, which have no text records to truncate")
         _require("finetune-min-steps", self.finetune_min_steps >= 0, "must be >= 0")
         _require("prune-recover-epochs", self.prune_recover_epochs >= 0, "must be >= 0")
         _require("max-length", self.max_length >= 8, "must be >= 8 tokens")
         _require("hidden-size", self.hidden_size % self.num_heads == 0,
                  f"must be divisible by num-heads ({self.num_heads})")
         _require("fraction-train", 0 < self.fraction_train <= 1, "must be in (0, 1]")
-        _require("truncate-records", not self.truncate_records or task.data_kind == "text",
-                 f"task '{self.task}' reads images, which have no text records to truncate")
         _require("freeze-embeddings", not self.freeze_embeddings or bool(task.vocabulary_parameters),
                  f"task '{self.task}' has no vocabulary matrices to freeze (only mlm has)")
         _require("learning-rate", 0 < self.learning_rate < math.inf, "must be a finite number > 0")

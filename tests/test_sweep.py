@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from simulation_runs import ROOT, TINY_RUN, flower_processes
+from tiny_checkpoints import tiny_bert_folder
 
 GRID = """
 task = "mlm"
@@ -31,6 +32,10 @@ noise-multiplier = 0
 [pretraining.public]  # the warm-start-only control: public data, no federated rounds
 warm-start-steps = 5
 rounds = [0]
+
+[pretraining.adapted]  # LoRA on a (tiny) public checkpoint: only the adapters are saved
+init = "{init}"
+recipes = ["probe"]
 """
 
 
@@ -50,17 +55,19 @@ def test_sweep_runs_every_cell_once_and_resumes(tmp_path: Path):
     settings = {k: v for k, v in TINY_RUN.items() if not k.startswith("prune")}
     settings.pop("label-fraction")
     grid = tmp_path / "grid.toml"
-    grid.write_text(GRID.format(settings="\n".join(f"{k} = {v}" for k, v in settings.items())))
+    init = tiny_bert_folder(tmp_path / "public-bert")
+    grid.write_text(GRID.format(settings="\n".join(f"{k} = {v}" for k, v in settings.items()),
+                                init=init))
     out = tmp_path / "sweep"
     before = flower_processes()
 
     first = _sweep(grid, out)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     rows = _rows(out)
-    # 2 budgets x (classical + 2 recipes x (scratch, ssl, public))
-    assert len(rows) == 14
+    # 2 budgets x (classical + 2 recipes x (scratch, ssl, public) + adapted's probe)
+    assert len(rows) == 16
     keys = {(r["budget"], r["arm"], r["recipe"]) for r in rows}
-    assert len(keys) == 14
+    assert len(keys) == 16
     for budget in ("2/class", "10%"):  # every arm of a cell saw the same labels
         assert len({(r["n_labels"], r["classes_labeled"]) for r in rows
                     if r["budget"] == budget}) == 1
@@ -77,6 +84,7 @@ def test_sweep_runs_every_cell_once_and_resumes(tmp_path: Path):
     for name in ("labels.png", "epsilon.png", "steps.png", "results.md"):
         assert (out / name).stat().st_size > 0
     assert "random-init probe" in (out / "results.md").read_text()
+    assert "| adapted | probe |" in (out / "results.md").read_text().split("gain over")[1]
 
     # An interruption mid-write: the last rows are lost, the last line torn.
     lines = (out / "results.csv").read_text().splitlines(keepends=True)
@@ -84,10 +92,10 @@ def test_sweep_runs_every_cell_once_and_resumes(tmp_path: Path):
     second = _sweep(grid, out)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     assert "pretraining ssl" not in second.stdout  # its run was complete: not redone
-    assert "14 cells, 11 already done" in second.stdout
+    assert "16 cells, 13 already done" in second.stdout
     again = _rows(out)
-    assert len(again) == 14 and {(r["budget"], r["arm"], r["recipe"]) for r in again} == keys
-    assert again[:11] == rows[:11]
+    assert len(again) == 16 and {(r["budget"], r["arm"], r["recipe"]) for r in again} == keys
+    assert again[:13] == rows[:13]
 
     assert not flower_processes() - before
 
@@ -170,3 +178,35 @@ def test_every_shipped_grid_is_valid():
     for path in grids:  # each cell's run config validates at load, before anything runs
         grid = load_grid(path)
         assert grid.arms and grid.seeds, path.name
+
+
+def test_an_arm_may_measure_only_its_own_recipes():
+    import pytest
+
+    from simulations.sweep_grid import GridError, parse_grid
+    from simulations.sweep_runner import planned_cells
+
+    grid = parse_grid({"task": "mlm", "seeds": [0], "label-budgets": ["1", "5"],
+                       "recipes": ["finetune", "probe"],
+                       "pretraining": {"big": {"noise-multiplier": 0, "recipes": ["probe"]}}},
+                      {})
+    arm_recipes = {(c.arm, c.recipe) for c in planned_cells(grid)}
+    # the baselines keep the grid's recipes; the arm only its own
+    assert arm_recipes == {("classical", "classical"), ("scratch", "finetune"),
+                           ("scratch", "probe"), ("big", "probe")}
+    with pytest.raises(GridError, match="recipes must be a non-empty list"):
+        parse_grid({"pretraining": {"x": {"recipes": ["prob"]}}}, {})
+
+
+def test_gain_over_public_pairs_each_seed_with_its_own_public_run():
+    from simulations.sweep_plots import public_margin_table
+
+    def row(seed, arm, f1, rounds):
+        return {"seed": str(seed), "arm": arm, "recipe": "probe", "budget": "5/class",
+                "rounds": rounds, "pretraining": arm, "macro_f1": str(f1)}
+
+    rows = [row(0, "public", 0.40, "0"), row(1, "public", 0.50, "0"),
+            row(0, "adapted", 0.43, "3"), row(1, "adapted", 0.51, "3"),
+            row(0, "adapted", 0.99, "1")]  # a shorter pretraining budget: not the headline
+    table = public_margin_table(rows, ["5/class"], {"public": "0", "adapted": "3"})
+    assert "| adapted | probe | +0.020 ± 0.010 (n=2) |" in table
