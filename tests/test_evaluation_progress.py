@@ -132,3 +132,21 @@ def test_the_real_downstream_stage_reports_each_arm(tmp_path: Path):
     assert f"fine-tune on {labels['labels_used']} labels, {epochs} epochs" in lines[0]
     assert 0 < labels["largest_class_share"] < 1 and labels["class_count_ratio"] >= 1
     assert dict(results["arms"])["finetuned"] == "SSL pretrained (federated) + fine-tune"
+
+
+def test_with_a_public_checkpoint_scratch_is_the_small_bert_and_public_arms_join(tmp_path: Path):
+    from safetensors.torch import load_file
+    from tiny_checkpoints import tiny_bert_folder
+
+    folder = tiny_bert_folder(tmp_path / "public-bert")
+    config = RunConfig.from_mapping({**TINY_RUN, "max-records": 1500, "label-fraction": 0.1,
+                                     "run-dir": str(tmp_path), "init": str(folder),
+                                     "hidden-size": 8, "num-heads": 2})
+    model = get_task("mlm").build_model(config)
+    results = run_downstream(config, model, tmp_path, say=lambda line: None)
+    arms = dict(results["arms"])
+    assert list(arms)[:2] == ["finetuned", "baseline"] and {"public", "public_probe"} <= set(arms)
+    assert arms["baseline"] == "small BERT from scratch (1 layers, hidden 8)"
+    shapes = {name: load_file(tmp_path / "models" / f"{name}.safetensors")[
+        "bert.embeddings.word_embeddings.weight"].shape[1] for name in ("baseline", "public")}
+    assert shapes == {"baseline": 8, "public": 16}  # tiny_bert_folder's width is 16

@@ -69,6 +69,7 @@ class DownstreamKit:
     save_extra: Callable[[nn.Module, Path], None] | None = None  # e.g. save_pretrained
     # The public checkpoint's own encoder (runs with `init`): the `public` control arms.
     public_weights: dict[str, torch.Tensor] | None = None
+    scratch_label: str = "same architecture from scratch"  # what `build_classifier(None)` is
     # Test-split features per (encoder, test split): a probe per label budget re-embeds only
     # its few labeled records (embedding 4,000 test texts with MiniLM takes a minute on 2 cores).
     _test_features: dict[tuple[int, int], tuple[object, object, np.ndarray]] = field(

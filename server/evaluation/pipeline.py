@@ -75,7 +75,7 @@ def run_downstream(
     key, label, _ = kit.classical
     arms = (  # key, label, starting encoder (None: scratch / random init), recipe
         ("finetuned", federated_label("finetuned"), kit.encoder_weights, "finetune"),
-        ("baseline", "same architecture from scratch", None, "finetune"),
+        ("baseline", kit.scratch_label, None, "finetune"),
         (key, label, None, "classical"),
         ("probe", federated_label("probe"), kit.encoder_weights, "probe"),
         ("probe_random", "random-init encoder, linear probe (control)", None, "probe"),

@@ -47,10 +47,21 @@ def text_kit(config: RunConfig, pretrained: nn.Module) -> DownstreamKit:
         weights = merged_encoder_state(pretrained.encoder)
         public = {k: v.detach().clone()
                   for k, v in load_encoder(run_checkpoint(config.init)).state_dict().items()}
+        # "From scratch" is the small from-config BERT (the shape settings) on the checkpoint's
+        # tokenizer: a random 22M-parameter encoder fine-tuned on a few labels says nothing a
+        # small one does not, at many times the cost.
+        scratch_cfg = bert_config(config.model_shape, tokenizer.get_vocab_size(), num_classes)
+        scratch_label = (f"small BERT from scratch ({config.model_shape.num_layers} layers, "
+                         f"hidden {config.model_shape.hidden_size})")
     else:
         bert_cfg = bert_config(config.model_shape, tokenizer.get_vocab_size(), num_classes)
         weights = encoder_state(pretrained)
         public = None
+        scratch_cfg, scratch_label = bert_cfg, "same architecture from scratch"
+
+    def classifier(weights: dict[str, torch.Tensor] | None) -> nn.Module:
+        return build_classifier(bert_cfg if weights is not None else scratch_cfg, weights,
+                                seed=config.seed)
 
     def tfidf(labeled: LabeledData, seed: int) -> np.ndarray:
         return np.asarray(tfidf_logreg(labeled.train_raw, labeled.train_labels.tolist(),
@@ -58,15 +69,14 @@ def text_kit(config: RunConfig, pretrained: nn.Module) -> DownstreamKit:
 
     def features(weights: dict[str, torch.Tensor] | None,
                  inputs: tuple[torch.Tensor, ...]) -> np.ndarray:
-        encoder = build_classifier(bert_cfg, weights, seed=config.seed)
-        return pooled_features(encoder, inputs).numpy()
+        return pooled_features(classifier(weights), inputs).numpy()
 
     def save_hf(model: nn.Module, models_dir: Path) -> None:
         model.save_pretrained(models_dir / "finetuned-hf")
 
     return DownstreamKit(
         data=data,
-        build_classifier=lambda weights: build_classifier(bert_cfg, weights, seed=config.seed),
+        build_classifier=classifier,
         encoder_weights=weights,
         classical=("tfidf", "TF-IDF (1-2 grams) + logistic regression", tfidf),
         features=features,
@@ -74,4 +84,5 @@ def text_kit(config: RunConfig, pretrained: nn.Module) -> DownstreamKit:
         lower_layers=lower_encoder_layers,
         save_extra=save_hf,
         public_weights=public,
+        scratch_label=scratch_label,
     )
