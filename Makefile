@@ -26,7 +26,7 @@ $(STAMP): pyproject.toml
 # privacy spend accumulates across runs, as it must).
 demo: $(STAMP)
 	rm -rf runs/demo
-	$(VENV)/bin/fedssl simulate --out runs/demo
+	$(VENV)/bin/fedssl simulate --preset demo --out runs/demo
 	$(VENV)/bin/fedssl audit runs/demo
 
 test: $(STAMP)
