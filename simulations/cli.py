@@ -57,6 +57,13 @@ def main(argv: list[str] | None = None) -> int:
         "--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
         help="check under a run setting (repeatable), e.g. --set truncate-records=true or "
         "--set max-length=256; also decides whether `simulate --set data=DIR` would accept it")
+    compress = commands.add_parser(
+        "compress", help="quantize and export a finished run's fine-tuned classifier; "
+        "size and macro-F1 of each variant (docs/compression.md)")
+    compress.add_argument("run_dir", metavar="RUN_DIR", help="a finished run's folder")
+    compress.add_argument(
+        "--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
+        help="point at moved inputs of the run (data, init, tokenizer); repeatable")
     gateway = commands.add_parser(
         "gateway", help="coordinator: the public TLS gateway that forwards the Fleet API only "
         "(docs/deploy.md)")
@@ -90,6 +97,11 @@ def main(argv: list[str] | None = None) -> int:
             from client.check_data_command import check_data_command
 
             return check_data_command(args.data_dir, args.task, args.settings)
+        if args.command == "compress":
+            # Imported here: ONNX Runtime and transformers load only for this command.
+            from server.compression.compress_command import compress_command
+
+            return compress_command(args.run_dir, args.settings)
         if args.command == "certs":
             return certs_command(args)
         if args.command == "gateway":

@@ -1,0 +1,88 @@
+"""RUN_DIR/compressed/: results.json, report.md (the variant table) and size_vs_f1.png."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from server.atomic_json import write_json
+
+RESULTS_FILE = "results.json"
+REPORT_FILE = "report.md"
+PLOT_FILE = "size_vs_f1.png"
+
+
+def write_compression_report(out_dir: Path, results: dict[str, Any]) -> None:
+    """Write the results JSON, the Markdown report and the size-vs-macro-F1 plot."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json(out_dir / RESULTS_FILE, results)
+    (out_dir / REPORT_FILE).write_text(report_markdown(results))
+    size_plot(results["variants"], out_dir / PLOT_FILE)
+
+
+def variant_table(variants: list[dict[str, Any]]) -> str:
+    """The variants as a Markdown table: size, its ratio to fp32, test metrics, and distance
+    from the fp32 PyTorch model."""
+    base = variants[0]["bytes"]
+    header = ("| variant | file | size | fp32 size / size | macro-F1 | accuracy "
+              "| agrees with fp32 | max abs logit diff |")
+    rows = [header, "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for v in variants:
+        agree = f"{v['agreement']:.2%}" if "agreement" in v else "—"
+        diff = f"{v['max_abs_logit_diff']:.2e}" if "max_abs_logit_diff" in v else "—"
+        rows.append(f"| {v['label']} | `{v['file']}` | {_size(v['bytes'])} | "
+                    f"{base / v['bytes']:.2f}× | {v['macro_f1']:.3f} | "
+                    f"{v['accuracy']:.3f} | {agree} | {diff} |")
+    return "\n".join(rows)
+
+
+def report_markdown(results: dict[str, Any]) -> str:
+    """compressed/report.md: what was compressed, the table, the ONNX parity verdict."""
+    parity = results["onnx_parity"]
+    verdict = "passed" if parity["passed"] else "FAILED"
+    run = results["run_finetuned"]
+    return f"""# Compressed variants of the fine-tuned classifier
+
+Run `{results['run_dir']}` ({results['parameters']:,} parameters, {results['num_classes']} \
+classes), scored on its test split of {results['test_records']:,} records, the records the \
+run scored (the run's own fp32 fine-tuned arm: macro-F1 {run['macro_f1']:.3f}, accuracy \
+{run['accuracy']:.3f}). Sizes are the bytes of the file a deployment ships.
+
+{variant_table(results['variants'])}
+
+ONNX parity ({verdict}): ONNX Runtime fp32 and PyTorch fp32 predict the same class for \
+{parity['agreement']:.2%} of the test records; the largest absolute logit difference is \
+{parity['max_abs_logit_diff']:.2e} (tolerance {parity['tolerance']:g}).
+
+Latency is measured separately on a quiet machine (benchmarks/compressed_latency.py).
+"""
+
+
+def _size(num_bytes: int) -> str:
+    for unit, scale in (("MB", 1e6), ("kB", 1e3)):
+        if num_bytes >= scale:
+            return f"{num_bytes / scale:.2f} {unit}"
+    return f"{num_bytes} B"
+
+
+def size_plot(variants: list[dict[str, Any]], path: Path) -> None:
+    """Macro-F1 against file size (MB), one labelled point per variant."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display on servers
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for v in variants:
+        size_mb = v["bytes"] / 1e6
+        ax.scatter(size_mb, v["macro_f1"], s=40)
+        ax.annotate(v["variant"], (size_mb, v["macro_f1"]), textcoords="offset points",
+                    xytext=(5, 5), fontsize=8)
+    ax.set_xlim(left=0)  # from zero, so the gaps between sizes read as their ratios
+    ax.set_xlabel("file size (MB)")
+    ax.set_ylabel("macro-F1 (test split)")
+    ax.set_title("Compressed variants: size vs macro-F1")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

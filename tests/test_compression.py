@@ -1,0 +1,194 @@
+"""`fedssl compress RUN_DIR` (issue 19): torch dynamic int8, ONNX fp32 + int8, parity, report.
+
+One tiny finished run is made in-process (the real downstream stage, no Flower: ~10 s) and
+compressed once for the module; every variant is the real thing (no mocks).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from simulation_runs import TINY_RUN
+
+from common.run_config import RunConfig
+from common.tasks import get_task
+from server.atomic_json import write_json
+from server.compression.compress_command import compress_run
+from server.compression.finished_run import load_finished_run
+from server.compression.onnx_export import export_onnx, onnx_logits, onnx_session
+from server.compression.torch_int8 import load_int8, quantize_linear_int8, save_int8
+from server.compression.variants import agreement, parity
+from server.evaluation.pipeline import run_downstream
+from server.run_directory import prepare_run_dir
+from simulations.cli import main as fedssl
+
+VARIANTS = ["fp32", "torch-int8", "onnx-fp32", "onnx-int8"]
+
+
+def make_finished_run(run_dir: Path) -> dict[str, Any]:
+    """A tiny run's RUN_DIR as `fedssl simulate` leaves it, as far as compression reads it:
+    config.json + tokenizer.json (prepare_run_dir), models/ (the real downstream stage) and
+    the summary's downstream sections."""
+    config = RunConfig.from_mapping({**TINY_RUN, "max-records": 1500, "label-fraction": 0.1,
+                                     "run-dir": str(run_dir)})
+    prepare_run_dir(config, get_task(config.task).public_files(config))
+    torch.manual_seed(0)
+    downstream = run_downstream(config, get_task("mlm").build_model(config), run_dir,
+                                say=lambda line: None)
+    summary = {"finetuned": downstream["finetuned"], "labels": downstream["labels"],
+               "arms": downstream["arms"], "task": config.task}
+    write_json(run_dir / "summary.json", summary)
+    return summary
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+    run_dir = tmp_path_factory.mktemp("run")
+    return run_dir, make_finished_run(run_dir)
+
+
+@pytest.fixture(scope="module")
+def compressed(finished) -> tuple[dict[str, Any], list[str]]:
+    lines: list[str] = []
+    return compress_run(finished[0], say=lines.append), lines
+
+
+def test_every_variant_is_scored_on_the_runs_own_test_split(finished, compressed):
+    run_dir, summary = finished
+    results, _ = compressed
+    by_name = {v["variant"]: v for v in results["variants"]}
+    assert list(by_name) == VARIANTS
+    assert results["test_records"] == summary["labels"]["test_records"]
+    # The same records and the same model: the fp32 variant reproduces the run's own numbers.
+    assert by_name["fp32"]["macro_f1"] == pytest.approx(summary["finetuned"]["macro_f1"],
+                                                        abs=1e-12)
+    assert by_name["fp32"]["accuracy"] == pytest.approx(summary["finetuned"]["accuracy"],
+                                                        abs=1e-12)
+    out = run_dir / "compressed"
+    for variant in by_name.values():
+        shipped = run_dir / "models" / variant["file"] if variant["variant"] == "fp32" \
+            else out / variant["file"]
+        assert variant["bytes"] == shipped.stat().st_size > 0
+        assert 0 <= variant["macro_f1"] <= 1 and 0 <= variant["accuracy"] <= 1
+    assert by_name["onnx-int8"]["bytes"] < by_name["onnx-fp32"]["bytes"] / 2
+    # int8 changes logits a little, not the classifier: most predictions stay the same.
+    for name in ("torch-int8", "onnx-int8"):
+        assert by_name[name]["agreement"] >= 0.8, by_name[name]
+        assert 0 < by_name[name]["max_abs_logit_diff"] < 1.0
+
+
+def test_onnx_reproduces_pytorch_on_the_test_split(compressed):
+    results, _ = compressed
+    parity_result = results["onnx_parity"]
+    assert parity_result["passed"] and parity_result["agreement"] == 1.0
+    assert parity_result["max_abs_logit_diff"] < 1e-4
+
+
+def test_the_results_json_report_and_plot_are_written(finished, compressed):
+    out = finished[0] / "compressed"
+    results, lines = compressed
+    assert json.loads((out / "results.json").read_text()) == json.loads(json.dumps(results))
+    report = (out / "report.md").read_text()
+    assert "| ONNX Runtime dynamic int8" in report and "ONNX parity (passed)" in report
+    assert (out / "size_vs_f1.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for number, name in enumerate(VARIANTS, start=1):
+        assert any(line.startswith(f"[fedssl] compress: scoring {number}/4 {name} ")
+                   for line in lines), lines
+    assert lines[-1].startswith("[fedssl] compress: done in ")
+
+
+def test_saved_int8_file_loads_back_to_the_same_model(finished, tmp_path: Path):
+    run = load_finished_run(finished[0])
+    quantized = quantize_linear_int8(run.model)
+    save_int8(quantized, tmp_path / "int8.pt")
+    loaded = load_int8(run.model, tmp_path / "int8.pt")
+    ids, mask = (t[:16] for t in run.test_inputs)
+    with torch.no_grad():
+        expected = quantized(input_ids=ids, attention_mask=mask).logits
+        assert torch.equal(loaded(input_ids=ids, attention_mask=mask).logits, expected)
+        assert not torch.equal(run.model(input_ids=ids, attention_mask=mask).logits, expected)
+    assert isinstance(loaded.classifier, torch.ao.nn.quantized.dynamic.Linear)
+
+
+def test_parity_fails_for_an_export_of_another_model(finished, tmp_path: Path):
+    run = load_finished_run(finished[0])
+    other = type(run.model)(run.model.config).eval()  # same architecture, fresh weights
+    ids, mask = (t[:32].clone() for t in run.test_inputs)
+    mask[-1, -1] = 0
+    session = onnx_session(export_onnx(other, (ids[:2], mask[:2]), tmp_path / "other.onnx"))
+    with torch.no_grad():
+        reference = run.model(input_ids=ids, attention_mask=mask).logits.numpy()
+    result = agreement(reference, onnx_logits(session, ids.numpy(), mask.numpy()))
+    assert not parity(result)["passed"] and result["max_abs_logit_diff"] > 1e-2
+
+
+def test_the_hf_folder_loads_with_plain_transformers_plus_the_head(finished):
+    """docs/compression.md: BertModel + mask-weighted mean pooling + the linear head."""
+    from safetensors.torch import load_file
+    from transformers import AutoModel
+
+    run = load_finished_run(finished[0])
+    hf_dir = finished[0] / "models" / "finetuned-hf"
+    encoder = AutoModel.from_pretrained(hf_dir).eval()
+    head = load_file(hf_dir / "model.safetensors")
+    ids, mask = (t[:16] for t in run.test_inputs)
+    with torch.no_grad():
+        hidden = encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+        weights = mask.unsqueeze(-1).float()
+        pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+        logits = pooled @ head["classifier.weight"].T + head["classifier.bias"]
+        expected = run.model(input_ids=ids, attention_mask=mask).logits
+    assert torch.allclose(logits, expected, atol=1e-5)
+
+
+# ------------------------------------------------------------------ the command's clear errors
+
+def _fails(argv: list[str], capsys: pytest.CaptureFixture[str], code: int) -> str:
+    assert fedssl(argv) == code
+    err = capsys.readouterr().err
+    assert err.startswith("fedssl compress: error: ") and "Traceback" not in err
+    return err
+
+
+def test_a_folder_that_is_not_a_run_is_refused(tmp_path: Path, capsys):
+    assert "not a folder" in _fails(["compress", str(tmp_path / "absent")], capsys, 1)
+    assert "no config.json" in _fails(["compress", str(tmp_path)], capsys, 1)
+
+
+def test_an_unfinished_run_or_one_without_a_model_is_refused(finished, tmp_path: Path,
+                                                             capsys):
+    run_dir = tmp_path / "copy"
+    shutil.copytree(finished[0], run_dir, ignore=shutil.ignore_patterns("compressed"))
+    (run_dir / "summary.json").rename(run_dir / "summary.json.bak")
+    assert "has not finished" in _fails(["compress", str(run_dir)], capsys, 1)
+    (run_dir / "summary.json.bak").rename(run_dir / "summary.json")
+    (run_dir / "models" / "finetuned.safetensors").unlink()
+    assert "no fine-tuned model" in _fails(["compress", str(run_dir)], capsys, 1)
+
+
+def test_set_may_only_relocate_inputs(finished, capsys):
+    err = _fails(["compress", str(finished[0]), "--set", "seed=3"], capsys, 2)
+    assert "setting 'seed'" in err and "data, init, tokenizer" in err
+
+
+def test_a_changed_test_split_is_refused(finished, tmp_path: Path, capsys):
+    run_dir = tmp_path / "copy"
+    shutil.copytree(finished[0], run_dir, ignore=shutil.ignore_patterns("compressed"))
+    summary = json.loads((run_dir / "summary.json").read_text())
+    summary["labels"]["test_records"] += 1
+    write_json(run_dir / "summary.json", summary)
+    assert "data changed since the run" in _fails(["compress", str(run_dir)], capsys, 1)
+
+
+def test_the_command_prints_the_table(finished, capsys):
+    assert fedssl(["compress", str(finished[0])]) == 0
+    out = capsys.readouterr().out
+    assert "| PyTorch dynamic int8 (Linear layers) |" in out and "ONNX parity: agreement" in out
+    assert np.isfinite(json.loads((finished[0] / "compressed" / "results.json").read_text())
+                       ["onnx_parity"]["max_abs_logit_diff"])
