@@ -192,3 +192,58 @@ def test_the_command_prints_the_table(finished, capsys):
     assert "| PyTorch dynamic int8 (Linear layers) |" in out and "ONNX parity: agreement" in out
     assert np.isfinite(json.loads((finished[0] / "compressed" / "results.json").read_text())
                        ["onnx_parity"]["max_abs_logit_diff"])
+
+
+# ------------------------------------------- benchmarks/compressed_latency.py (no timing here)
+
+def _latency_script():
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "compressed_latency.py"
+    spec = importlib.util.spec_from_file_location("compressed_latency", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class FakeClock:
+    """Each read advances by `step`, which the called function sets: exact, machine-free."""
+
+    def __init__(self) -> None:
+        self.now, self.step = 0.0, 0.0
+
+    def __call__(self) -> float:
+        self.now += self.step
+        return self.now
+
+
+def test_latency_rounds_interleave_the_variants_and_take_medians():
+    bench, clock, order = _latency_script(), FakeClock(), []
+
+    def call(name: str, seconds: list[float]):
+        def run() -> None:
+            order.append(name)
+            clock.step = seconds.pop(0)  # the next clock read (the call's end) is this later
+        return run
+
+    medians = bench.interleaved_medians(
+        {"a": call("a", [9.0, 0.001, 0.003, 0.002]), "b": call("b", [9.0, 0.010, 0.030, 0.020])},
+        repeats=3, warmup=1, clock=clock)
+    assert order == ["a", "b"] * 4  # one call each per round, the warm-up round untimed
+    assert medians == pytest.approx({"a": 2.0, "b": 20.0})
+
+
+def test_latency_calls_run_every_variant_on_the_test_records(finished, compressed):
+    bench = _latency_script()
+    run = load_finished_run(finished[0])
+    calls = bench.variant_calls(run, threads=1, batch=3)
+    assert list(calls) == VARIANTS
+    outputs = {name: np.asarray(call()) for name, call in calls.items()}
+    assert {o.shape for o in outputs.values()} == {(3, run.num_classes)}
+    np.testing.assert_allclose(outputs["onnx-fp32"], outputs["fp32"], atol=1e-4)
+    rows = [{"threads": 1, "batch": b, "variant": v, "ms": ms}
+            for b, scale in ((1, 1.0), (32, 10.0))
+            for v, ms in zip(VARIANTS, (4.0 * scale, 2.0 * scale, 3.0 * scale, 1.0 * scale))]
+    table = bench.latency_table(rows)
+    assert "| 1 | fp32 | 4.00 | 1.00× | 40.00 | 1.00× |" in table
+    assert "| 1 | onnx-int8 | 1.00 | 4.00× | 10.00 | 4.00× |" in table
