@@ -31,6 +31,17 @@ from simulations.cli import main as fedssl
 VARIANTS = ["fp32", "torch-int8", "onnx-fp32", "onnx-int8"]
 
 
+class FakeClock:
+    """Each read advances by `step` (set by the test or the timed call): exact, machine-free."""
+
+    def __init__(self) -> None:
+        self.now, self.step = 0.0, 0.0
+
+    def __call__(self) -> float:
+        self.now += self.step
+        return self.now
+
+
 def make_finished_run(run_dir: Path) -> dict[str, Any]:
     """A tiny run's RUN_DIR as `fedssl simulate` leaves it, as far as compression reads it:
     config.json + tokenizer.json (prepare_run_dir), models/ (the real downstream stage) and
@@ -147,6 +158,19 @@ def test_the_hf_folder_loads_with_plain_transformers_plus_the_head(finished):
     assert torch.allclose(logits, expected, atol=1e-5)
 
 
+def test_scoring_progress_is_throttled_with_an_eta():
+    from server.compression.compress_command import _throttled
+
+    clock, lines = FakeClock(), []
+    report = _throttled("onnx-int8", lines.append, gap_s=15, clock=clock)
+    clock.step = 5.0
+    for done in (256, 512, 768, 1024):  # the clock reads 5, 10, 15, 20 s (it started at 0)
+        report(done, 2048)
+    clock.step = 20.0
+    report(2048, 2048)  # the end, past the gap: the variant's "done" line follows instead
+    assert lines == ["[fedssl] compress: onnx-int8 768/2,048 records, 15 s, about 25 s left"]
+
+
 # ------------------------------------------------------------------ the command's clear errors
 
 def _fails(argv: list[str], capsys: pytest.CaptureFixture[str], code: int) -> str:
@@ -204,17 +228,6 @@ def _latency_script():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-class FakeClock:
-    """Each read advances by `step`, which the called function sets: exact, machine-free."""
-
-    def __init__(self) -> None:
-        self.now, self.step = 0.0, 0.0
-
-    def __call__(self) -> float:
-        self.now += self.step
-        return self.now
 
 
 def test_latency_rounds_interleave_the_variants_and_take_medians():

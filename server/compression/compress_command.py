@@ -49,6 +49,7 @@ from server.compression.variants import (
 
 PROG = "fedssl compress"
 OUT_DIR = "compressed"
+PROGRESS_GAP_S = 15.0
 Say = Callable[[str], None]
 
 
@@ -80,7 +81,7 @@ def compress_run(run_dir: str | Path, overrides: dict[str, str] | None = None,
         say(f"[fedssl] compress: scoring {number}/{len(variants)} {variant.name} "
             f"({variant.label})")
         scored, logits = score_variant(variant, inputs, run.test_labels, run.num_classes,
-                                       reference)
+                                       reference, _throttled(variant.name, say))
         reference = logits if reference is None else reference  # the first is fp32
         results.append(scored)
         say(f"[fedssl] compress: {variant.name} done in {time.monotonic() - began:.1f} s: "
@@ -103,6 +104,24 @@ def compress_run(run_dir: str | Path, overrides: dict[str, str] | None = None,
     say(f"[fedssl] compress: done in {time.monotonic() - started:.0f} s; wrote "
         f"{out}/{RESULTS_FILE}, {REPORT_FILE}, {PLOT_FILE}")
     return summary
+
+
+def _throttled(name: str, say: Say, gap_s: float = PROGRESS_GAP_S,
+               clock: Callable[[], float] = time.monotonic) -> Callable[[int, int], None]:
+    """Progress of one variant's scoring: a line at most every `gap_s` seconds (a large
+    encoder scores a test split of thousands of records for minutes on a few cores)."""
+    began = last = clock()
+
+    def report(done: int, total: int) -> None:
+        nonlocal last
+        now = clock()
+        if now - last >= gap_s and done < total:
+            last = now
+            eta = (now - began) / done * (total - done)
+            say(f"[fedssl] compress: {name} {done:,}/{total:,} records, "
+                f"{now - began:.0f} s, about {eta:.0f} s left")
+
+    return report
 
 
 def _build_variants(run: FinishedRun, out: Path, say: Say) -> list[Variant]:

@@ -21,6 +21,7 @@ from torch import nn
 from server.evaluation.classifier_training import classification_metrics
 
 Logits = Callable[[np.ndarray, np.ndarray], np.ndarray]  # ids, mask -> [B, C] float32
+Done = Callable[[int, int], None]  # (records scored, records in all), after every batch
 EVAL_BATCH = 256
 # ONNX fp32 must reproduce PyTorch fp32 up to float rounding of a reordered computation.
 PARITY_TOLERANCE = 1e-3
@@ -50,11 +51,14 @@ def torch_logits(model: nn.Module) -> Logits:
 
 
 def all_logits(logits: Logits, inputs: tuple[np.ndarray, np.ndarray],
-               batch_size: int = EVAL_BATCH) -> np.ndarray:
+               batch_size: int = EVAL_BATCH, on_batch: Done | None = None) -> np.ndarray:
     """Logits of every record `[N, C]`, computed `batch_size` records at a time."""
     ids, mask = inputs
-    chunks = [logits(ids[start:start + batch_size], mask[start:start + batch_size])
-              for start in range(0, len(ids), batch_size)]
+    chunks = []
+    for start in range(0, len(ids), batch_size):
+        chunks.append(logits(ids[start:start + batch_size], mask[start:start + batch_size]))
+        if on_batch is not None:
+            on_batch(min(start + batch_size, len(ids)), len(ids))
     if not chunks:
         raise ValueError("no records to score")
     return np.concatenate(chunks).astype(np.float32)
@@ -67,9 +71,11 @@ def parameter_count(model: nn.Module) -> int:
 
 def score_variant(variant: Variant, inputs: tuple[np.ndarray, np.ndarray],
                   labels: np.ndarray, num_classes: int,
-                  reference: np.ndarray | None) -> tuple[dict[str, Any], np.ndarray]:
-    """Test metrics, size and distance from the fp32 `reference` logits (None: this is it)."""
-    logits = all_logits(variant.logits, inputs)
+                  reference: np.ndarray | None, on_batch: Done | None = None
+                  ) -> tuple[dict[str, Any], np.ndarray]:
+    """Test metrics, size and distance from the fp32 `reference` logits (None: this is it);
+    `on_batch` hears of every scored batch (progress lines)."""
+    logits = all_logits(variant.logits, inputs, on_batch=on_batch)
     predicted = logits.argmax(axis=1)
     result: dict[str, Any] = {
         "variant": variant.name,
