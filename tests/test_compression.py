@@ -42,12 +42,12 @@ class FakeClock:
         return self.now
 
 
-def make_finished_run(run_dir: Path) -> dict[str, Any]:
+def make_finished_run(run_dir: Path, **settings: str) -> dict[str, Any]:
     """A tiny run's RUN_DIR as `fedssl simulate` leaves it, as far as compression reads it:
     config.json + tokenizer.json (prepare_run_dir), models/ (the real downstream stage) and
     the summary's downstream sections."""
     config = RunConfig.from_mapping({**TINY_RUN, "max-records": 1500, "label-fraction": 0.1,
-                                     "run-dir": str(run_dir)})
+                                     "run-dir": str(run_dir), **settings})
     prepare_run_dir(config, get_task(config.task).public_files(config))
     torch.manual_seed(0)
     downstream = run_downstream(config, get_task("mlm").build_model(config), run_dir,
@@ -112,6 +112,21 @@ def test_the_results_json_report_and_plot_are_written(finished, compressed):
         assert any(line.startswith(f"[fedssl] compress: scoring {number}/4 {name} ")
                    for line in lines), lines
     assert lines[-1].startswith("[fedssl] compress: done in ")
+
+
+def test_a_run_on_a_public_checkpoint_compresses_with_its_own_architecture(tmp_path: Path):
+    from tiny_checkpoints import tiny_bert_folder
+
+    folder = tiny_bert_folder(tmp_path / "public-bert")
+    run_dir = tmp_path / "run"
+    summary = make_finished_run(run_dir, init=str(folder), **{"hidden-size": "8"})
+    results = compress_run(run_dir, say=lambda line: None)
+    by_name = {v["variant"]: v for v in results["variants"]}
+    assert by_name["fp32"]["macro_f1"] == pytest.approx(summary["finetuned"]["macro_f1"],
+                                                        abs=1e-12)
+    assert results["onnx_parity"]["passed"]
+    # The checkpoint's width (16), not the shape settings' (8): the saved architecture.
+    assert load_finished_run(run_dir).model.config.hidden_size == 16
 
 
 def test_saved_int8_file_loads_back_to_the_same_model(finished, tmp_path: Path):
