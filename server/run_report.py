@@ -92,6 +92,10 @@ def pretraining_verdict(summary: dict[str, Any]) -> str:
         over_public = (f" Over the public encoder alone ({labels[control]}, macro-F1 "
                        f"{summary[control]['macro_f1']:.3f}), the federated adaptation on the "
                        f"private records ({labels[best]}) {added} macro-F1.")
+    if public and margin > 0:  # the lead may be the public model's: the next sentence says
+        return (f"The adapted public encoder leads in this run: {labels[best]} is "
+                f"{margin:+.3f} macro-F1 over the best baseline ({labels[rival]}; one seed, "
+                f"`fedssl sweep` measures the spread).{over_public}")
     if margin > 0:
         return (f"Pretraining paid in this run: {labels[best]} leads the best baseline "
                 f"({labels[rival]}) by {margin:+.3f} macro-F1 (one seed; `fedssl sweep` "

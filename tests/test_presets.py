@@ -33,7 +33,7 @@ def test_every_preset_is_a_valid_run_with_a_feasible_split(name):
 def test_the_presets_are_what_the_issue_asks_for():
     demo = RunConfig.from_mapping({**RunConfig().to_mapping(), **preset_settings("demo")})
     assert demo.init == "minilm" and demo.task == "mlm" and demo.adapter == "lora"
-    assert demo.target_epsilon == 8.0 and demo.max_records == 10000
+    assert demo.target_epsilon == 8.0 and demo.max_records == 8000
     hospitals, devices = resolve_config("hospitals", [], None), resolve_config("devices", [], None)
     assert hospitals.num_clients == 10 and hospitals.fraction_train == 1.0
     assert hospitals.partition == "dirichlet"
