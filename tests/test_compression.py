@@ -216,6 +216,17 @@ def test_set_may_only_relocate_inputs(finished, capsys):
     assert "setting 'seed'" in err and "data, init, tokenizer" in err
 
 
+def test_a_config_this_version_cannot_read_is_refused(finished, tmp_path: Path, capsys):
+    run_dir = tmp_path / "copy"
+    shutil.copytree(finished[0], run_dir, ignore=shutil.ignore_patterns("compressed"))
+    config = json.loads((run_dir / "config.json").read_text())
+    write_json(run_dir / "config.json", {**config, "retired-setting": 1})
+    err = _fails(["compress", str(run_dir)], capsys, 1)
+    assert "config.json: setting 'retired-setting'" in err and "another fedssl version" in err
+    write_json(run_dir / "config.json", {**config, "data": str(tmp_path / "moved")})
+    assert "point --set data=... at it" in _fails(["compress", str(run_dir)], capsys, 1)
+
+
 def test_a_changed_test_split_is_refused(finished, tmp_path: Path, capsys):
     run_dir = tmp_path / "copy"
     shutil.copytree(finished[0], run_dir, ignore=shutil.ignore_patterns("compressed"))

@@ -19,6 +19,7 @@ import torch
 from transformers import BertConfig
 
 from common.config_error import ConfigError
+from common.data.data_folders import DataFolderError
 from common.data.run_splits import text_splits
 from common.data.tokenizer import encode_texts, load_tokenizer
 from common.run_config import RunConfig
@@ -74,7 +75,11 @@ def load_finished_run(run_dir: str | Path, overrides: dict[str, str] | None = No
     if not (run_dir / FINETUNED_WEIGHTS).is_file():
         raise CompressionError(f"{run_dir} has no fine-tuned model ({FINETUNED_WEIGHTS}): a "
                                "run with downstream=false pretrains only; nothing to compress")
-    splits = text_splits(config)
+    try:
+        splits = text_splits(config)
+    except DataFolderError as err:
+        raise CompressionError(f"the run's data: {err} (moved since the run? point "
+                               "--set data=... at it)") from None
     num_classes = len(splits.label_names)
     expected = summary.get("labels", {}).get("test_records")
     if expected is not None and expected != len(splits.test_labels):
@@ -107,8 +112,15 @@ def _run_config(run_dir: Path, overrides: dict[str, str]) -> RunConfig:
         values = json.loads(config_file.read_text())
     except (OSError, ValueError) as err:
         raise CompressionError(f"{config_file} is unreadable: {err}") from None
-    # A RUN_DIR records the run under its own path; the folder may have moved since.
-    return RunConfig.from_mapping({**values, **overrides, "run-dir": str(run_dir)})
+    try:
+        # A RUN_DIR records the run under its own path; the folder may have moved since.
+        return RunConfig.from_mapping({**values, **overrides, "run-dir": str(run_dir)})
+    except ConfigError as err:
+        if err.key in overrides:
+            raise  # the user's own --set: a usage error
+        hint = (" (an input that moved: point --set at it)" if err.key in RELOCATABLE
+                else " (a run of another fedssl version?)")
+        raise CompressionError(f"{config_file}: {err}{hint}") from None
 
 
 def _summary(run_dir: Path) -> dict:
