@@ -1,7 +1,8 @@
 """CPU latency of a run's compressed classifier variants (issue 19 §6), at batch 1 and 32.
 
 Run `fedssl compress RUN_DIR` first; this reads its files (compressed/finetuned-int8.pt,
-finetuned.onnx, finetuned-int8.onnx) next to the run's fp32 model, and times each variant on
+finetuned-int8-emb.pt, finetuned.onnx, finetuned-int8.onnx) next to the run's fp32 model
+(server/compression/variants.load_variants, as the command scores them), and times each on
 the first records of the run's own test split (real texts, padded to max-length as the run
 encoded them). Per thread count (torch's intra-op threads and each ONNX Runtime session's)
 and batch size, the variants are called in turn, REPEATS rounds of one call each after WARMUP
@@ -34,11 +35,9 @@ import numpy as np
 import torch
 
 from server.compression.finished_run import FinishedRun, load_finished_run
-from server.compression.onnx_export import onnx_logits, onnx_session
-from server.compression.torch_int8 import load_int8
-from server.compression.variants import torch_logits
+from server.compression.variants import load_variants
 
-VARIANTS = ("fp32", "torch-int8", "onnx-fp32", "onnx-int8")
+VARIANTS = ("fp32", "torch-int8", "torch-int8-emb", "onnx-fp32", "onnx-int8")
 BATCHES = (1, 32)
 THREADS = (1, 2)
 REPEATS = 30
@@ -75,25 +74,16 @@ def variant_calls(run: FinishedRun, threads: int, batch: int) -> dict[str, Call]
     """
     torch.set_num_threads(threads)
     out = run.run_dir / "compressed"
-    missing = [name for name in ("finetuned-int8.pt", "finetuned.onnx", "finetuned-int8.onnx")
-               if not (out / name).is_file()]
-    if missing:
-        raise SystemExit(f"{out} lacks {', '.join(missing)}: run `fedssl compress "
-                         f"{run.run_dir}` first")
+    if not (out / "results.json").is_file():
+        raise SystemExit(f"{out} has no results.json: run `fedssl compress {run.run_dir}` "
+                         "first")
     if len(run.test_labels) < batch:
         raise SystemExit(f"the test split has {len(run.test_labels)} records, fewer than "
                          f"batch {batch}")
     ids, mask = (np.ascontiguousarray(t[:batch].numpy()) for t in run.test_inputs)
-    fp32 = torch_logits(run.model)
-    int8 = torch_logits(load_int8(run.model, out / "finetuned-int8.pt"))
-    onnx_fp32 = onnx_session(out / "finetuned.onnx", threads)
-    onnx_int8 = onnx_session(out / "finetuned-int8.onnx", threads)
-    return {
-        "fp32": lambda: fp32(ids, mask),
-        "torch-int8": lambda: int8(ids, mask),
-        "onnx-fp32": lambda: onnx_logits(onnx_fp32, ids, mask),
-        "onnx-int8": lambda: onnx_logits(onnx_int8, ids, mask),
-    }
+    variants = load_variants(run.model, run.weights_file, out, threads)
+    # v=variant binds each lambda to its own variant (a bare closure would see the last).
+    return {variant.name: (lambda v=variant: v.logits(ids, mask)) for variant in variants}
 
 
 def latency_table(rows: list[dict[str, Any]]) -> str:

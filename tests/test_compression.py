@@ -22,13 +22,13 @@ from server.atomic_json import write_json
 from server.compression.compress_command import compress_run
 from server.compression.finished_run import load_finished_run
 from server.compression.onnx_export import export_onnx, onnx_logits, onnx_session
-from server.compression.torch_int8 import load_int8, quantize_linear_int8, save_int8
+from server.compression.torch_int8 import load_int8, quantize_int8, save_int8
 from server.compression.variants import agreement, parity
 from server.evaluation.pipeline import run_downstream
 from server.run_directory import prepare_run_dir
 from simulations.cli import main as fedssl
 
-VARIANTS = ["fp32", "torch-int8", "onnx-fp32", "onnx-int8"]
+VARIANTS = ["fp32", "torch-int8", "torch-int8-emb", "onnx-fp32", "onnx-int8"]
 
 
 class FakeClock:
@@ -88,8 +88,10 @@ def test_every_variant_is_scored_on_the_runs_own_test_split(finished, compressed
         assert variant["bytes"] == shipped.stat().st_size > 0
         assert 0 <= variant["macro_f1"] <= 1 and 0 <= variant["accuracy"] <= 1
     assert by_name["onnx-int8"]["bytes"] < by_name["onnx-fp32"]["bytes"] / 2
+    # The word embeddings are most of the tiny model: int8 rows make the file much smaller.
+    assert by_name["torch-int8-emb"]["bytes"] < by_name["torch-int8"]["bytes"] / 2
     # int8 changes logits a little, not the classifier: most predictions stay the same.
-    for name in ("torch-int8", "onnx-int8"):
+    for name in ("torch-int8", "torch-int8-emb", "onnx-int8"):
         assert by_name[name]["agreement"] >= 0.8, by_name[name]
         assert 0 < by_name[name]["max_abs_logit_diff"] < 1.0
 
@@ -109,7 +111,7 @@ def test_the_results_json_report_and_plot_are_written(finished, compressed):
     assert "| ONNX Runtime dynamic int8" in report and "ONNX parity (passed)" in report
     assert (out / "size_vs_f1.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     for number, name in enumerate(VARIANTS, start=1):
-        assert any(line.startswith(f"[fedssl] compress: scoring {number}/4 {name} ")
+        assert any(line.startswith(f"[fedssl] compress: scoring {number}/5 {name} ")
                    for line in lines), lines
     assert lines[-1].startswith("[fedssl] compress: done in ")
 
@@ -129,17 +131,23 @@ def test_a_run_on_a_public_checkpoint_compresses_with_its_own_architecture(tmp_p
     assert load_finished_run(run_dir).model.config.hidden_size == 16
 
 
-def test_saved_int8_file_loads_back_to_the_same_model(finished, tmp_path: Path):
+@pytest.mark.parametrize("word_embeddings", [False, True])
+def test_saved_int8_file_loads_back_to_the_same_model(finished, tmp_path: Path,
+                                                      word_embeddings: bool):
     run = load_finished_run(finished[0])
-    quantized = quantize_linear_int8(run.model)
+    quantized = quantize_int8(run.model, word_embeddings)
     save_int8(quantized, tmp_path / "int8.pt")
-    loaded = load_int8(run.model, tmp_path / "int8.pt")
+    loaded = load_int8(run.model, tmp_path / "int8.pt", word_embeddings)
     ids, mask = (t[:16] for t in run.test_inputs)
     with torch.no_grad():
         expected = quantized(input_ids=ids, attention_mask=mask).logits
         assert torch.equal(loaded(input_ids=ids, attention_mask=mask).logits, expected)
         assert not torch.equal(run.model(input_ids=ids, attention_mask=mask).logits, expected)
     assert isinstance(loaded.classifier, torch.ao.nn.quantized.dynamic.Linear)
+    embeddings = loaded.bert.embeddings
+    assert isinstance(embeddings.word_embeddings, torch.ao.nn.quantized.Embedding) \
+        == word_embeddings
+    assert isinstance(embeddings.position_embeddings, torch.nn.Embedding)  # see torch_int8.py
 
 
 def test_parity_fails_for_an_export_of_another_model(finished, tmp_path: Path):
@@ -282,7 +290,8 @@ def test_latency_calls_run_every_variant_on_the_test_records(finished, compresse
     np.testing.assert_allclose(outputs["onnx-fp32"], outputs["fp32"], atol=1e-4)
     rows = [{"threads": 1, "batch": b, "variant": v, "ms": ms}
             for b, scale in ((1, 1.0), (32, 10.0))
-            for v, ms in zip(VARIANTS, (4.0 * scale, 2.0 * scale, 3.0 * scale, 1.0 * scale))]
+            for v, ms in zip(VARIANTS, (4.0 * scale, 2.0 * scale, 2.0 * scale, 3.0 * scale,
+                                        1.0 * scale), strict=True)]
     table = bench.latency_table(rows)
     assert "| 1 | fp32 | 4.00 | 1.00× | 40.00 | 1.00× |" in table
     assert "| 1 | onnx-int8 | 1.00 | 4.00× | 10.00 | 4.00× |" in table

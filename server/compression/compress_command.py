@@ -2,10 +2,11 @@
 fine-tuned classifier and measure what each variant costs (docs/compression.md).
 
 Variants, each scored on the run's own test split against the run's fp32 model:
-  fp32        the run's models/finetuned.safetensors, PyTorch
-  torch-int8  torch dynamic int8 of every Linear layer (compressed/finetuned-int8.pt)
-  onnx-fp32   ONNX export (compressed/finetuned.onnx), ONNX Runtime: the parity check
-  onnx-int8   ONNX Runtime dynamic int8 (compressed/finetuned-int8.onnx)
+  fp32            the run's models/finetuned.safetensors, PyTorch
+  torch-int8      torch dynamic int8 of every Linear layer (compressed/finetuned-int8.pt)
+  torch-int8-emb  the same + int8 word embeddings (compressed/finetuned-int8-emb.pt)
+  onnx-fp32       ONNX export (compressed/finetuned.onnx), ONNX Runtime: the parity check
+  onnx-int8       ONNX Runtime dynamic int8 (compressed/finetuned-int8.onnx)
 
 Exit codes: 0 done; 1 RUN_DIR cannot be compressed (not a finished run, no fine-tuned model,
 data changed; one line on stderr, no traceback); 2 a bad `--set`.
@@ -32,19 +33,18 @@ from server.compression.compression_report import (
     write_compression_report,
 )
 from server.compression.finished_run import CompressionError, FinishedRun, load_finished_run
-from server.compression.onnx_export import (
-    export_onnx,
-    onnx_logits,
-    onnx_session,
-    quantize_onnx_int8,
-)
-from server.compression.torch_int8 import load_int8, quantize_linear_int8, save_int8
+from server.compression.onnx_export import export_onnx, quantize_onnx_int8
+from server.compression.torch_int8 import quantize_int8, save_int8
 from server.compression.variants import (
+    ONNX_FILE,
+    ONNX_INT8_FILE,
+    TORCH_INT8_EMB_FILE,
+    TORCH_INT8_FILE,
     Variant,
+    load_variants,
     parameter_count,
     parity,
     score_variant,
-    torch_logits,
 )
 
 PROG = "fedssl compress"
@@ -125,28 +125,17 @@ def _throttled(name: str, say: Say, gap_s: float = PROGRESS_GAP_S,
 
 
 def _build_variants(run: FinishedRun, out: Path, say: Say) -> list[Variant]:
-    """Quantize and export; every variant is read back from its file, so a score is the
-    score of what ships."""
+    """Quantize and export into `out`; every variant is then read back from its file, so a
+    score is the score of what ships."""
     say("[fedssl] compress: torch dynamic int8 of the Linear layers")
-    int8_file = out / "finetuned-int8.pt"
-    save_int8(quantize_linear_int8(run.model), int8_file)
-    torch_int8 = load_int8(run.model, int8_file)
+    save_int8(quantize_int8(run.model), out / TORCH_INT8_FILE)
+    say("[fedssl] compress: torch dynamic int8 of the Linear layers + int8 word embeddings")
+    save_int8(quantize_int8(run.model, word_embeddings=True), out / TORCH_INT8_EMB_FILE)
     say("[fedssl] compress: exporting ONNX")
-    onnx_file = export_onnx(run.model, _tracing_example(run.test_inputs),
-                            out / "finetuned.onnx")
+    export_onnx(run.model, _tracing_example(run.test_inputs), out / ONNX_FILE)
     say("[fedssl] compress: ONNX Runtime dynamic int8")
-    onnx_int8_file = quantize_onnx_int8(onnx_file, out / "finetuned-int8.onnx")
-    fp32_session, int8_session = onnx_session(onnx_file), onnx_session(onnx_int8_file)
-    return [
-        Variant("fp32", "PyTorch fp32 (the run's model)", run.weights_file,
-                torch_logits(run.model)),
-        Variant("torch-int8", "PyTorch dynamic int8 (Linear layers)", int8_file,
-                torch_logits(torch_int8)),
-        Variant("onnx-fp32", "ONNX Runtime fp32", onnx_file,
-                lambda ids, mask: onnx_logits(fp32_session, ids, mask)),
-        Variant("onnx-int8", "ONNX Runtime dynamic int8 (MatMul + embeddings)", onnx_int8_file,
-                lambda ids, mask: onnx_logits(int8_session, ids, mask)),
-    ]
+    quantize_onnx_int8(out / ONNX_FILE, out / ONNX_INT8_FILE)
+    return load_variants(run.model, run.weights_file, out)
 
 
 def _tracing_example(test_inputs: tuple[torch.Tensor, torch.Tensor]

@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from server.compression.onnx_export import onnx_logits, onnx_session
+from server.compression.torch_int8 import load_int8
 from server.evaluation.classifier_training import classification_metrics
 
 Logits = Callable[[np.ndarray, np.ndarray], np.ndarray]  # ids, mask -> [B, C] float32
@@ -25,6 +27,11 @@ Done = Callable[[int, int], None]  # (records scored, records in all), after eve
 EVAL_BATCH = 256
 # ONNX fp32 must reproduce PyTorch fp32 up to float rounding of a reordered computation.
 PARITY_TOLERANCE = 1e-3
+# The files `fedssl compress` writes into RUN_DIR/compressed/.
+TORCH_INT8_FILE = "finetuned-int8.pt"
+TORCH_INT8_EMB_FILE = "finetuned-int8-emb.pt"
+ONNX_FILE = "finetuned.onnx"
+ONNX_INT8_FILE = "finetuned-int8.onnx"
 
 
 @dataclass(frozen=True)
@@ -48,6 +55,28 @@ def torch_logits(model: nn.Module) -> Logits:
         return out.logits.float().numpy()
 
     return run
+
+
+def load_variants(model: nn.Module, weights_file: Path, out_dir: Path, threads: int = 0
+                  ) -> list[Variant]:
+    """Every variant, read from the files in `out_dir` (the fp32 `model` is the reference
+    and the architecture the int8 files load onto); ONNX Runtime sessions with `threads`
+    intra-op threads (0: its default)."""
+    onnx_fp32 = onnx_session(out_dir / ONNX_FILE, threads)
+    onnx_int8 = onnx_session(out_dir / ONNX_INT8_FILE, threads)
+    return [
+        Variant("fp32", "PyTorch fp32 (the run's model)", weights_file, torch_logits(model)),
+        Variant("torch-int8", "PyTorch dynamic int8 (Linear layers)", out_dir / TORCH_INT8_FILE,
+                torch_logits(load_int8(model, out_dir / TORCH_INT8_FILE))),
+        Variant("torch-int8-emb", "PyTorch dynamic int8 (Linear + word embeddings)",
+                out_dir / TORCH_INT8_EMB_FILE,
+                torch_logits(load_int8(model, out_dir / TORCH_INT8_EMB_FILE,
+                                       word_embeddings=True))),
+        Variant("onnx-fp32", "ONNX Runtime fp32", out_dir / ONNX_FILE,
+                lambda ids, mask: onnx_logits(onnx_fp32, ids, mask)),
+        Variant("onnx-int8", "ONNX Runtime dynamic int8 (MatMul + embeddings)",
+                out_dir / ONNX_INT8_FILE, lambda ids, mask: onnx_logits(onnx_int8, ids, mask)),
+    ]
 
 
 def all_logits(logits: Logits, inputs: tuple[np.ndarray, np.ndarray],
