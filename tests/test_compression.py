@@ -131,6 +131,15 @@ def test_a_run_on_a_public_checkpoint_compresses_with_its_own_architecture(tmp_p
     assert load_finished_run(run_dir).model.config.hidden_size == 16
 
 
+def test_the_report_reads_without_the_runs_own_numbers(compressed):
+    from server.compression.compression_report import report_markdown
+
+    results = {**compressed[0], "run_finetuned": {"accuracy": None, "macro_f1": None}}
+    text = report_markdown(results)
+    assert "the records the run scored. Sizes" in text and "own fp32" not in text
+    assert "the run's own fp32 fine-tuned arm: macro-F1" in report_markdown(compressed[0])
+
+
 @pytest.mark.parametrize("word_embeddings", [False, True])
 def test_saved_int8_file_loads_back_to_the_same_model(finished, tmp_path: Path,
                                                       word_embeddings: bool):

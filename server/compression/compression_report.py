@@ -41,12 +41,13 @@ def report_markdown(results: dict[str, Any]) -> str:
     parity = results["onnx_parity"]
     verdict = "passed" if parity["passed"] else "FAILED"
     run = results["run_finetuned"]
+    own = (f" (the run's own fp32 fine-tuned arm: macro-F1 {run['macro_f1']:.3f}, accuracy "
+           f"{run['accuracy']:.3f})") if run.get("macro_f1") is not None else ""
     return f"""# Compressed variants of the fine-tuned classifier
 
 Run `{results['run_dir']}` ({results['parameters']:,} parameters, {results['num_classes']} \
 classes), scored on its test split of {results['test_records']:,} records, the records the \
-run scored (the run's own fp32 fine-tuned arm: macro-F1 {run['macro_f1']:.3f}, accuracy \
-{run['accuracy']:.3f}). Sizes are the bytes of the file a deployment ships.
+run scored{own}. Sizes are the bytes of the file a deployment ships.
 
 {variant_table(results['variants'])}
 
