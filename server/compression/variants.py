@@ -38,7 +38,7 @@ ONNX_INT8_FILE = "finetuned-int8.onnx"
 class Variant:
     """One deployable form of the classifier."""
 
-    name: str  # short key: fp32, torch-int8, onnx-fp32, onnx-int8
+    name: str  # short key: fp32, torch-int8, torch-int8-emb, onnx-fp32, onnx-int8
     label: str  # what it is, for tables
     file: Path  # what a deployment ships (its size is the variant's size)
     logits: Logits
