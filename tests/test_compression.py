@@ -292,9 +292,13 @@ def test_latency_rounds_interleave_the_variants_and_take_medians():
 def test_latency_calls_run_every_variant_on_the_test_records(finished, compressed):
     bench = _latency_script()
     run = load_finished_run(finished[0])
-    calls = bench.variant_calls(run, threads=1, batch=3)
-    assert list(calls) == VARIANTS
-    outputs = {name: np.asarray(call()) for name, call in calls.items()}
+    threads = torch.get_num_threads()
+    try:  # the benchmark sets torch's process-wide thread count: give it back to later tests
+        calls = bench.variant_calls(run, threads=1, batch=3)
+        assert list(calls) == VARIANTS
+        outputs = {name: np.asarray(call()) for name, call in calls.items()}
+    finally:
+        torch.set_num_threads(threads)
     assert {o.shape for o in outputs.values()} == {(3, run.num_classes)}
     np.testing.assert_allclose(outputs["onnx-fp32"], outputs["fp32"], atol=1e-4)
     rows = [{"threads": 1, "batch": b, "variant": v, "ms": ms}
