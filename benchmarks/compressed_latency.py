@@ -1,8 +1,8 @@
 """CPU latency of a run's compressed classifier variants (issue 19 §6), at batch 1 and 32.
 
-Run `fedssl compress RUN_DIR` first; this reads its files (compressed/finetuned-int8.pt,
-finetuned-int8-emb.pt, finetuned.onnx, finetuned-int8.onnx) next to the run's fp32 model
-(server/compression/variants.load_variants, as the command scores them), and times each on
+Run `fedssl compress RUN_DIR` first; this reads every variant it built
+(compressed/variants.json, through server/compression/variants.load_variants, as the command
+scores them) and times each on
 the first records of the run's own test split (real texts, padded to max-length as the run
 encoded them). Per thread count (torch's intra-op threads and each ONNX Runtime session's)
 and batch size, the variants are called in turn, REPEATS rounds of one call each after WARMUP
@@ -37,7 +37,6 @@ import torch
 from server.compression.finished_run import FinishedRun, load_finished_run
 from server.compression.variants import load_variants
 
-VARIANTS = ("fp32", "torch-int8", "torch-int8-emb", "onnx-fp32", "onnx-int8")
 BATCHES = (1, 32)
 THREADS = (1, 2)
 REPEATS = 30
@@ -81,7 +80,7 @@ def variant_calls(run: FinishedRun, threads: int, batch: int) -> dict[str, Call]
         raise SystemExit(f"the test split has {len(run.test_labels)} records, fewer than "
                          f"batch {batch}")
     ids, mask = (np.ascontiguousarray(t[:batch].numpy()) for t in run.test_inputs)
-    variants = load_variants(run.model, run.weights_file, out, threads)
+    variants = load_variants(run.run_dir, run.model, threads)
     # v=variant binds each lambda to its own variant (a bare closure would see the last).
     return {variant.name: (lambda v=variant: v.logits(ids, mask)) for variant in variants}
 
@@ -94,7 +93,8 @@ def latency_table(rows: list[dict[str, Any]]) -> str:
     lines = [f"| threads | variant | {head} |",
              "|---:|---|" + "---:|---:|" * len(batches)]
     for threads in sorted({row["threads"] for row in rows}):
-        for variant in [v for v in VARIANTS if (threads, v, batches[0]) in by_key]:
+        names = dict.fromkeys(row["variant"] for row in rows if row["threads"] == threads)
+        for variant in [v for v in names if (threads, v, batches[0]) in by_key]:
             cells = []
             for b in batches:
                 ms, base = by_key[(threads, variant, b)], by_key[(threads, "fp32", b)]

@@ -64,6 +64,20 @@ def main(argv: list[str] | None = None) -> int:
     compress.add_argument(
         "--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
         help="point at moved inputs of the run (data, init, tokenizer); repeatable")
+    compress.add_argument(
+        "--prune-ratios", default="0.25,0.5", metavar="R,R,...",
+        help="shares of attention heads and FFN neurons removed per layer, one pruned model "
+        "each; 'none' skips structured pruning (default: 0.25,0.5)")
+    compress.add_argument("--recover-epochs", type=int, default=2, metavar="N",
+                          help="distillation passes that repair each pruned model (default 2)")
+    compress.add_argument("--distill-epochs", type=int, default=10, metavar="N",
+                          help="passes that train the small student; 0 skips the students "
+                          "(default 10)")
+    compress.add_argument("--transfer-records", type=int, default=8000, metavar="N",
+                          help="public-corpus texts the teacher labels for recovery and "
+                          "distillation; 0 uses the labeled set only (default 8000)")
+    compress.add_argument("--quantize-only", action="store_true",
+                          help="int8 and ONNX only: no pruning, no students (minutes)")
     gateway = commands.add_parser(
         "gateway", help="coordinator: the public TLS gateway that forwards the Fleet API only "
         "(docs/deploy.md)")
@@ -101,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
             # Imported here: ONNX Runtime and transformers load only for this command.
             from server.compression.compress_command import compress_command
 
-            return compress_command(args.run_dir, args.settings)
+            return compress_command(args.run_dir, args.settings, args)
         if args.command == "certs":
             return certs_command(args)
         if args.command == "gateway":

@@ -1,7 +1,8 @@
-"""`fedssl compress RUN_DIR` (issue 19): torch dynamic int8, ONNX fp32 + int8, parity, report.
+"""`fedssl compress RUN_DIR` (issue 19): int8, ONNX, structured pruning, a distilled student.
 
 One tiny finished run is made in-process (the real downstream stage, no Flower: ~10 s) and
-compressed once for the module; every variant is the real thing (no mocks).
+compressed once for the module, with small training budgets; every variant is the real thing
+(no mocks).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from common.run_config import RunConfig
 from common.tasks import get_task
 from server.atomic_json import write_json
 from server.compression.compress_command import compress_run
+from server.compression.compression_settings import CompressionSettings
 from server.compression.finished_run import load_finished_run
 from server.compression.onnx_export import export_onnx, onnx_logits, onnx_session
 from server.compression.torch_int8 import load_int8, quantize_int8, save_int8
@@ -28,7 +30,12 @@ from server.evaluation.pipeline import run_downstream
 from server.run_directory import prepare_run_dir
 from simulations.cli import main as fedssl
 
-VARIANTS = ["fp32", "torch-int8", "torch-int8-emb", "onnx-fp32", "onnx-int8"]
+QUANTIZED = ["fp32", "torch-int8", "torch-int8-emb", "onnx-fp32", "onnx-int8"]
+VARIANTS = [*QUANTIZED, "magnitude", "heads-ffn-50", "heads-ffn-50-onnx-int8", "student",
+            "student-onnx-int8", "student-labels-only"]
+# Small budgets: the test checks the machinery, not how good a 1-epoch recovery is.
+FAST = CompressionSettings(prune_ratios=(0.5,), recover_epochs=1, distill_epochs=1,
+                           transfer_records=300, importance_records=64)
 
 
 class FakeClock:
@@ -67,7 +74,7 @@ def finished(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, 
 @pytest.fixture(scope="module")
 def compressed(finished) -> tuple[dict[str, Any], list[str]]:
     lines: list[str] = []
-    return compress_run(finished[0], say=lines.append), lines
+    return compress_run(finished[0], settings=FAST, say=lines.append), lines
 
 
 def test_every_variant_is_scored_on_the_runs_own_test_split(finished, compressed):
@@ -81,11 +88,8 @@ def test_every_variant_is_scored_on_the_runs_own_test_split(finished, compressed
                                                         abs=1e-12)
     assert by_name["fp32"]["accuracy"] == pytest.approx(summary["finetuned"]["accuracy"],
                                                         abs=1e-12)
-    out = run_dir / "compressed"
     for variant in by_name.values():
-        shipped = run_dir / "models" / variant["file"] if variant["variant"] == "fp32" \
-            else out / variant["file"]
-        assert variant["bytes"] == shipped.stat().st_size > 0
+        assert variant["bytes"] == (run_dir / variant["file"]).stat().st_size > 0
         assert 0 <= variant["macro_f1"] <= 1 and 0 <= variant["accuracy"] <= 1
     assert by_name["onnx-int8"]["bytes"] < by_name["onnx-fp32"]["bytes"] / 2
     # The word embeddings are most of the tiny model: int8 rows make the file much smaller.
@@ -111,7 +115,8 @@ def test_the_results_json_report_and_plot_are_written(finished, compressed):
     assert "| ONNX Runtime dynamic int8" in report and "ONNX parity (passed)" in report
     assert (out / "size_vs_f1.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     for number, name in enumerate(VARIANTS, start=1):
-        assert any(line.startswith(f"[fedssl] compress: scoring {number}/5 {name} ")
+        assert any(line.startswith(f"[fedssl] compress: scoring {number}/{len(VARIANTS)} "
+                                   f"{name} ")
                    for line in lines), lines
     assert lines[-1].startswith("[fedssl] compress: done in ")
 
@@ -122,7 +127,9 @@ def test_a_run_on_a_public_checkpoint_compresses_with_its_own_architecture(tmp_p
     folder = tiny_bert_folder(tmp_path / "public-bert")
     run_dir = tmp_path / "run"
     summary = make_finished_run(run_dir, init=str(folder), **{"hidden-size": "8"})
-    results = compress_run(run_dir, say=lambda line: None)
+    results = compress_run(run_dir, settings=CompressionSettings(prune_ratios=(),
+                                                                 distill_epochs=0),
+                           say=lambda line: None)
     by_name = {v["variant"]: v for v in results["variants"]}
     assert by_name["fp32"]["macro_f1"] == pytest.approx(summary["finetuned"]["macro_f1"],
                                                         abs=1e-12)
@@ -253,12 +260,22 @@ def test_a_changed_test_split_is_refused(finished, tmp_path: Path, capsys):
     assert "data changed since the run" in _fails(["compress", str(run_dir)], capsys, 1)
 
 
-def test_the_command_prints_the_table(finished, capsys):
-    assert fedssl(["compress", str(finished[0])]) == 0
+def test_bad_compression_options_are_refused(finished, capsys):
+    for option in (["--prune-ratios", "1.5"], ["--prune-ratios", "half"],
+                   ["--distill-epochs", "-1"], ["--transfer-records", "-5"]):
+        err = _fails(["compress", str(finished[0]), *option], capsys, 2)
+        assert option[0] in err, err
+
+
+def test_the_command_prints_the_table(finished, tmp_path: Path, capsys):
+    run_dir = tmp_path / "copy"  # the module's run keeps its full set of variants
+    shutil.copytree(finished[0], run_dir, ignore=shutil.ignore_patterns("compressed"))
+    assert fedssl(["compress", str(run_dir), "--quantize-only"]) == 0
     out = capsys.readouterr().out
     assert "| PyTorch dynamic int8 (Linear layers) |" in out and "ONNX parity: agreement" in out
-    assert np.isfinite(json.loads((finished[0] / "compressed" / "results.json").read_text())
-                       ["onnx_parity"]["max_abs_logit_diff"])
+    results = json.loads((run_dir / "compressed" / "results.json").read_text())
+    assert np.isfinite(results["onnx_parity"]["max_abs_logit_diff"])
+    assert [v["variant"] for v in results["variants"]] == [*QUANTIZED, "magnitude"]
 
 
 # ------------------------------------------- benchmarks/compressed_latency.py (no timing here)
@@ -303,8 +320,53 @@ def test_latency_calls_run_every_variant_on_the_test_records(finished, compresse
     np.testing.assert_allclose(outputs["onnx-fp32"], outputs["fp32"], atol=1e-4)
     rows = [{"threads": 1, "batch": b, "variant": v, "ms": ms}
             for b, scale in ((1, 1.0), (32, 10.0))
-            for v, ms in zip(VARIANTS, (4.0 * scale, 2.0 * scale, 2.0 * scale, 3.0 * scale,
+            for v, ms in zip(QUANTIZED, (4.0 * scale, 2.0 * scale, 2.0 * scale, 3.0 * scale,
                                         1.0 * scale), strict=True)]
     table = bench.latency_table(rows)
     assert "| 1 | fp32 | 4.00 | 1.00× | 40.00 | 1.00× |" in table
     assert "| 1 | onnx-int8 | 1.00 | 4.00× | 10.00 | 4.00× |" in table
+
+
+# ------------------------------------------------- pruned and distilled variants (trained ones)
+
+def test_structured_pruning_really_shrinks_and_the_student_is_trained(finished, compressed):
+    results, lines = compressed
+    by_name = {v["variant"]: v for v in results["variants"]}
+    fp32, pruned = by_name["fp32"], by_name["heads-ffn-50"]
+    # Whole heads and neurons are gone: fewer parameters, a smaller file (not zeros).
+    assert pruned["parameters"] < fp32["parameters"] and pruned["bytes"] < fp32["bytes"]
+    assert by_name["heads-ffn-50-onnx-int8"]["bytes"] < pruned["bytes"] / 2
+    # Unstructured pruning keeps every parameter and the dense file size.
+    assert by_name["magnitude"]["parameters"] == fp32["parameters"]
+    assert by_name["magnitude"]["bytes"] == pytest.approx(fp32["bytes"], rel=0.01)
+    assert by_name["student"]["parameters"] == by_name["student-labels-only"]["parameters"]
+    for name in ("heads-ffn-50", "student", "student-labels-only"):
+        assert 0 < by_name[name]["macro_f1"] <= 1
+    # With the teacher, the student agrees with it more than the labels-only one does.
+    assert by_name["student"]["agreement"] > by_name["student-labels-only"]["agreement"]
+
+
+def test_compression_trains_on_the_labeled_set_and_public_text_only(finished, compressed):
+    from common.data.icd10_corpus import load_public_headings
+    from common.data.public_corpus import SHIPPED_NAME
+    from common.data.tokenizer import encode_texts, load_tokenizer
+    from server.compression.server_data import server_data
+
+    run_dir, summary = finished
+    results, _ = compressed
+    assert results["trained_on"] == {"labeled_records": summary["labels"]["labels_used"],
+                                      "public_corpus": SHIPPED_NAME, "public_records": 300,
+                                      "public_available": len(load_public_headings())}
+    run = load_finished_run(run_dir)
+    data = server_data(run, 300)
+    # Every transfer row is the encoding of a public heading (and labeled rows are the
+    # run's labeled set, padded to the same length).
+    headings = load_public_headings()
+    tokenizer = load_tokenizer(str(run.tokenizer_file))
+    ids, mask = encode_texts(tokenizer, headings, run.config.max_length)
+    width = data.transfer_inputs[0].shape[1]
+    public_rows = {tuple(row[:width].tolist()) for row in ids}
+    assert all(tuple(row.tolist()) in public_rows for row in data.transfer_inputs[0])
+    labeled_ids = data.labeled_inputs[0][:, :run.labeled_inputs[0].shape[1]]
+    assert torch.equal(labeled_ids, run.labeled_inputs[0])
+    assert torch.equal(data.labeled_labels, run.labeled_labels)

@@ -1,15 +1,20 @@
-"""`fedssl compress RUN_DIR [--set KEY=VALUE ...]`: quantize and export a finished run's
-fine-tuned classifier and measure what each variant costs (docs/compression.md).
+"""`fedssl compress RUN_DIR [--set KEY=VALUE ...] [options]`: prune, distil, quantize and
+export a finished run's fine-tuned classifier and measure what each variant costs
+(docs/compression.md).
 
 Variants, each scored on the run's own test split against the run's fp32 model:
-  fp32            the run's models/finetuned.safetensors, PyTorch
-  torch-int8      torch dynamic int8 of every Linear layer (compressed/finetuned-int8.pt)
-  torch-int8-emb  the same + int8 word embeddings (compressed/finetuned-int8-emb.pt)
-  onnx-fp32       ONNX export (compressed/finetuned.onnx), ONNX Runtime: the parity check
-  onnx-int8       ONNX Runtime dynamic int8 (compressed/finetuned-int8.onnx)
+  fp32, torch-int8, torch-int8-emb, onnx-fp32 (the parity check), onnx-int8
+  magnitude                the run's own unstructured pruning (models/pruned.safetensors)
+  heads-ffn-R[-onnx-int8]  R% of heads and FFN neurons removed, recovered by distillation
+  student[-onnx-int8]      a small BERT distilled from the fine-tuned model
+  student-labels-only      the same student trained on the labels alone
+plus compressed/hf/, the fp32 model as a folder plain transformers loads.
+
+Recovery and distillation train only on what the server holds: the run's labeled set and its
+public corpus (server/compression/server_data.py), never client records.
 
 Exit codes: 0 done; 1 RUN_DIR cannot be compressed (not a finished run, no fine-tuned model,
-data changed; one line on stderr, no traceback); 2 a bad `--set`.
+data changed; one line on stderr, no traceback) or ONNX parity failed; 2 a bad option.
 """
 
 from __future__ import annotations
@@ -19,8 +24,6 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
-
-import torch
 
 from common.data.data_folders import DataFolderError
 from common.public_checkpoints import CheckpointError
@@ -32,23 +35,29 @@ from server.compression.compression_report import (
     variant_table,
     write_compression_report,
 )
+from server.compression.compression_settings import (
+    CompressionSettings,
+    CompressionSettingsError,
+)
 from server.compression.finished_run import CompressionError, FinishedRun, load_finished_run
-from server.compression.onnx_export import export_onnx, quantize_onnx_int8
-from server.compression.torch_int8 import quantize_int8, save_int8
+from server.compression.hf_export import export_hf_folder
+from server.compression.pruned_variants import pruned_specs, unstructured_spec
+from server.compression.quantized_variants import quantized_specs
+from server.compression.server_data import server_data
+from server.compression.student_variants import student_specs
+from server.compression.teacher_targets import teacher_targets
 from server.compression.variants import (
-    ONNX_FILE,
-    ONNX_INT8_FILE,
-    TORCH_INT8_EMB_FILE,
-    TORCH_INT8_FILE,
-    Variant,
+    OUT_DIR,
+    VariantSpec,
     load_variants,
     parameter_count,
     parity,
     score_variant,
+    write_manifest,
 )
 
 PROG = "fedssl compress"
-OUT_DIR = "compressed"
+HF_DIR = "hf"
 PROGRESS_GAP_S = 15.0
 Say = Callable[[str], None]
 
@@ -58,13 +67,15 @@ def _say(line: str) -> None:
 
 
 def compress_run(run_dir: str | Path, overrides: dict[str, str] | None = None,
-                 say: Say = _say) -> dict[str, Any]:
+                 settings: CompressionSettings | None = None, say: Say = _say
+                 ) -> dict[str, Any]:
     """Build every variant of RUN_DIR's fine-tuned classifier, score it, write
     RUN_DIR/compressed/; return the results (as in compressed/results.json).
 
     Raises CompressionError / ConfigError / DataFolderError / CheckpointError for a RUN_DIR
     that cannot be compressed (the command prints them as one line).
     """
+    settings = settings or CompressionSettings()
     started = time.monotonic()
     say(f"[fedssl] compress: loading {run_dir} and rebuilding its test split")
     run = load_finished_run(run_dir, overrides)
@@ -73,7 +84,10 @@ def compress_run(run_dir: str | Path, overrides: dict[str, str] | None = None,
     inputs = tuple(t.numpy() for t in run.test_inputs)
     say(f"[fedssl] compress: {len(run.test_labels):,} test records, {run.num_classes} classes, "
         f"{parameter_count(run.model):,} parameters")
-    variants = _build_variants(run, out, say)
+    specs, trained_on = _build_variants(run, settings, say)
+    write_manifest(out, specs)
+    hf_folder = _hf_folder(run, out / HF_DIR, say)
+    variants = load_variants(run.run_dir, run.model)
     results = []
     reference = None
     for number, variant in enumerate(variants, start=1):
@@ -96,6 +110,10 @@ def compress_run(run_dir: str | Path, overrides: dict[str, str] | None = None,
                           ("accuracy", "macro_f1")},
         "variants": results,
         "onnx_parity": parity(onnx_result),
+        "settings": {**vars(settings), "prune_ratios": list(settings.prune_ratios)},
+        "trained_on": trained_on,
+        "hf_folder": hf_folder,
+        "seconds": round(time.monotonic() - started, 1),
     }
     write_compression_report(out, summary)
     if not summary["onnx_parity"]["passed"]:
@@ -124,35 +142,64 @@ def _throttled(name: str, say: Say, gap_s: float = PROGRESS_GAP_S,
     return report
 
 
-def _build_variants(run: FinishedRun, out: Path, say: Say) -> list[Variant]:
-    """Quantize and export into `out`; every variant is then read back from its file, so a
-    score is the score of what ships."""
-    say("[fedssl] compress: torch dynamic int8 of the Linear layers")
-    save_int8(quantize_int8(run.model), out / TORCH_INT8_FILE)
-    say("[fedssl] compress: torch dynamic int8 of the Linear layers + int8 word embeddings")
-    save_int8(quantize_int8(run.model, word_embeddings=True), out / TORCH_INT8_EMB_FILE)
-    say("[fedssl] compress: exporting ONNX")
-    export_onnx(run.model, _tracing_example(run.test_inputs), out / ONNX_FILE)
-    say("[fedssl] compress: ONNX Runtime dynamic int8")
-    quantize_onnx_int8(out / ONNX_FILE, out / ONNX_INT8_FILE)
-    return load_variants(run.model, run.weights_file, out)
+def _build_variants(run: FinishedRun, settings: CompressionSettings, say: Say
+                    ) -> tuple[list[VariantSpec], dict[str, Any]]:
+    """Quantize, export, prune and distil into RUN_DIR/compressed/; the specs (every variant
+    is then read back from its file, so a score is the score of what ships) and what the
+    trained variants learned from."""
+    specs = quantized_specs(run, say) + unstructured_spec(run)
+    trained_on: dict[str, Any] = {"labeled_records": len(run.labeled_labels)}
+    if not settings.prune_ratios and settings.distill_epochs == 0:
+        return specs, trained_on
+    data = server_data(run, settings.transfer_records)
+    transfer = 0 if data.transfer_inputs is None else len(data.transfer_inputs[0])
+    trained_on.update(public_corpus=data.transfer_name, public_records=transfer,
+                      public_available=data.transfer_available)
+    say(f"[fedssl] compress: the fine-tuned model labels {len(data.labeled_labels)} labeled "
+        f"+ {transfer:,} public texts ({data.transfer_name}); client records are never used")
+    targets = teacher_targets(run.model, data, _throttled("teacher", say))
+    specs += pruned_specs(run, targets, settings, say)
+    specs += student_specs(run, targets, settings, say)
+    return specs, trained_on
 
 
-def _tracing_example(test_inputs: tuple[torch.Tensor, torch.Tensor]
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Two test records, the last with at least one padding position (export_onnx needs
-    one; its values only steer the trace, the graph is the same for any input)."""
-    ids, mask = (t[:2].clone() for t in test_inputs)
-    if bool(mask.all()):
-        mask[-1, -1] = 0
-    return ids, mask
+def _hf_folder(run: FinishedRun, folder: Path, say: Say) -> str | None:
+    """Export the fp32 model as a folder plain transformers loads; a tokenizer the export
+    cannot reproduce (not BERT-style) skips it with a line saying why, as the variants do
+    not depend on it. Returns the folder relative to RUN_DIR, or None."""
+    try:
+        export_hf_folder(run.model, run.tokenizer_file, run.label_names,
+                         run.config.max_length, folder)
+    except ValueError as err:
+        say(f"[fedssl] compress: no plain-transformers folder: {err}")
+        return None
+    say(f"[fedssl] compress: the fp32 model as a plain-transformers folder: {folder}")
+    return str(folder.relative_to(run.run_dir))
 
 
-def compress_command(run_dir: str, settings: Sequence[str] = ()) -> int:
+def settings_from_options(options: Any) -> CompressionSettings:
+    """The command line's options (argparse namespace) as validated settings."""
+    if options is None:
+        return CompressionSettings()
+    if options.quantize_only:
+        return CompressionSettings(prune_ratios=(), distill_epochs=0)
+    text = options.prune_ratios.strip().lower()
+    try:
+        ratios = () if text in ("", "none") else tuple(float(r) for r in text.split(","))
+    except ValueError:
+        raise CompressionSettingsError(f"--prune-ratios: {options.prune_ratios!r} is not a "
+                                       "comma-separated list of numbers (or 'none')") from None
+    return CompressionSettings(prune_ratios=ratios, recover_epochs=options.recover_epochs,
+                               distill_epochs=options.distill_epochs,
+                               transfer_records=options.transfer_records)
+
+
+def compress_command(run_dir: str, settings: Sequence[str] = (), options: Any = None) -> int:
     """Run `compress_run`, print the variant table; the exit code (module docstring)."""
     try:
-        results = compress_run(run_dir, parse_overrides(list(settings)))
-    except ConfigError as err:
+        results = compress_run(run_dir, parse_overrides(list(settings)),
+                               settings_from_options(options))
+    except (ConfigError, CompressionSettingsError) as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2
     except (CompressionError, DataFolderError, CheckpointError) as err:

@@ -24,13 +24,14 @@ def variant_table(variants: list[dict[str, Any]]) -> str:
     """The variants as a Markdown table: size, its ratio to fp32, test metrics, and distance
     from the fp32 PyTorch model."""
     base = variants[0]["bytes"]
-    header = ("| variant | file | size | fp32 size / size | macro-F1 | accuracy "
+    header = ("| variant | file | parameters | size | fp32 size / size | macro-F1 | accuracy "
               "| agrees with fp32 | max abs logit diff |")
-    rows = [header, "|---|---|---:|---:|---:|---:|---:|---:|"]
+    rows = [header, "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for v in variants:
         agree = f"{v['agreement']:.2%}" if "agreement" in v else "—"
         diff = f"{v['max_abs_logit_diff']:.2e}" if "max_abs_logit_diff" in v else "—"
-        rows.append(f"| {v['label']} | `{v['file']}` | {_size(v['bytes'])} | "
+        rows.append(f"| {v['label']} | `{v['file']}` | {v['parameters']:,} | "
+                    f"{_size(v['bytes'])} | "
                     f"{base / v['bytes']:.2f}× | {v['macro_f1']:.3f} | "
                     f"{v['accuracy']:.3f} | {agree} | {diff} |")
     return "\n".join(rows)
@@ -55,8 +56,30 @@ ONNX parity ({verdict}): ONNX Runtime fp32 and PyTorch fp32 predict the same cla
 {parity['agreement']:.2%} of the test records; the largest absolute logit difference is \
 {parity['max_abs_logit_diff']:.2e} (tolerance {parity['tolerance']:g}).
 
+{_trained_on(results)}{_hf(results)}
 Latency is measured separately on a quiet machine (benchmarks/compressed_latency.py).
 """
+
+
+def _trained_on(results: dict[str, Any]) -> str:
+    """What the pruned and distilled variants learned from (never client records)."""
+    seen = results.get("trained_on", {})
+    if "public_records" not in seen:
+        return ""
+    settings = results.get("settings", {})
+    return (f"Pruning recovery and distillation trained on the run's "
+            f"{seen['labeled_records']:,} labeled records and {seen['public_records']:,} of "
+            f"the {seen['public_available']:,} texts of its public corpus "
+            f"({seen['public_corpus']}), labelled by the fp32 model; never on client records. "
+            f"Recovery: {settings.get('recover_epochs')} epochs; student: "
+            f"{settings.get('distill_epochs')} epochs.\n\n")
+
+
+def _hf(results: dict[str, Any]) -> str:
+    folder = results.get("hf_folder")
+    return (f"`{folder}/` holds the fp32 model as a folder plain transformers loads (its "
+            "README.md shows how; the head is a mean over the tokens, not [CLS]).\n"
+            if folder else "")
 
 
 def _size(num_bytes: int) -> str:

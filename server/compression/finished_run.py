@@ -51,6 +51,12 @@ class FinishedRun:
     test_inputs: tuple[torch.Tensor, torch.Tensor]  # (input_ids, attention_mask) int64
     test_labels: np.ndarray
     num_classes: int
+    # What the server may train on while compressing: the run's labeled set (never client
+    # records); the public corpus comes from config.public_corpus (server_data.py).
+    labeled_inputs: tuple[torch.Tensor, torch.Tensor]
+    labeled_labels: torch.Tensor
+    label_names: list[str]
+    tokenizer_file: Path
 
     @property
     def weights_file(self) -> Path:
@@ -88,13 +94,18 @@ def load_finished_run(run_dir: str | Path, overrides: dict[str, str] | None = No
             f"records, the run's summary says {expected}: its data changed since the run "
             "(point --set data=... at the folder the run used)")
     tokenizer_file = run_dir / "tokenizer.json"
-    tokenizer = load_tokenizer(str(tokenizer_file) if tokenizer_file.is_file()
-                               else tokenizer_path(config))
+    if not tokenizer_file.is_file():
+        tokenizer_file = Path(tokenizer_path(config))
+    tokenizer = load_tokenizer(str(tokenizer_file))
     model = _classifier(run_dir, config, tokenizer.get_vocab_size(), num_classes)
     ids, mask = encode_texts(tokenizer, splits.test_texts, config.max_length)
     return FinishedRun(run_dir=run_dir, config=config, summary=summary, model=model,
                        test_inputs=(ids, mask), test_labels=np.asarray(splits.test_labels),
-                       num_classes=num_classes)
+                       num_classes=num_classes,
+                       labeled_inputs=encode_texts(tokenizer, splits.labeled_texts,
+                                                   config.max_length),
+                       labeled_labels=torch.as_tensor(splits.labeled_labels, dtype=torch.long),
+                       label_names=list(splits.label_names), tokenizer_file=tokenizer_file)
 
 
 def _run_config(run_dir: Path, overrides: dict[str, str]) -> RunConfig:

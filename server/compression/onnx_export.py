@@ -76,6 +76,29 @@ def quantize_onnx_int8(source: str | Path, target: str | Path) -> Path:
     return Path(target)
 
 
+def tracing_example(inputs: tuple[torch.Tensor, torch.Tensor]
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two records of `inputs`, the last with at least one padding position (export_onnx
+    needs one; its values only steer the trace, the graph is the same for any input)."""
+    ids, mask = (t[:2].clone() for t in inputs)
+    if bool(mask.all()):
+        mask[-1, -1] = 0
+    return ids, mask
+
+
+def onnx_int8_file(model: nn.Module, inputs: tuple[torch.Tensor, torch.Tensor],
+                   target: str | Path) -> Path:
+    """Export `model` and quantize it with ONNX Runtime dynamic int8 into `target`; only the
+    int8 file is kept (the fp32 PyTorch file is the model's reference form)."""
+    target = Path(target)
+    fp32 = target.with_name(target.stem + ".fp32-tmp.onnx")
+    try:
+        export_onnx(model, tracing_example(inputs), fp32)
+        return quantize_onnx_int8(fp32, target)
+    finally:
+        fp32.unlink(missing_ok=True)
+
+
 def onnx_session(path: str | Path, threads: int = 0) -> ort.InferenceSession:
     """A CPU ONNX Runtime session; `threads` > 0 fixes its intra-op thread count."""
     options = ort.SessionOptions()

@@ -9,6 +9,7 @@ from the fp32 PyTorch model's (for the ONNX fp32 export this is the parity check
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,10 +18,13 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from transformers import BertConfig
 
 from server.compression.onnx_export import onnx_logits, onnx_session
 from server.compression.torch_int8 import load_int8
 from server.evaluation.classifier_training import classification_metrics
+from server.evaluation.safetensors_export import load_state
+from server.evaluation.text_classifier import MeanPoolClassifier
 
 Logits = Callable[[np.ndarray, np.ndarray], np.ndarray]  # ids, mask -> [B, C] float32
 Done = Callable[[int, int], None]  # (records scored, records in all), after every batch
@@ -28,6 +32,8 @@ EVAL_BATCH = 256
 # ONNX fp32 must reproduce PyTorch fp32 up to float rounding of a reordered computation.
 PARITY_TOLERANCE = 1e-3
 # The files `fedssl compress` writes into RUN_DIR/compressed/.
+OUT_DIR = "compressed"
+MANIFEST_FILE = "variants.json"
 TORCH_INT8_FILE = "finetuned-int8.pt"
 TORCH_INT8_EMB_FILE = "finetuned-int8-emb.pt"
 ONNX_FILE = "finetuned.onnx"
@@ -35,13 +41,43 @@ ONNX_INT8_FILE = "finetuned-int8.onnx"
 
 
 @dataclass(frozen=True)
-class Variant:
-    """One deployable form of the classifier."""
+class VariantSpec:
+    """How to load one variant from its files: written to compressed/variants.json when the
+    variants are built, read by scoring and by benchmarks/compressed_latency.py."""
 
-    name: str  # short key: fp32, torch-int8, torch-int8-emb, onnx-fp32, onnx-int8
+    name: str  # short key, e.g. fp32, onnx-int8, heads-ffn-50, student-onnx-int8
     label: str  # what it is, for tables
-    file: Path  # what a deployment ships (its size is the variant's size)
+    kind: str  # one of LOADERS: torch, torch-int8, torch-int8-emb, onnx
+    file: str  # what a deployment ships, relative to RUN_DIR (its size is the variant's size)
+    parameters: int  # of the fp32 model the variant was made from
+    config: str | None = None  # torch: a folder with the BertConfig (None: the run's model)
+    pruned: bool = False  # torch: structured-pruned (its plan lies next to `file`)
+
+    def to_json(self) -> dict[str, Any]:
+        """The manifest entry."""
+        return dict(vars(self))
+
+
+LOADERS = ("torch", "torch-int8", "torch-int8-emb", "onnx")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One deployable form of the classifier, loaded and callable."""
+
+    spec: VariantSpec
+    file: Path
     logits: Logits
+
+    @property
+    def name(self) -> str:
+        """The spec's short key."""
+        return self.spec.name
+
+    @property
+    def label(self) -> str:
+        """The spec's table label."""
+        return self.spec.label
 
 
 def torch_logits(model: nn.Module) -> Logits:
@@ -57,26 +93,49 @@ def torch_logits(model: nn.Module) -> Logits:
     return run
 
 
-def load_variants(model: nn.Module, weights_file: Path, out_dir: Path, threads: int = 0
-                  ) -> list[Variant]:
-    """Every variant, read from the files in `out_dir` (the fp32 `model` is the reference
-    and the architecture the int8 files load onto); ONNX Runtime sessions with `threads`
-    intra-op threads (0: its default)."""
-    onnx_fp32 = onnx_session(out_dir / ONNX_FILE, threads)
-    onnx_int8 = onnx_session(out_dir / ONNX_INT8_FILE, threads)
-    return [
-        Variant("fp32", "PyTorch fp32 (the run's model)", weights_file, torch_logits(model)),
-        Variant("torch-int8", "PyTorch dynamic int8 (Linear layers)", out_dir / TORCH_INT8_FILE,
-                torch_logits(load_int8(model, out_dir / TORCH_INT8_FILE))),
-        Variant("torch-int8-emb", "PyTorch dynamic int8 (Linear + word embeddings)",
-                out_dir / TORCH_INT8_EMB_FILE,
-                torch_logits(load_int8(model, out_dir / TORCH_INT8_EMB_FILE,
-                                       word_embeddings=True))),
-        Variant("onnx-fp32", "ONNX Runtime fp32", out_dir / ONNX_FILE,
-                lambda ids, mask: onnx_logits(onnx_fp32, ids, mask)),
-        Variant("onnx-int8", "ONNX Runtime dynamic int8 (MatMul + embeddings)",
-                out_dir / ONNX_INT8_FILE, lambda ids, mask: onnx_logits(onnx_int8, ids, mask)),
-    ]
+def write_manifest(out_dir: Path, specs: list[VariantSpec]) -> Path:
+    """compressed/variants.json: every built variant, in table order (fp32 first)."""
+    path = out_dir / MANIFEST_FILE
+    path.write_text(json.dumps([spec.to_json() for spec in specs], indent=2) + "\n")
+    return path
+
+
+def read_manifest(out_dir: Path) -> list[VariantSpec]:
+    """The specs `write_manifest` wrote; FileNotFoundError if the variants were never built."""
+    entries = json.loads((out_dir / MANIFEST_FILE).read_text())
+    return [VariantSpec(**entry) for entry in entries]
+
+
+def load_variant(spec: VariantSpec, run_dir: Path, reference: nn.Module, threads: int = 0
+                 ) -> Variant:
+    """Load `spec` from its file. `reference` is the run's fp32 model: the architecture the
+    int8 files load onto and the one a structured-pruned file was cut from. ONNX Runtime
+    sessions get `threads` intra-op threads (0: its default)."""
+    from server.compression.structured_pruning import load_pruned
+
+    path = run_dir / spec.file
+    if spec.kind == "onnx":
+        session = onnx_session(path, threads)
+        return Variant(spec, path, lambda ids, mask: onnx_logits(session, ids, mask))
+    if spec.kind in ("torch-int8", "torch-int8-emb"):
+        model = load_int8(reference, path, word_embeddings=spec.kind == "torch-int8-emb")
+        return Variant(spec, path, torch_logits(model))
+    if spec.kind != "torch":
+        raise ValueError(f"unknown variant kind {spec.kind!r} (known: {', '.join(LOADERS)})")
+    config = (BertConfig.from_pretrained(str(run_dir / spec.config)) if spec.config
+              else reference.config)
+    if spec.pruned:
+        model = load_pruned(config, path)
+    else:
+        model = MeanPoolClassifier(config)
+        model.load_state_dict(load_state(path))
+    return Variant(spec, path, torch_logits(model))
+
+
+def load_variants(run_dir: Path, reference: nn.Module, threads: int = 0) -> list[Variant]:
+    """Every variant in RUN_DIR/compressed/variants.json, loaded from its file."""
+    return [load_variant(spec, run_dir, reference, threads)
+            for spec in read_manifest(run_dir / OUT_DIR)]
 
 
 def all_logits(logits: Logits, inputs: tuple[np.ndarray, np.ndarray],
@@ -109,8 +168,10 @@ def score_variant(variant: Variant, inputs: tuple[np.ndarray, np.ndarray],
     result: dict[str, Any] = {
         "variant": variant.name,
         "label": variant.label,
-        "file": variant.file.name,
+        "kind": variant.spec.kind,
+        "file": variant.spec.file,
         "bytes": variant.file.stat().st_size,
+        "parameters": variant.spec.parameters,
         **{k: v for k, v in classification_metrics(labels, predicted, num_classes).items()
            if k in ("accuracy", "macro_f1")},
     }
