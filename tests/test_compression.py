@@ -198,10 +198,10 @@ def test_the_hf_folder_loads_with_plain_transformers_plus_the_head(finished):
 
 
 def test_scoring_progress_is_throttled_with_an_eta():
-    from server.compression.compress_command import _throttled
+    from server.compression.compress_progress import throttled
 
     clock, lines = FakeClock(), []
-    report = _throttled("onnx-int8", lines.append, gap_s=15, clock=clock)
+    report = throttled("onnx-int8", lines.append, gap_s=15, clock=clock)
     clock.step = 5.0
     for done in (256, 512, 768, 1024):  # the clock reads 5, 10, 15, 20 s (it started at 0)
         report(done, 2048)
@@ -330,7 +330,7 @@ def test_latency_calls_run_every_variant_on_the_test_records(finished, compresse
 # ------------------------------------------------- pruned and distilled variants (trained ones)
 
 def test_structured_pruning_really_shrinks_and_the_student_is_trained(finished, compressed):
-    results, lines = compressed
+    results, _ = compressed
     by_name = {v["variant"]: v for v in results["variants"]}
     fp32, pruned = by_name["fp32"], by_name["heads-ffn-50"]
     # Whole heads and neurons are gone: fewer parameters, a smaller file (not zeros).
@@ -363,7 +363,7 @@ def test_compression_trains_on_the_labeled_set_and_public_text_only(finished, co
     # run's labeled set, padded to the same length).
     headings = load_public_headings()
     tokenizer = load_tokenizer(str(run.tokenizer_file))
-    ids, mask = encode_texts(tokenizer, headings, run.config.max_length)
+    ids, _ = encode_texts(tokenizer, headings, run.config.max_length)
     width = data.transfer_inputs[0].shape[1]
     public_rows = {tuple(row[:width].tolist()) for row in ids}
     assert all(tuple(row.tolist()) in public_rows for row in data.transfer_inputs[0])

@@ -28,6 +28,7 @@ from typing import Any
 from common.data.data_folders import DataFolderError
 from common.public_checkpoints import CheckpointError
 from common.run_config import ConfigError, parse_overrides
+from server.compression.compress_progress import throttled
 from server.compression.compression_report import (
     PLOT_FILE,
     REPORT_FILE,
@@ -58,7 +59,6 @@ from server.compression.variants import (
 
 PROG = "fedssl compress"
 HF_DIR = "hf"
-PROGRESS_GAP_S = 15.0
 Say = Callable[[str], None]
 
 
@@ -95,7 +95,7 @@ def compress_run(run_dir: str | Path, overrides: dict[str, str] | None = None,
         say(f"[fedssl] compress: scoring {number}/{len(variants)} {variant.name} "
             f"({variant.label})")
         scored, logits = score_variant(variant, inputs, run.test_labels, run.num_classes,
-                                       reference, _throttled(variant.name, say))
+                                       reference, throttled(variant.name, say))
         reference = logits if reference is None else reference  # the first is fp32
         results.append(scored)
         say(f"[fedssl] compress: {variant.name} done in {time.monotonic() - began:.1f} s: "
@@ -124,24 +124,6 @@ def compress_run(run_dir: str | Path, overrides: dict[str, str] | None = None,
     return summary
 
 
-def _throttled(name: str, say: Say, gap_s: float = PROGRESS_GAP_S,
-               clock: Callable[[], float] = time.monotonic) -> Callable[[int, int], None]:
-    """Progress of one variant's scoring: a line at most every `gap_s` seconds (a large
-    encoder scores a test split of thousands of records for minutes on a few cores)."""
-    began = last = clock()
-
-    def report(done: int, total: int) -> None:
-        nonlocal last
-        now = clock()
-        if now - last >= gap_s and done < total:
-            last = now
-            eta = (now - began) / done * (total - done)
-            say(f"[fedssl] compress: {name} {done:,}/{total:,} records, "
-                f"{now - began:.0f} s, about {eta:.0f} s left")
-
-    return report
-
-
 def _build_variants(run: FinishedRun, settings: CompressionSettings, say: Say
                     ) -> tuple[list[VariantSpec], dict[str, Any]]:
     """Quantize, export, prune and distil into RUN_DIR/compressed/; the specs (every variant
@@ -157,7 +139,7 @@ def _build_variants(run: FinishedRun, settings: CompressionSettings, say: Say
                       public_available=data.transfer_available)
     say(f"[fedssl] compress: the fine-tuned model labels {len(data.labeled_labels)} labeled "
         f"+ {transfer:,} public texts ({data.transfer_name}); client records are never used")
-    targets = teacher_targets(run.model, data, _throttled("teacher", say))
+    targets = teacher_targets(run.model, data, throttled("teacher", say, "batches"))
     specs += pruned_specs(run, targets, settings, say)
     specs += student_specs(run, targets, settings, say)
     return specs, trained_on

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from server.compression.compress_progress import throttled
 from server.compression.compression_settings import CompressionSettings
 from server.compression.distillation import DistillRecipe, distill
 from server.compression.finished_run import FinishedRun
@@ -74,7 +75,8 @@ def pruned_specs(run: FinishedRun, targets: TeacherTargets, settings: Compressio
         if settings.recover_epochs > 0:
             distill(model, (targets.data.labeled_inputs, targets.data.labeled_labels),
                     targets.labeled_logits, targets.data.transfer_inputs,
-                    targets.transfer_logits, recovery_recipe(run, settings))
+                    targets.transfer_logits, recovery_recipe(run, settings),
+                    on_step=throttled(f"{key} recovery", say, "steps"))
         model.eval()
         weights = Path(OUT_DIR) / f"{key}.safetensors"
         save_pruned(model, plan, run.run_dir / weights)

@@ -16,6 +16,7 @@ from transformers import BertConfig
 
 from common.data.tokenizer import load_tokenizer, special_ids
 from common.tasks.mlm import bert_config
+from server.compression.compress_progress import throttled
 from server.compression.compression_settings import CompressionSettings
 from server.compression.distillation import DistillRecipe, distill
 from server.compression.finished_run import FinishedRun
@@ -59,7 +60,7 @@ def student_specs(run: FinishedRun, targets: TeacherTargets, settings: Compressi
     student = _fresh(config, run.config.seed)
     distill(student, (targets.data.labeled_inputs, targets.data.labeled_labels),
             targets.labeled_logits, targets.data.transfer_inputs, targets.transfer_logits,
-            distill_recipe(run, settings))
+            distill_recipe(run, settings), on_step=throttled("student", say, "steps"))
     params = parameter_count(student)
     shape = f"{config.num_hidden_layers} layers, hidden {config.hidden_size}"
     weights = STUDENT_DIR / "student.safetensors"
@@ -67,7 +68,8 @@ def student_specs(run: FinishedRun, targets: TeacherTargets, settings: Compressi
     onnx = onnx_int8_file(student, run.test_inputs, run.run_dir / OUT_DIR / "student-int8.onnx")
     say("[fedssl] compress: the same student on the labels alone (no teacher)")
     alone = _fresh(config, run.config.seed)
-    train_classifier(alone, run.labeled_inputs, run.labeled_labels, finetune_recipe(run.config))
+    train_classifier(alone, run.labeled_inputs, run.labeled_labels, finetune_recipe(run.config),
+                     on_step=throttled("labels-only student", say, "steps"))
     alone_weights = STUDENT_DIR / "student-labels-only.safetensors"
     save_state(alone, run.run_dir / alone_weights)
     return [
