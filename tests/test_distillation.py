@@ -134,15 +134,18 @@ def test_distillation_on_transfer_text_beats_training_on_the_labels_alone():
     held_out = _tokens(400, seed=12)
     agreed = teacher_logits(teacher, held_out).argmax(-1).numpy()
 
-    recipe = DistillRecipe(epochs=6, batch_size=64, learning_rate=3e-3, temperature=2.0)
+    recipe = DistillRecipe(FinetuneRecipe(epochs=6, batch_size=64, learning_rate=3e-3),
+                           temperature=2.0)
     steps: list[int] = []
     distilled = distill(_bert(seed=1), (few, few_labels), teacher_logits(teacher, few),
                         transfer, teacher_logits(teacher, transfer), recipe,
                         on_step=lambda done, total: steps.append(total))
     # The same number of steps, on the labels alone (alpha = 1: plain cross-entropy).
     labels_only = distill(_bert(seed=1), (few, few_labels), teacher_logits(teacher, few),
-                          None, None, dataclasses.replace(recipe, hard_label_weight=1.0,
-                                                          min_steps=steps[-1]))
+                          None, None, dataclasses.replace(
+                              recipe, hard_label_weight=1.0,
+                              schedule=dataclasses.replace(recipe.schedule,
+                                                           min_steps=steps[-1])))
     kd_agreement = float((predict(distilled, held_out) == agreed).mean())
     ce_agreement = float((predict(labels_only, held_out) == agreed).mean())
     print(f"teacher agreement: distilled {kd_agreement:.3f}, labels only {ce_agreement:.3f}")
@@ -152,16 +155,13 @@ def test_distillation_on_transfer_text_beats_training_on_the_labels_alone():
 
 def test_without_transfer_and_alpha_one_it_is_train_classifier():
     inputs, labels = _tokens(40, seed=4), torch.arange(40) % CLASSES
-    recipe = DistillRecipe(epochs=3, batch_size=16, hard_label_weight=1.0, seed=5,
-                           min_steps=10)
+    finetune = FinetuneRecipe(epochs=3, batch_size=16, seed=5, min_steps=10)
+    recipe = DistillRecipe(finetune, hard_label_weight=1.0)
     steps: list[tuple[int, int]] = []
     # Teacher logits that disagree with the labels: alpha = 1 must ignore them entirely.
     contrary = 5.0 * nn.functional.one_hot((labels + 1) % CLASSES, CLASSES).float()
     student = distill(_bert(seed=2), (inputs, labels), contrary, None, None, recipe,
                       on_step=lambda done, total: steps.append((done, total)))
-    finetune = FinetuneRecipe(epochs=3, batch_size=16, learning_rate=recipe.learning_rate,
-                              weight_decay=recipe.weight_decay,
-                              warmup_fraction=recipe.warmup_fraction, seed=5, min_steps=10)
     plain = train_classifier(_bert(seed=2), inputs, labels, finetune)
     assert not student.training
     assert steps == [(done, 12) for done in range(1, 13)]  # min_steps: 4 epochs of 3 steps
@@ -177,7 +177,7 @@ def test_transfer_records_use_no_label_so_alpha_cannot_touch_them():
     empty = (tuple(t[:0] for t in transfer), torch.zeros(0, dtype=torch.long))
 
     def transfer_only(alpha: float) -> nn.Module:
-        recipe = DistillRecipe(epochs=2, batch_size=16, hard_label_weight=alpha)
+        recipe = DistillRecipe(FinetuneRecipe(epochs=2, batch_size=16), hard_label_weight=alpha)
         return distill(_bert(seed=3), empty, soft[:0], transfer, soft, recipe)
 
     start = _bert(seed=3)
@@ -194,7 +194,7 @@ def test_same_seed_same_student_and_the_global_rng_is_untouched():
     soft_transfer = teacher_logits(teacher, transfer)
 
     def run(seed: int) -> nn.Module:
-        recipe = DistillRecipe(epochs=2, batch_size=16, seed=seed)
+        recipe = DistillRecipe(FinetuneRecipe(epochs=2, batch_size=16, seed=seed))
         return distill(_bert(seed=1), (labeled, labels), soft_labeled, transfer,
                        soft_transfer, recipe)
 
@@ -229,6 +229,8 @@ def _bad_cases() -> list[tuple[str, dict, str]]:
         ("zero temperature", {"recipe": DistillRecipe(temperature=0.0)}, "temperature"),
         ("alpha above one", {"recipe": DistillRecipe(hard_label_weight=1.5)}, "[0, 1]"),
         ("alpha below zero", {"recipe": DistillRecipe(hard_label_weight=-0.1)}, "[0, 1]"),
+        ("zero batch size", {"recipe": DistillRecipe(FinetuneRecipe(batch_size=0))},
+         "batch_size >= 1"),
         ("nothing at all", {"inputs": (torch.ones(0, LENGTH).long(),) * 2,
                             "labels": torch.zeros(0, dtype=torch.long),
                             "labeled_teacher": torch.zeros(0, CLASSES),
@@ -241,7 +243,8 @@ def test_bad_inputs_are_refused_with_a_clear_message(case):
     _, overrides, message = case
     args = {"inputs": _tokens(8, seed=9), "labels": torch.arange(8) % CLASSES,
             "labeled_teacher": torch.zeros(8, CLASSES), "transfer": _tokens(6, seed=9),
-            "transfer_teacher": torch.zeros(6, CLASSES), "recipe": DistillRecipe(epochs=1)}
+            "transfer_teacher": torch.zeros(6, CLASSES),
+            "recipe": DistillRecipe(FinetuneRecipe(epochs=1))}
     args.update(overrides)
     student = _bert(seed=0)
     before = _weights(student)

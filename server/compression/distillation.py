@@ -4,22 +4,28 @@ Only data the server may use enters: its labeled set (inputs and labels) and pub
 "transfer" text (inputs only, e.g. ICD-10 headings); never client records. The teacher's
 logits are computed once (`teacher_logits`) and reused every epoch, since the teacher's
 forward pass is the slow part. `distill` then trains the student on one pool of labeled and
-transfer records with the conventions of server/evaluation/classifier_training.py: AdamW,
-weight decay on matrices only, linear warmup/decay, shuffling and dropout seeded from the
-recipe with the global RNG left untouched, and an `on_step(done, total)` hook.
+transfer records with server/evaluation/classifier_training.py's `train_epochs` (the loop of
+fine-tuning): AdamW, weight decay on matrices only, linear warmup/decay, shuffling and
+dropout seeded from the recipe with the global RNG left untouched, an `on_step(done, total)`
+hook.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from server.evaluation.classifier_training import StepHook, _forward_logits, num_labels_of
+from server.evaluation.classifier_training import (
+    FinetuneRecipe,
+    StepHook,
+    _forward_logits,
+    num_labels_of,
+    train_epochs,
+)
 
 # Label of a record that has none (a transfer record); F.cross_entropy's default ignore_index,
 # so such a record contributes exactly 0 to the hard-label term.
@@ -30,25 +36,19 @@ Inputs = tuple[torch.Tensor, ...]
 
 @dataclass(frozen=True)
 class DistillRecipe:
-    """Distillation hyper-parameters, fixed in advance (never tuned on the test set)."""
+    """Distillation hyper-parameters, fixed in advance (never tuned on the test set).
 
-    epochs: int = 10
-    batch_size: int = 64
-    learning_rate: float = 5e-4
-    weight_decay: float = 0.01
-    warmup_fraction: float = 0.1
+    `schedule` is the training schedule (epochs, batch size, learning rate, weight decay,
+    warmup, seed, min_steps), exactly as for fine-tuning, counted over the pool of labeled
+    and transfer records.
+    """
+
+    schedule: FinetuneRecipe = field(
+        default_factory=lambda: FinetuneRecipe(epochs=10, batch_size=64))
     temperature: float = 2.0
     # alpha: weight of cross-entropy on the true label for labeled records; (1 - alpha) goes
     # to their distillation term. Transfer records always carry the full distillation term.
     hard_label_weight: float = 0.5
-    seed: int = 0
-    # As FinetuneRecipe.min_steps: a tiny pool gets at least this many optimizer steps.
-    min_steps: int = 0
-
-    def epochs_for(self, num_records: int) -> int:
-        """Epochs to run on a pool of `num_records`: `epochs`, or more to reach `min_steps`."""
-        steps_per_epoch = math.ceil(num_records / self.batch_size)
-        return max(self.epochs, math.ceil(self.min_steps / max(steps_per_epoch, 1)))
 
 
 def teacher_logits(
@@ -122,68 +122,29 @@ def distill(
     `labeled` is `(inputs, labels)` with `labeled_teacher` the teacher's logits on those
     inputs; `transfer` holds unlabeled inputs with `transfer_teacher` their teacher logits
     (both None for none). Labeled and transfer records form one pool, shuffled together each
-    epoch; each batch's loss is `distillation_loss` (the mean over its records). The schedule
-    is train_classifier's, counted over the pool: ceil(pool / batch_size) steps per epoch,
-    `recipe.epochs_for(pool)` epochs. With no transfer and alpha = 1 it therefore is exactly
-    `train_classifier` with the same hyper-parameters. `on_step(done, total)`, if given, runs
-    after every optimizer step. Raises ValueError on mismatched lengths or logit shapes,
-    labels outside the student's classes, T <= 0 or alpha outside [0, 1].
+    epoch; each batch's loss is `distillation_loss` (the mean over its records). Training is
+    `train_epochs` with `recipe.schedule`, counted over the pool: ceil(pool / batch_size)
+    steps per epoch, `recipe.schedule.epochs_for(pool)` epochs. With no transfer and
+    alpha = 1 it therefore is exactly `train_classifier` with the same schedule.
+    `on_step(done, total)`, if given, runs after every optimizer step. Raises ValueError on
+    mismatched lengths or logit shapes, labels outside the student's classes, T <= 0, alpha
+    outside [0, 1] or a batch size below 1.
     """
-    pool_inputs, pool_teacher, pool_labels = _pool(student, labeled, labeled_teacher,
-                                                   transfer, transfer_teacher, recipe)
-    size = len(pool_labels)
-    optimizer = _optimizer(student, recipe)
-    steps_per_epoch = math.ceil(size / recipe.batch_size)
-    epochs = recipe.epochs_for(size)
-    total_steps = max(epochs * steps_per_epoch, 1)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, _warmup_decay(total_steps, int(recipe.warmup_fraction * total_steps)))
-    generator = torch.Generator().manual_seed(recipe.seed)
+    if not recipe.temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {recipe.temperature}")
+    if not 0.0 <= recipe.hard_label_weight <= 1.0:
+        raise ValueError(f"hard_label_weight (alpha) must lie in [0, 1], "
+                         f"got {recipe.hard_label_weight}")
+    pool_inputs, pool_teacher, pool_labels = _pool(num_labels_of(student), labeled,
+                                                   labeled_teacher, transfer, transfer_teacher)
 
-    done_steps = 0
-    student.train()
-    # fork_rng: dropout draws from the global RNG; seed it here without leaking to the caller.
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(recipe.seed)
-        for _ in range(epochs):
-            order = torch.randperm(size, generator=generator)
-            for start in range(0, size, recipe.batch_size):
-                batch = order[start : start + recipe.batch_size]
-                logits = _forward_logits(student, tuple(t[batch] for t in pool_inputs))
-                loss = distillation_loss(logits, pool_teacher[batch], pool_labels[batch],
-                                         recipe.temperature, recipe.hard_label_weight)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                scheduler.step()
-                done_steps += 1
-                if on_step is not None:
-                    on_step(done_steps, total_steps)
-    student.eval()
-    return student
+    def batch_loss(batch: torch.Tensor) -> torch.Tensor:
+        logits = _forward_logits(student, tuple(t[batch] for t in pool_inputs))
+        return distillation_loss(logits, pool_teacher[batch], pool_labels[batch],
+                                 recipe.temperature, recipe.hard_label_weight)
 
-
-def _optimizer(model: nn.Module, recipe: DistillRecipe) -> torch.optim.AdamW:
-    """AdamW over trainable parameters, decaying matrices only (as train_classifier)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    return torch.optim.AdamW(
-        [
-            {"params": [p for p in params if p.dim() >= 2], "weight_decay": recipe.weight_decay},
-            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-        ],
-        lr=recipe.learning_rate,
-    )
-
-
-def _warmup_decay(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
-    """Learning-rate factor: linear warmup over `warmup_steps`, then linear decay to 0."""
-
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        return max(0.0, (total_steps - step) / max(total_steps - warmup_steps, 1))
-
-    return factor
+    return train_epochs(student, len(pool_labels), recipe.schedule, batch_loss,
+                        on_step=on_step)
 
 
 def _check_inputs(name: str, inputs: Inputs) -> int:
@@ -205,24 +166,12 @@ def _check_logits(name: str, logits: torch.Tensor, records: int, classes: int) -
         raise ValueError(f"{name}: teacher logits contain NaN or inf")
 
 
-def _pool(
-    student: nn.Module,
-    labeled: tuple[Inputs, torch.Tensor],
-    labeled_teacher: torch.Tensor,
-    transfer: Inputs | None,
-    transfer_teacher: torch.Tensor | None,
-    recipe: DistillRecipe,
-) -> tuple[Inputs, torch.Tensor, torch.Tensor]:
-    """Validate the arguments and concatenate labeled and transfer records into one pool:
-    (inputs, teacher logits float32, labels with NO_LABEL for transfer records)."""
-    if not recipe.temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {recipe.temperature}")
-    if not 0.0 <= recipe.hard_label_weight <= 1.0:
-        raise ValueError(f"hard_label_weight (alpha) must lie in [0, 1], "
-                         f"got {recipe.hard_label_weight}")
-    if recipe.batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {recipe.batch_size}")
-    classes = num_labels_of(student)
+def _pool(classes: int, labeled: tuple[Inputs, torch.Tensor], labeled_teacher: torch.Tensor,
+          transfer: Inputs | None, transfer_teacher: torch.Tensor | None
+          ) -> tuple[Inputs, torch.Tensor, torch.Tensor]:
+    """Validate the records against a student of `classes` classes and concatenate labeled
+    and transfer records into one pool: (inputs, teacher logits float32, labels with
+    NO_LABEL for transfer records)."""
     inputs, labels = labeled
     labels = torch.as_tensor(labels, dtype=torch.long)
     records = _check_inputs("labeled", inputs)

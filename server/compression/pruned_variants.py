@@ -32,6 +32,7 @@ from server.compression.structured_pruning import (
 )
 from server.compression.teacher_targets import TeacherTargets
 from server.compression.variants import OUT_DIR, VariantSpec, parameter_count
+from server.evaluation.classifier_training import FinetuneRecipe
 
 RUN_PRUNED = Path("models") / "pruned.safetensors"
 IMPORTANCE_BATCH = 32
@@ -51,10 +52,10 @@ def unstructured_spec(run: FinishedRun) -> list[VariantSpec]:
 def recovery_recipe(run: FinishedRun, settings: CompressionSettings) -> DistillRecipe:
     """Repair, not retraining: the run's fine-tuning batch, a fifth of its learning rate
     (as the run's own pruning arm), `recover_epochs` passes."""
-    return DistillRecipe(epochs=settings.recover_epochs,
-                         batch_size=run.config.finetune_batch_size,
-                         learning_rate=run.config.finetune_learning_rate * 0.2,
-                         seed=run.config.seed + 1)
+    return DistillRecipe(FinetuneRecipe(epochs=settings.recover_epochs,
+                                        batch_size=run.config.finetune_batch_size,
+                                        learning_rate=run.config.finetune_learning_rate * 0.2,
+                                        seed=run.config.seed + 1))
 
 
 def pruned_specs(run: FinishedRun, targets: TeacherTargets, settings: CompressionSettings,

@@ -24,7 +24,7 @@ from server.compression.onnx_export import onnx_int8_file
 from server.compression.teacher_targets import TeacherTargets
 from server.compression.variants import OUT_DIR, VariantSpec, parameter_count
 from server.evaluation.arms import finetune_recipe
-from server.evaluation.classifier_training import train_classifier
+from server.evaluation.classifier_training import FinetuneRecipe, train_classifier
 from server.evaluation.safetensors_export import save_state
 from server.evaluation.text_classifier import MeanPoolClassifier, build_classifier
 
@@ -41,9 +41,10 @@ def student_config(run: FinishedRun) -> BertConfig:
 
 def distill_recipe(run: FinishedRun, settings: CompressionSettings) -> DistillRecipe:
     """The run's fine-tuning learning rate; a larger batch (the transfer set is large)."""
-    return DistillRecipe(epochs=settings.distill_epochs, batch_size=64,
-                         learning_rate=run.config.finetune_learning_rate,
-                         seed=run.config.seed, min_steps=run.config.finetune_min_steps)
+    return DistillRecipe(FinetuneRecipe(epochs=settings.distill_epochs, batch_size=64,
+                                        learning_rate=run.config.finetune_learning_rate,
+                                        seed=run.config.seed,
+                                        min_steps=run.config.finetune_min_steps))
 
 
 def student_specs(run: FinishedRun, targets: TeacherTargets, settings: CompressionSettings,

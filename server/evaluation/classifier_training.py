@@ -63,16 +63,10 @@ def train_classifier(
     after_epoch: Callable[[int], bool] | None = None,
     on_step: StepHook | None = None,
 ) -> nn.Module:
-    """Fine-tune `model` in place with AdamW and a linear warmup/decay schedule; returns it.
+    """Fine-tune `model` in place on `labels` with cross-entropy (`train_epochs`); returns it.
 
-    Shuffling and dropout are seeded from `recipe.seed` (the global RNG is left untouched).
-    Weight decay applies to matrices only, not to biases or norm gains. Works with
-    `torch.nn.utils.prune` reparametrisation in place: the optimizer updates `weight_orig`
-    and the pruning hook re-applies the mask on every forward, so pruned weights stay zero.
-    `progress`, if given, receives one line per epoch with the mean training loss.
-    `after_epoch(epoch)`, if given, runs after each epoch (model in eval mode); returning True
-    stops training early. `on_step(done, total)`, if given, runs after every optimizer step
-    (server/evaluation/evaluation_progress.py throttles it into progress lines).
+    Raises ValueError unless all inputs and the labels have the same non-zero length and
+    every label is one of the model's classes. The hooks are `train_epochs`'s.
     """
     labels = torch.as_tensor(labels, dtype=torch.long)
     sizes = {len(t) for t in inputs} | {len(labels)}
@@ -83,6 +77,44 @@ def train_classifier(
     if int(labels.min()) < 0 or int(labels.max()) >= num_labels:
         raise ValueError(f"labels must lie in [0, {num_labels}), got {labels.unique().tolist()}")
 
+    def batch_loss(batch: torch.Tensor) -> torch.Tensor:
+        logits = _forward_logits(model, tuple(t[batch] for t in inputs))
+        return F.cross_entropy(logits, labels[batch])
+
+    return train_epochs(model, len(labels), recipe, batch_loss, on_step=on_step,
+                        after_epoch=after_epoch, progress=progress)
+
+
+def train_epochs(
+    model: nn.Module,
+    size: int,
+    recipe: FinetuneRecipe,
+    batch_loss: Callable[[torch.Tensor], torch.Tensor],
+    on_step: StepHook | None = None,
+    after_epoch: Callable[[int], bool] | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> nn.Module:
+    """Train `model` in place on `size` records with AdamW and a linear warmup/decay schedule;
+    returns it in eval mode. The one training loop of fine-tuning and distillation.
+
+    Each epoch shuffles the record indices `0..size-1` and cuts them into batches of
+    `recipe.batch_size`; `batch_loss(indices)` runs the forward pass on those records and
+    returns the scalar loss to minimise. `recipe.epochs_for(size)` epochs of
+    ceil(size / batch_size) steps; the learning rate warms up linearly over the first
+    `warmup_fraction` of the steps, then decays linearly to 0.
+    Shuffling and dropout are seeded from `recipe.seed` (the global RNG is left untouched).
+    Weight decay applies to matrices only, not to biases or norm gains; only parameters that
+    require grad are optimized. Works with `torch.nn.utils.prune` reparametrisation in place:
+    the optimizer updates `weight_orig` and the pruning hook re-applies the mask on every
+    forward, so pruned weights stay zero.
+    `on_step(done, total)`, if given, runs after every optimizer step
+    (server/evaluation/evaluation_progress.py throttles it into progress lines).
+    `progress`, if given, receives one line per epoch with the mean training loss.
+    `after_epoch(epoch)`, if given, runs after each epoch (model in eval mode); returning True
+    stops training early. Raises ValueError unless `size` and `recipe.batch_size` are >= 1.
+    """
+    if size < 1 or recipe.batch_size < 1:
+        raise ValueError(f"need size >= 1 and batch_size >= 1, got {size}, {recipe.batch_size}")
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
         [
@@ -91,8 +123,8 @@ def train_classifier(
         ],
         lr=recipe.learning_rate,
     )
-    steps_per_epoch = math.ceil(len(labels) / recipe.batch_size)
-    epochs = recipe.epochs_for(len(labels))
+    steps_per_epoch = math.ceil(size / recipe.batch_size)
+    epochs = recipe.epochs_for(size)
     total_steps = max(epochs * steps_per_epoch, 1)
     warmup_steps = int(recipe.warmup_fraction * total_steps)
 
@@ -110,12 +142,11 @@ def train_classifier(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(recipe.seed)
         for epoch in range(epochs):
-            order = torch.randperm(len(labels), generator=generator)
+            order = torch.randperm(size, generator=generator)
             loss_sum = 0.0
-            for start in range(0, len(labels), recipe.batch_size):
+            for start in range(0, size, recipe.batch_size):
                 batch = order[start : start + recipe.batch_size]
-                logits = _forward_logits(model, tuple(t[batch] for t in inputs))
-                loss = F.cross_entropy(logits, labels[batch])
+                loss = batch_loss(batch)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -126,7 +157,7 @@ def train_classifier(
                     on_step(done_steps, total_steps)
             if progress is not None:
                 progress(
-                    f"epoch {epoch + 1}/{epochs} loss {loss_sum / len(labels):.4f} "
+                    f"epoch {epoch + 1}/{epochs} loss {loss_sum / size:.4f} "
                     f"lr {scheduler.get_last_lr()[0]:.2e}"
                 )
             if after_epoch is not None:
