@@ -90,7 +90,16 @@ def main(argv: list[str] | None = None) -> int:
     gateway.add_argument("--keyfile", required=True, help="the SuperLink's server.key")
     add_certs_parser(commands)
     add_sweep_parser(commands)
+    # The empirical privacy audit (docs/privacy-audit.md); its module imports torch lazily.
+    from simulations.privacy_audit.empirical_audit_command import (
+        add_empirical_audit_parser,
+        empirical_audit_command,
+    )
+
+    add_empirical_audit_parser(commands)
     args = parser.parse_args(argv)
+    if args.command == "audit-empirical":
+        return empirical_audit_command(args)
     # SIGTERM takes the same clean path as Ctrl-C: every started process gets stopped.
     signal.signal(signal.SIGTERM, _interrupt_once)
     try:
