@@ -44,16 +44,16 @@ def markdown_table(settings: AuditSettings, results: list[TrialResult]) -> str:
         lines += [f"**{warning}**", ""]
     first = results[0]
     lines += [
-        f"Empirical privacy audit (one run, Steinke-Nasr-Jagielski 2023): task "
+        (f"Empirical privacy audit (one run, Steinke-Nasr-Jagielski 2023): task "
         f"{settings.config.task}, m={settings.canaries} canaries, β={settings.beta:g} "
         f"(β/{len(SCORES)} per score, each over {len(k_grid(settings.canaries))} (k+, k-) "
         f"pairs), bug: {settings.bug.value}. Claim: the node's record-level ε at "
         f"δ={first.delta:g} (replace-one), σ={first.noise_multiplier:.3f}, "
         f"q={first.sample_rate:.4f}, {first.steps_per_round} steps × {first.rounds} rounds, "
-        f"n={first.num_records}.",
+        f"n={first.num_records}."),
         "",
-        "| trial | claimed ε | score | lower bound | k+ | k- | guesses | correct | "
-        "bound > claim |",
+        ("| trial | claimed ε | score | lower bound | k+ | k- | guesses | correct | "
+        "bound > claim |"),
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for index, result in enumerate(results, 1):
@@ -64,8 +64,8 @@ def markdown_table(settings: AuditSettings, results: list[TrialResult]) -> str:
                 f"{bound.correct} | {'YES' if bound.epsilon > result.claimed_epsilon else 'no'}"
                 " |")
     refuted = sum(r.refutes_claim for r in results)
-    lines += ["", f"Trials whose lower bound (the largest of the {len(SCORES)} scores) exceeds "
+    lines += ["", (f"Trials whose lower bound (the largest of the {len(SCORES)} scores) exceeds "
               f"the claim: {refuted}/{len(results)}. A bound above the claim proves the "
               "mechanism is not what the accountant assumes; a bound below it proves "
-              "nothing about the claim (docs/privacy-audit.md).", ""]
+              "nothing about the claim (docs/privacy-audit.md)."), ""]
     return "\n".join(lines)
