@@ -96,7 +96,7 @@ def size_plot(variants: list[dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")  # files only: no display on servers
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(8.5, 4.5))
     markers = "osD^vP*X"
     for number, v in enumerate(variants):
         # A legend, not labels at the points: variants of nearly the same size and score
@@ -115,7 +115,7 @@ def size_plot(variants: list[dict[str, Any]], path: Path) -> None:
     ax.set_xlabel("file size (MB)")
     ax.set_ylabel("macro-F1 (test split)")
     ax.set_title("Compressed variants: size vs macro-F1")
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))  # off the points
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
