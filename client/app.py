@@ -20,13 +20,15 @@ from __future__ import annotations
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
+from client.secure_aggregation import secure_aggregation_mod
 from client.train_message import answer_ledger_sync, train_round
 from common.protocol import LedgerSyncQuery, RoundInstruction, global_arrays
 
 app = ClientApp()
 
 
-@app.train()
+# secure-aggregation=true: Flower's SecAgg+ mod masks Δ (client/secure_aggregation.py)
+@app.train(mods=[secure_aggregation_mod])
 def train(msg: Message, context: Context) -> Message:
     """One federated round on this node's records (or a refusal / error status)."""
     instruction = RoundInstruction.from_record_dict(msg.content)

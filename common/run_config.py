@@ -105,6 +105,11 @@ class RunConfig:
     client_dp: bool = False
     client_noise_multiplier: float = 1.0
     client_sampling: str = "fixed"  # "fixed" (fraction-train, no amplification) or "poisson"
+    # Secure aggregation (Flower's SecAgg+): the server learns only the sum of a round's
+    # updates (server/secure_aggregation.py); secagg-threshold: the share of the round's
+    # sample whose key shares unmask the sum (fewer live nodes: the round is skipped)
+    secure_aggregation: bool = False
+    secagg_threshold: float = 0.67
     # Data
     data: str = ""  # simulation: "" = the embedded demo data; or a folder of the user's own
     partition: str = "dirichlet"  # "dirichlet" (over labels), "iid", "column" (`client` field)
@@ -241,6 +246,7 @@ class RunConfig:
         _require("aggregator", not (self.client_dp and self.aggregator != "mean"),
                  "client-level DP needs the plain sum of updates (aggregator=mean): a robust "
                  "aggregate has a different sensitivity")
+        self._require_secure_aggregation()
         _require("client-sampling", self.client_sampling in CLIENT_SAMPLING,
                  f"must be one of {', '.join(CLIENT_SAMPLING)}")
         _require("partition", self.partition in PARTITIONS,
@@ -265,6 +271,27 @@ class RunConfig:
         self._require_init(task.needs_checkpoint)
         self._require_public_corpus(task.public_negatives,
                                     task.public_corpus and self.warm_start_steps > 0)
+
+    def _require_secure_aggregation(self) -> None:
+        """SecAgg+ sums updates: nothing that needs an individual update, at least 2 nodes."""
+        _require("secagg-threshold", 0.5 < self.secagg_threshold <= 1,
+                 "must be in (0.5, 1]: the share of a round's sample needed to unmask the sum")
+        if not self.secure_aggregation:
+            return
+        _require("aggregator", self.aggregator == "mean",
+                 "secure aggregation reveals only the sum of updates: a robust aggregate "
+                 "(median, trimmed-mean) needs each update; use aggregator=mean")
+        _require("short-round", self.short_round == "skip",
+                 "secure aggregation runs each round once: use short-round=skip")
+        _require("num-clients", self.num_clients >= 2,
+                 "secure aggregation needs at least 2 clients per round")
+        _require("fraction-train", self.client_sampling == "poisson"
+                 or int(self.num_clients * self.fraction_train) >= 2,
+                 "secure aggregation needs at least 2 sampled clients per round "
+                 "(num-clients x fraction-train >= 2)")
+        _require("num-clients", self.num_clients <= 1024,
+                 "secure aggregation sums at most 1024 clients without overflow (modulus "
+                 "2^32 over 2^22 quantisation levels)")
 
     def _require_init(self, needs_checkpoint: bool) -> None:
         """A public checkpoint brings its own tokenizer and shape, and trains adapters only."""

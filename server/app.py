@@ -37,8 +37,10 @@ def main(grid: Grid, context: Context) -> None:
     model, recorder = run.model, run.recorder
     if run.done < config.num_rounds:
         wait_for_nodes(grid, config.num_clients)
-        # ProgressGrid: per-round progress (clients done, elapsed, ETA) as replies arrive.
-        load_federated_state(model, federated_rounds(ProgressGrid(grid, config.num_rounds), config,
+        # ProgressGrid: per-round progress (clients done, elapsed, ETA) as replies arrive;
+        # secure aggregation's four message rounds per round report their own progress.
+        rounds_grid = grid if config.secure_aggregation else ProgressGrid(grid, config.num_rounds)
+        load_federated_state(model, federated_rounds(rounds_grid, config,
                                                task, model, recorder, run.coverage,
                                                run.sim_state_dir, run.done))
     if config.num_rounds > 0:

@@ -11,9 +11,10 @@ from flwr.serverapp import Grid
 
 from common.run_config import RunConfig
 from common.tasks import SslTask, federated_state
-from server.federation_setup import build_strategy, round_instruction
+from server.federation_setup import build_strategy, client_dp_settings, round_instruction
 from server.ledger_sync import LedgerCoverage
 from server.run_directory import RoundRecorder
+from server.secure_aggregation import SecureAggregationRounds, secure_federated_rounds
 
 NODE_WAIT_S = 300.0
 
@@ -22,7 +23,16 @@ def federated_rounds(
     grid: Grid, config: RunConfig, task: SslTask, model: torch.nn.Module,
     recorder: RoundRecorder, coverage: LedgerCoverage, sim_state_dir: Path, done: int,
 ) -> dict[str, torch.Tensor]:
-    """Rounds done+1 .. num-rounds from `model`; returns the final global weights."""
+    """Rounds done+1 .. num-rounds from `model`; returns the final global weights.
+
+    With `secure-aggregation` the rounds run Flower's SecAgg+ (server/secure_aggregation.py);
+    `grid` should then be Flower's own (its progress lines come from that module).
+    """
+    if config.secure_aggregation:
+        rounds = SecureAggregationRounds(
+            config, recorder, coverage, client_dp_settings(config),
+            round_instruction(config, task, recorder.run_id, sim_state_dir), round_offset=done)
+        return secure_federated_rounds(grid, config, rounds, federated_state(model), done)
     strategy = build_strategy(config, recorder, coverage, done)
     result = strategy.start(
         grid=grid,

@@ -86,7 +86,8 @@ class RoundRecorder:
         eps = [e.epsilon for e in record.ledger
                if e.round == record.server_round and e.run_id == self.run_id
                and not e.is_confirmation and e.guarantee == RECORD_LEVEL]
-        norms = [float(c["update-norm"]) for c in record.clients]
+        # (nodes under secure aggregation do not send their update's norm)
+        norms = [float(c["update-norm"]) for c in record.clients if "update-norm" in c]
         line = {
             "round": record.server_round,
             "run_id": self.run_id,

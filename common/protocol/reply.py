@@ -104,8 +104,12 @@ class ClientReply:
         return content
 
     @classmethod
-    def parse(cls, content: RecordDict) -> ClientReply | str:
-        """The reply, validated; or why it cannot be used (one line, for the round's log)."""
+    def parse(cls, content: RecordDict, update_sent: bool = True) -> ClientReply | str:
+        """The reply, validated; or why it cannot be used (one line, for the round's log).
+
+        `update_sent=False` (secure aggregation): the Δ went into the masked sum, so a trained
+        reply carries no ArrayRecord with data, and any other record is ignored here.
+        """
         info = content.config_records.get(REPLY_KEY)
         if info is None:
             return "not a fedssl reply (no ledger)"
@@ -118,6 +122,13 @@ class ClientReply:
                     ledger=list(info.get(LEDGER, [])))
         if status != STATUS_TRAINED:
             return reply
+        if not update_sent:
+            if METRICS_KEY not in content.metric_records:
+                return f"a trained reply must carry a MetricRecord '{METRICS_KEY}'"
+            if any(len(record) > 0 for record in content.array_records.values()):
+                return "under secure aggregation a reply must carry no update in the clear"
+            content = RecordDict({METRICS_KEY: content.metric_records[METRICS_KEY],
+                                  ARRAYS_KEY: ArrayRecord()})
         if set(content.metric_records) != {METRICS_KEY} or set(content.array_records) != {
                 ARRAYS_KEY}:
             return (f"a trained reply must carry exactly one MetricRecord '{METRICS_KEY}' and "
@@ -125,6 +136,8 @@ class ClientReply:
                     f"{sorted(content.array_records)}")
         metrics = dict(content.metric_records[METRICS_KEY])
         for key, (check, rule) in _REQUIRED.items():
+            if key == UPDATE_NORM and not update_sent:
+                continue  # ‖Δ‖ is a statistic of the update: not sent under secure aggregation
             if key not in metrics:
                 return f"metric '{key}' is missing"
             if not check(metrics[key]):
@@ -132,7 +145,8 @@ class ClientReply:
         for key, (check, rule) in _OPTIONAL.items():
             if key in metrics and not check(metrics[key]):
                 return f"metric '{key}' must be {rule}, got {metrics[key]!r}"
-        kept = {k: metrics[k] for k in (*_REQUIRED, *_OPTIONAL) if k in metrics}
+        kept = {k: metrics[k] for k in (*_REQUIRED, *_OPTIONAL) if k in metrics
+                and (update_sent or k != UPDATE_NORM)}
         return cls(node=reply.node, status=status, reason=reply.reason, spent=reply.spent,
                    ledger=reply.ledger, metrics=kept, arrays=content.array_records[ARRAYS_KEY])
 
