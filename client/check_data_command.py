@@ -1,5 +1,6 @@
-"""`fedssl check-data DIR [--task TASK] [--set KEY=VALUE ...]`: will a data folder load, for a
-node and for a simulation? Counts only, never record content.
+"""`fedssl check-data DIR [--task TASK] [--set KEY=VALUE ...] [--deid [ENGINE]]`: will a data
+folder load, for a node and for a simulation? Counts only, never record content (`--deid`: how
+many identifiers of each type a node's de-identification would replace, in how many records).
 
 Hospital IT runs this next to the data before starting a SuperNode with `data-dir=DIR`; it
 loads the folder exactly as the node will (same loader, same limits, same run settings such as
@@ -21,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from common.data.data_folders import DATA_KINDS, DataFolderError, FolderReport, load_text_folder
+from common.data.deidentification import DEID_OFF, check_engine, deidentify
 from common.data.image_folders import load_image_folder
 from common.run_config import ConfigError, RunConfig, parse_overrides
 
@@ -39,8 +41,13 @@ def check_folder(data_dir: str | Path, data_kind: str, truncate: bool = False) -
     raise ValueError(f"unknown data kind '{data_kind}'; known: {', '.join(DATA_KINDS)}")
 
 
-def check_data_command(data_dir: str, task_name: str, settings: Sequence[str] = ()) -> int:
-    """Check `data_dir` for task `task_name` under the run `settings`; print counts; exit code."""
+def check_data_command(data_dir: str, task_name: str, settings: Sequence[str] = (),
+                       deid: str | None = None) -> int:
+    """Check `data_dir` for task `task_name` under the run `settings`; print counts; exit code.
+
+    `deid`: also count what that de-identification engine would replace, per type (spans and
+    records, never the text: see common/data/deidentification.py).
+    """
     # Imported here: the task registry loads torch, and the other subcommands do not need it.
     from common.tasks import get_task
 
@@ -49,6 +56,11 @@ def check_data_command(data_dir: str, task_name: str, settings: Sequence[str] = 
         config = RunConfig.from_mapping({"task": task_name, **parse_overrides(list(settings)),
                                          "data": str(folder)})
         task = get_task(config.task)
+        if deid is not None:
+            deid = check_engine(deid, "--deid")
+            if task.data_kind != "text":
+                raise ConfigError("--deid", f"task '{task.name}' reads images: "
+                                  "de-identification applies to text records")
     except ConfigError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2
@@ -68,6 +80,12 @@ def check_data_command(data_dir: str, task_name: str, settings: Sequence[str] = 
         return 1
     print("\n".join(report.summary_lines()))
     print("\n".join(_length_lines(config, texts)))
+    if deid is not None and deid != DEID_OFF:
+        try:
+            print("\n".join(deidentify(texts, deid)[1].lines()))
+        except ConfigError as err:  # the engine's packages are missing
+            print(f"{PROG}: error: {err}", file=sys.stderr)
+            return 2
     print(f"{PROG}: ok: usable by task '{task.name}' ({task.data_kind} data)")
     print("\n".join(simulation_verdict(config, task.data_kind)))
     return 0

@@ -11,7 +11,9 @@ Node config keys: `data-dir` (the node's private records; required outside simul
 `node-name` (the node's id in ledgers; default `node-<flower node id>`; `federation` is
 reserved for the server's own client-level events), `max-epsilon` (record-level budget over
 the node's lifetime; absent or 0 = none), `delta` (δ the node calibrates, accounts and is
-budgeted at; default min(run δ, 1e-5)).
+budgeted at; default min(run δ, 1e-5)), `deid` (de-identify the node's text records before
+they are tokenised: "off", "presidio" or "philter"; default "off", and for a simulated node
+without the key the run's `sim-deid`, which never reaches a deployed node).
 
 The node's cap is the smallest of its own `max-epsilon`, the run's `client-max-epsilon` and,
 when σ is calibrated (`noise-multiplier=auto`), the run's `target-epsilon`: a node never
@@ -27,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from common.data.deidentification import DEID_OFF, check_engine
 from common.privacy.ledger import FEDERATION_NODE
 from common.run_config import ConfigError, RunConfig
 from common.run_layout import LEDGER_FILE
@@ -44,6 +47,7 @@ class NodeSettings:
     delta: float
     partition_id: int | None  # simulation only
     data_dir: Path | None = None  # deployment: the node's own records
+    deid: str = DEID_OFF  # de-identification engine for its text records ("off": none)
 
     @property
     def simulated(self) -> bool:
@@ -100,7 +104,16 @@ def node_settings(
         delta=delta,
         partition_id=partition,
         data_dir=data_dir,
+        deid=_deid(node_config, config, simulated=partition is not None and data_dir is None),
     )
+
+
+def _deid(node_config: Mapping[str, Any], config: RunConfig, simulated: bool) -> str:
+    """The node's own `deid`; a simulated node without one takes the run's `sim-deid` (a
+    deployed node never takes anything from the run here: it decides, like its budget)."""
+    if "deid" in node_config:
+        return check_engine(node_config["deid"], "deid")
+    return config.sim_deid if simulated else DEID_OFF
 
 
 def _number(node_config: Mapping[str, Any], key: str, default: float) -> float:

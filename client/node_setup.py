@@ -92,8 +92,12 @@ def check_public_inputs(task: SslTask, config: RunConfig, expected: str | None) 
 
 
 def node_records(task: SslTask, config: RunConfig, node: NodeSettings) -> tuple[Any, ...]:
-    """The node's own records: its data folder when it has one, else its simulated partition."""
+    """The node's own records: its data folder when it has one, else its simulated partition.
+
+    The one way a node's records reach training, in deployment and simulation alike; both
+    branches de-identify with the node's own `deid` engine before tokenizing.
+    """
     if node.data_dir is not None:
-        return task.folder_tensors(config, node.data_dir)
+        return task.folder_tensors(config, node.data_dir, node.deid)
     assert node.partition_id is not None  # node_settings requires one of the two
-    return worker_cache.partition_records(task, config, node.partition_id)
+    return worker_cache.partition_records(task, config, node.partition_id, node.deid)

@@ -6,8 +6,8 @@ caches start empty and cost nothing. What is cached here is *public or derived o
 run settings*, never per-node state:
 
 * a simulated partition's record tensors, keyed by everything that determines them (task,
-  split settings, max-length, the public-input hash covering the tokenizer file's content, and
-  the partition id). Callers get a copy, so no caller can change what the next one receives.
+  split settings, max-length, the public-input hash covering the tokenizer file's content, the
+  partition id and the node's de-identification engine). Callers get a copy, so no caller can change what the next one receives.
   The split plan and the tokenizer below it are cached by their own modules
   (`common.data.demo_text`, `common.data.demo_images`, `common.data.tokenizer`), and σ calibration and the
   per-(σ, q) RDP curve by `common.privacy.accounting` (pure functions).
@@ -34,14 +34,15 @@ _records: OrderedDict[tuple, tuple[torch.Tensor, ...]] = OrderedDict()
 
 
 def partition_records(
-    task: SslTask, config: RunConfig, partition_id: int
+    task: SslTask, config: RunConfig, partition_id: int, deid: str
 ) -> tuple[torch.Tensor, ...]:
-    """A simulated node's record tensors, built once per process, copied for every caller."""
+    """A simulated node's record tensors (de-identified with engine `deid`), built once per
+    process, copied for every caller."""
     key = (task.name, SplitSettings.from_config(config), config.max_length, config.tokenizer,
-           task.public_inputs_sha256(config), partition_id)
+           task.public_inputs_sha256(config), partition_id, deid)
     cached = _records.get(key)
     if cached is None:
-        cached = tuple(t.clone() for t in task.client_tensors(config, partition_id))
+        cached = tuple(t.clone() for t in task.client_tensors(config, partition_id, deid))
         _records[key] = cached
         while len(_records) > MAX_PARTITIONS:
             _records.popitem(last=False)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from common.config_error import ConfigError
+from common.data.deidentification import DEID_ENGINES, DEID_OFF
 from common.data.public_corpus import corpus_problem
 from common.tasks import get_task
 
@@ -101,6 +102,9 @@ class RunConfig:
     # node config, so this is how a simulation gives them a budget.
     client_max_epsilon: float = 0.0
     sim_state_dir: str = ""  # simulation: simulated nodes' durable state; "" = RUN_DIR/nodes
+    # Simulation: the de-identification pass simulated nodes apply to their text records
+    # ("off", "presidio", "philter"); a deployed node decides with its own node config `deid`.
+    sim_deid: str = "off"
     # Client-level DP (DP-FedAvg): noise z*S on the aggregate of updates clipped to S
     client_dp: bool = False
     client_noise_multiplier: float = 1.0
@@ -110,6 +114,9 @@ class RunConfig:
     # sample whose key shares unmask the sum (fewer live nodes: the round is skipped)
     secure_aggregation: bool = False
     secagg_threshold: float = 0.67
+    # With client-dp: "server" adds the client-level noise to the aggregate; "distributed"
+    # (needs secure-aggregation): every node adds its share, so the server sees a noisy sum
+    client_noise: str = "server"
     # Data
     data: str = ""  # simulation: "" = the embedded demo data; or a folder of the user's own
     partition: str = "dirichlet"  # "dirichlet" (over labels), "iid", "column" (`client` field)
@@ -201,6 +208,10 @@ class RunConfig:
         _require("max-records", self.max_records >= 0, "must be >= 0 (0 means all records)")
         _require("truncate-records", not self.truncate_records or task.data_kind == "text",
                  f"task '{self.task}' reads images, which have no text records to truncate")
+        _require("sim-deid", self.sim_deid in DEID_ENGINES,
+                 f"must be one of {', '.join(DEID_ENGINES)}")
+        _require("sim-deid", self.sim_deid == DEID_OFF or task.data_kind == "text",
+                 f"task '{self.task}' reads images: de-identification applies to text records")
         _require("finetune-min-steps", self.finetune_min_steps >= 0, "must be >= 0")
         _require("prune-recover-epochs", self.prune_recover_epochs >= 0, "must be >= 0")
         _require("max-length", self.max_length >= 8, "must be >= 8 tokens")
@@ -276,6 +287,12 @@ class RunConfig:
         """SecAgg+ sums updates: nothing that needs an individual update, at least 2 nodes."""
         _require("secagg-threshold", 0.5 < self.secagg_threshold <= 1,
                  "must be in (0.5, 1]: the share of a round's sample needed to unmask the sum")
+        _require("client-noise", self.client_noise in ("server", "distributed"),
+                 "must be server or distributed")
+        _require("client-noise", self.client_noise == "server" or (
+            self.secure_aggregation and self.client_dp),
+                 "distributed client-level noise needs client-dp=true and "
+                 "secure-aggregation=true (each node's share is hidden only inside the sum)")
         if not self.secure_aggregation:
             return
         _require("aggregator", self.aggregator == "mean",

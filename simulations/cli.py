@@ -57,6 +57,10 @@ def main(argv: list[str] | None = None) -> int:
         "--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
         help="check under a run setting (repeatable), e.g. --set truncate-records=true or "
         "--set max-length=256; also decides whether `simulate --set data=DIR` would accept it")
+    check_data.add_argument(
+        "--deid", nargs="?", const="presidio", default=None, metavar="ENGINE",
+        help="also count, per identifier type, the spans a node's de-identification would "
+        "replace and in how many records (counts only): presidio (default) or philter")
     compress = commands.add_parser(
         "compress", help="quantize and export a finished run's fine-tuned classifier; "
         "size and macro-F1 of each variant (docs/compression.md)")
@@ -119,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "check-data":
             from client.check_data_command import check_data_command
 
-            return check_data_command(args.data_dir, args.task, args.settings)
+            return check_data_command(args.data_dir, args.task, args.settings, args.deid)
         if args.command == "compress":
             # Imported here: ONNX Runtime and transformers load only for this command.
             from server.compression.compress_command import compress_command

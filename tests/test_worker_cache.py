@@ -48,11 +48,11 @@ def test_cached_records_cannot_be_changed_by_a_caller():
 
     config = RunConfig.from_mapping(SETTINGS)
     task = get_task(config.task)
-    original = [t.clone() for t in worker_cache.partition_records(task, config, 2)]
-    handed_out = worker_cache.partition_records(task, config, 2)
+    original = [t.clone() for t in worker_cache.partition_records(task, config, 2, "off")]
+    handed_out = worker_cache.partition_records(task, config, 2, "off")
     for tensor in handed_out:
         tensor.fill_(0)  # a careless caller
-    again = worker_cache.partition_records(task, config, 2)
+    again = worker_cache.partition_records(task, config, 2, "off")
     assert all(torch.equal(a, b) for a, b in zip(again, original, strict=True))
     assert all(a.data_ptr() != b.data_ptr() for a, b in zip(again, handed_out, strict=True))
 

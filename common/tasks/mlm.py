@@ -17,10 +17,12 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from flwr.common import log
 from torch import nn
 from transformers import BertConfig, BertForMaskedLM
 
 from common.data.data_folders import load_text_folder
+from common.data.deidentification import DEID_OFF, deidentify
 from common.data.public_corpus import load_public_corpus, public_corpus_sha256
 from common.data.tokenizer import (
     SHIPPED_TOKENIZER,
@@ -189,23 +191,37 @@ def public_inputs_sha256(config: RunConfig) -> str:
                           f"{public_corpus_sha256(config.public_corpus)}".encode()).hexdigest()
 
 
-def client_tensors(config: RunConfig, partition_id: int) -> tuple[torch.Tensor, ...]:
+def client_tensors(config: RunConfig, partition_id: int, deid: str = DEID_OFF
+                   ) -> tuple[torch.Tensor, ...]:
     """A simulated client's records (its partition of the demo corpus or of the run's own
-    `data`), tokenized: `(input_ids, attention_mask)`."""
+    `data`), de-identified with engine `deid` and tokenized: `(input_ids, attention_mask)`."""
     # Imported here: a deployed client, which starts a fresh process per round, never needs
     # the split plans (the embedded corpus's package parses its XML on import, ~3 s).
     from common.data.run_splits import text_splits
 
-    texts = text_splits(config).client_texts[partition_id]
-    return encode_texts(load_tokenizer(tokenizer_path(config)), texts, config.max_length)
+    return node_text_tensors(config, text_splits(config).client_texts[partition_id], deid)
 
 
-def folder_tensors(config: RunConfig, data_dir: Path) -> tuple[torch.Tensor, ...]:
-    """A deployed node's own text records (its data-dir), tokenized like `client_tensors`.
+def folder_tensors(config: RunConfig, data_dir: Path, deid: str = DEID_OFF
+                   ) -> tuple[torch.Tensor, ...]:
+    """A deployed node's own text records (its data-dir), de-identified and tokenized like
+    `client_tensors`.
 
     Raises DataFolderError (naming the file, never a record) for an unusable folder.
     """
     texts, _ = load_text_folder(data_dir, truncate=config.truncate_records)
+    return node_text_tensors(config, texts, deid)
+
+
+def node_text_tensors(config: RunConfig, texts: list[str], deid: str
+                      ) -> tuple[torch.Tensor, ...]:
+    """Where a node's own text records become what it trains on (simulated and deployed
+    nodes, every text task): de-identified first with the node's engine (`"off"`: as they
+    are), then tokenized. The pass's counts go to the node's own log, never into a reply."""
+    texts, counts = deidentify(texts, deid)
+    if deid != DEID_OFF:
+        log(20, "fedssl node: de-identification (%s) replaced %d spans in %d of %d records",
+            deid, counts.total_spans, counts.changed_records, counts.records)
     return encode_texts(load_tokenizer(tokenizer_path(config)), texts, config.max_length)
 
 
