@@ -28,6 +28,7 @@ server that skipped it — and the reverse, a protocol message in a run that did
 from __future__ import annotations
 
 import numpy as np
+import torch
 from flwr.app import (
     Array,
     ArrayRecord,
@@ -41,7 +42,10 @@ from flwr.app import (
 from flwr.client.mod import secaggplus_mod
 from flwr.clientapp.typing import ClientAppCallable
 from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
-from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
+from flwr.common.secure_aggregation.secaggplus_constants import (
+    RECORD_KEY_CONFIGS,
+    RECORD_KEY_STATE,
+)
 from flwr.compat.common import recorddict_compat as compat
 
 from common.protocol import ARRAYS_KEY, CONFIG_KEY, METRICS_KEY, UPDATE_NORM
@@ -50,9 +54,12 @@ from common.protocol.secure_aggregation import (
     FITINS_CONFIG,
     FITINS_PARAMETERS,
     SECURE_AGGREGATION_SETTING,
+    distributed_noise_declared,
     legacy_arrays,
+    noise_share_std,
     secure_aggregation_declared,
 )
+from common.privacy.dp_randomness import secret_generator
 
 
 def secure_aggregation_mod(msg: Message, context: Context,
@@ -79,10 +86,25 @@ def _legacy_train(call_next: ClientAppCallable) -> ClientAppCallable:
         weights, config = fitins_to_train_content(msg.content)
         msg.content = RecordDict({ARRAYS_KEY: weights, CONFIG_KEY: config})
         reply = call_next(msg, context)
-        reply.content = reply_to_fitres(reply.content, weights)
+        reply.content = reply_to_fitres(reply.content, weights, _share_std(context))
         return reply
 
     return train
+
+
+def _share_std(context: Context) -> float:
+    """σ of this node's share of the client-level noise (0 unless client-noise=distributed).
+
+    t is the reconstruction threshold this node's own SecAgg+ state holds from the protocol's
+    set-up (Flower's mod keeps it in `context.state`): the node refuses to help unmask with
+    fewer than t live neighbours, so no sum of fewer than t shares can be revealed.
+    """
+    run = context.run_config
+    if not distributed_noise_declared(run):
+        return 0.0
+    threshold = int(context.state.config_records[RECORD_KEY_STATE]["threshold"])  # type: ignore[arg-type]
+    return noise_share_std(float(run["client-noise-multiplier"]),  # type: ignore[arg-type]
+                           float(run["update-clip-norm"]), threshold)  # type: ignore[arg-type]
 
 
 def fitins_to_train_content(content: RecordDict) -> tuple[ArrayRecord, ConfigRecord]:
@@ -97,11 +119,13 @@ def fitins_to_train_content(content: RecordDict) -> tuple[ArrayRecord, ConfigRec
     return named, instruction
 
 
-def reply_to_fitres(content: RecordDict, weights: ArrayRecord) -> RecordDict:
+def reply_to_fitres(content: RecordDict, weights: ArrayRecord,
+                    share_std: float = 0.0) -> RecordDict:
     """fedssl's reply with its Δ moved into the legacy FitRes records the mod masks.
 
     Δ in the weights' order, as float64 (quantisation then works on exact values); a zero
-    vector when the node did not train. Weight 1: the protocol's weighted mean becomes the
+    vector when the node did not train. With `share_std` > 0 every node — trained or not —
+    adds its share of the client-level noise, drawn from the node's secret source. Weight 1: the protocol's weighted mean becomes the
     plain mean of the contributions, from which the server takes the sum.
     """
     update = content.array_records.get(ARRAYS_KEY)
@@ -111,6 +135,10 @@ def reply_to_fitres(content: RecordDict, weights: ArrayRecord) -> RecordDict:
         delta = [update[k].numpy().astype(np.float64) for k in weights.keys()]
     else:
         delta = [np.zeros(weights[k].numpy().shape, dtype=np.float64) for k in weights.keys()]
+    if share_std > 0:
+        generator = secret_generator()
+        delta = [d + torch.normal(0.0, share_std, size=d.shape, generator=generator,
+                                  dtype=torch.float64).numpy() for d in delta]
     out = RecordDict({key: record for key, record in content.items() if key != ARRAYS_KEY})
     if METRICS_KEY in out.metric_records:  # ‖Δ‖ describes this node's update: not sent
         metrics = dict(out.metric_records[METRICS_KEY])

@@ -67,7 +67,7 @@ from flwr.serverapp import Grid
 from common.model_updates import State, apply_update, update_norm
 from common.privacy.dp_randomness import secret_generator, secret_sampler, seeded_generator
 from common.protocol import STATUS_REFUSED, STATUS_TRAINED, ClientReply, RoundInstruction
-from common.protocol.secure_aggregation import ARRAY_KEYS
+from common.protocol.secure_aggregation import ARRAY_KEYS, noise_share_std, quantisation_clip
 from common.run_config import RunConfig
 from server.client_level_dp import ClientDpSettings, noisy_mean_update, poisson_sample
 from server.flower_internals import DelegatingGrid
@@ -197,12 +197,25 @@ class SecureAggregationRounds:
             else secret_generator()
         self.outcomes: list[SecureRoundOutcome] = []
 
-    def workflow(self) -> SecAggPlusWorkflow:
+    @property
+    def distributed_noise(self) -> bool:
+        """Nodes add the client-level noise (client-noise=distributed), the server none."""
+        return self.client_dp is not None and self.config.client_noise == "distributed"
+
+    def clipping_range(self, threshold: int) -> float:
+        """Per-coordinate quantisation range: S, plus the noise share's tail when nodes add it."""
+        if not self.distributed_noise:
+            return float(self.config.update_clip_norm)
+        share = noise_share_std(self.config.client_noise_multiplier,
+                                self.config.update_clip_norm, threshold)
+        return quantisation_clip(self.config.update_clip_norm, share)
+
+    def workflow(self, threshold: int) -> SecAggPlusWorkflow:
         return SecAggPlusWorkflow(
             num_shares=1.0,  # every sampled node holds a share of every other's secrets
             reconstruction_threshold=float(self.config.secagg_threshold),
             max_weight=1.0,  # every node weighs 1: the unmasked aggregate is a plain mean
-            clipping_range=float(self.config.update_clip_norm),
+            clipping_range=self.clipping_range(threshold),
             quantization_range=QUANTIZATION_RANGE,
             modulus_range=MODULUS_RANGE,
             timeout=self.config.round_timeout,
@@ -238,18 +251,20 @@ class SecureAggregationRounds:
         context.state.config_records[MAIN_CONFIGS_RECORD] = ConfigRecord(
             {WorkflowKey.CURRENT_ROUND: server_round})
         context.state.array_records[MAIN_PARAMS_RECORD] = ArrayRecord()
+        threshold = reconstruction_threshold(len(nodes), self.config.secagg_threshold)
         if len(nodes) >= 2:
-            self.workflow()(observed, context)
+            self.workflow(threshold)(observed, context)
         for reply in observed.masked_replies:
             self._record_reply(reply, record)
         replied = {m.metadata.src_node_id for m in observed.masked_replies}
         record.dropouts = sorted(f"node-{n}" for n in set(nodes) - replied)
-        threshold = reconstruction_threshold(len(nodes), self.config.secagg_threshold)
         record.attempt_log.append({"attempt": 1, "sampled": len(nodes),
                                    "usable": len(record.clients), "dropouts": record.dropouts,
                                    "secure_aggregation": {
                                        "threshold": threshold,
                                        "contributors": outcome.contributors,
+                                       "client_noise": "distributed" if self.distributed_noise
+                                       else "server",
                                        "failures_by_stage": observed.stage_failures}})
         mean = self._mean(strategy.aggregate, record, global_state, threshold, outcome)
         new_state = apply_update(global_state, mean) if mean is not None else global_state
@@ -276,7 +291,8 @@ class SecureAggregationRounds:
         trained = len(record.clients)
         bound = trained * self.config.update_clip_norm * (1 + SUM_TOLERANCE)
         finite = all(bool(torch.isfinite(t).all()) for t in total.values())
-        if not finite or update_norm(total) > bound + 1e-6:
+        too_large = not self.distributed_noise and update_norm(total) > bound + 1e-6
+        if not finite or too_large:
             log(WARNING, "round %d: the securely aggregated sum (norm %.4g) exceeds %d × "
                 "update-clip-norm or is not finite: round skipped, model unchanged",
                 record.server_round, update_norm(total) if finite else float("nan"), trained)
@@ -288,6 +304,9 @@ class SecureAggregationRounds:
             denominator = (self.client_dp.sample_rate * self.config.num_clients
                            if self.client_dp.poisson else max(record.sampled, 1))
             record.client_dp = self.client_dp
+            if self.distributed_noise:  # the nodes' shares are in the sum already
+                return {k: (v / denominator if reference[k].is_floating_point()
+                            else torch.zeros_like(reference[k])) for k, v in total.items()}
             return noisy_mean_update([total], reference, denominator, self.client_dp,
                                      self._noise)
         if trained < self.config.min_clients:

@@ -62,11 +62,13 @@ class FakeNodes(Grid):
     """In-process nodes behind the mod chain; messages cross a serialised copy both ways."""
 
     def __init__(self, updates: dict[int, dict[str, torch.Tensor] | None],
-                 silent_from: dict[int, str] | None = None, secure: bool = True) -> None:
+                 silent_from: dict[int, str] | None = None, secure: bool = True,
+                 run_config: dict | None = None) -> None:
         self.updates = updates  # None: the node refuses (budget)
         self.silent_from = silent_from or {}  # node → first stage it no longer answers
         self.contexts = {n: Context(run_id=1, node_id=n, node_config={}, state=RecordDict(),
-                                    run_config={"secure-aggregation": secure})
+                                    run_config={"secure-aggregation": secure,
+                                                **(run_config or {})})
                          for n in updates}
         self.sent_to_server: list[Message] = []
         self._ids = itertools.count(1)
@@ -137,10 +139,13 @@ class Recorder:
 
 
 def _rounds(num_clients: int, client_dp: ClientDpSettings | None = None,
-            threshold: float = 0.67) -> tuple[SecureAggregationRounds, Recorder]:
+            threshold: float = 0.67, client_noise: str = "server",
+            ) -> tuple[SecureAggregationRounds, Recorder]:
     config = RunConfig(num_clients=num_clients, num_rounds=1, update_clip_norm=S,
                        secure_aggregation=True, secagg_threshold=threshold,
-                       round_timeout=5.0, client_dp=client_dp is not None)
+                       round_timeout=5.0, client_dp=client_dp is not None,
+                       client_noise=client_noise,
+                       client_noise_multiplier=client_dp.noise_multiplier if client_dp else 1.0)
     recorder = Recorder()
     rounds = SecureAggregationRounds(config, recorder, LedgerCoverage(), client_dp,  # type: ignore[arg-type]
                                      RoundInstruction(run_id="run-1", task="mlm"))
@@ -243,6 +248,40 @@ def test_client_level_dp_noise_on_the_sum():
     noise = torch.cat([(new_state[k] - sum(updates[n][k] for n in updates) / 4).ravel()
                        for k in KEYS])
     assert noise.std().item() == pytest.approx(1.0 * S / 4, rel=0.15)
+
+
+DISTRIBUTED = {"client-dp": True, "client-noise": "distributed",
+               "client-noise-multiplier": 1.0, "update-clip-norm": S}
+
+
+def test_distributed_noise_every_unmaskable_sum_has_std_at_least_z_s():
+    """Each node adds N(0, (zS)²/t), t = 3 of 4: the server adds nothing, and the noise on the
+    sum of the 4 contributions has std zS·√(4/3) ≥ zS (t contributions alone: exactly zS)."""
+    shapes = {"w": (400, 50), "b": (7,)}
+    updates = {n: {k: torch.zeros(shapes[k]) for k in KEYS} for n in range(1, 5)}
+    reference = {k: torch.zeros(shapes[k]) for k in KEYS}
+    dp = ClientDpSettings(noise_multiplier=1.0, clip_norm=S, sample_rate=1.0, poisson=False)
+    rounds, recorder = _rounds(4, dp, client_noise="distributed")
+    assert rounds.distributed_noise and reconstruction_threshold(4, 0.67) == 3
+    rounds._noise = None  # the server must not draw noise at all  # type: ignore[assignment]
+    nodes = FakeNodes(updates, run_config=DISTRIBUTED)
+    new_state = rounds.run_round(nodes, 1, reference)
+    record, _ = recorder.records[0]
+    assert record.client_dp == dp and not record.skipped
+    assert record.attempt_log[0]["secure_aggregation"]["client_noise"] == "distributed"
+    noise_on_sum = new_state["w"] * 4  # denominator: the 4 sampled (fixed-size sampling)
+    assert noise_on_sum.std().item() == pytest.approx(S * (4 / 3) ** 0.5, rel=0.03)
+    assert abs(noise_on_sum.mean().item()) < 0.08  # 5 sd of the mean of 20,000 draws
+
+
+def test_distributed_noise_needs_secure_aggregation_and_client_dp():
+    for changes in ({"client-noise": "distributed"},
+                    {"client-noise": "distributed", "client-dp": True},
+                    {"client-noise": "distributed", "secure-aggregation": True}):
+        with pytest.raises(ConfigError, match="client-noise"):
+            RunConfig.from_mapping(changes)
+    RunConfig.from_mapping({"client-noise": "distributed", "client-dp": True,
+                            "secure-aggregation": True})
 
 
 def test_node_refuses_a_mismatched_protocol():

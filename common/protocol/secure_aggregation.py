@@ -25,7 +25,18 @@ ARRAY_KEYS = "fedssl.array-keys"  # in fitins.config: the weights' names, in ord
 
 def secure_aggregation_declared(run_config: Mapping[str, Any]) -> bool:
     """Whether the run's config asks for secure aggregation (a node reads only this key)."""
-    value = run_config.get(SECURE_AGGREGATION_SETTING, False)
+    return run_flag(run_config, SECURE_AGGREGATION_SETTING)
+
+
+def distributed_noise_declared(run_config: Mapping[str, Any]) -> bool:
+    """Whether nodes add the client-level noise themselves (client-dp, client-noise)."""
+    return run_flag(run_config, "client-dp") and run_flag(run_config, SECURE_AGGREGATION_SETTING) \
+        and str(run_config.get("client-noise", "server")) == "distributed"
+
+
+def run_flag(run_config: Mapping[str, Any], key: str) -> bool:
+    """A boolean run setting as Flower delivers it (bool, or its text form)."""
+    value = run_config.get(key, False)
     if isinstance(value, bool):
         return value
     return str(value).strip().lower() in ("true", "1", "yes", "on")
@@ -35,3 +46,20 @@ def legacy_arrays(record: ArrayRecord) -> list[np.ndarray]:
     """The numpy arrays of a legacy Parameters ArrayRecord ("0", "1", ... in order)."""
     keys = sorted((k for k in record.keys() if k != EMPTY_TENSOR_KEY), key=int)
     return [bytes_to_ndarray(record[k].data) for k in keys]
+
+
+# Distributed client-level noise (`client-noise=distributed`): every node that contributes to
+# the masked sum adds N(0, σ_s²) per coordinate with σ_s = z·S/√t, t the protocol's
+# reconstruction threshold. SecAgg+ unmasks only with at least t contributions, so every sum
+# the server can see carries noise of std ≥ z·S, the std the client-level accountant assumes.
+NOISE_SHARE_CLIP = 8.0  # quantisation range: S + this many σ_s (P(|N| > 8σ) ≈ 1e-15)
+
+
+def noise_share_std(noise_multiplier: float, clip_norm: float, threshold: int) -> float:
+    """σ_s of one node's noise share: t shares sum to std z·S."""
+    return noise_multiplier * clip_norm / threshold ** 0.5
+
+
+def quantisation_clip(clip_norm: float, share_std: float) -> float:
+    """Each coordinate's range [−R, R]: S for a clipped Δ, plus the noise share's tail."""
+    return clip_norm + NOISE_SHARE_CLIP * share_std
