@@ -46,3 +46,24 @@ def test_secure_simulation_audit_passes(secure_run):
     code, out, err = fedssl_in_process("audit", str(run_dir))
     assert code == 0, out + err
     assert "cross-checked 3 simulated node ledger(s)" in out and "PASS" in out
+
+
+@pytest.mark.slow  # a second simulation: ~100 s
+def test_distributed_client_level_noise_simulation(tmp_path):
+    """client-dp with every node adding its noise share inside SecAgg+: the run finishes, the
+    server's client-level ledger events are there, and the audit passes."""
+    run_dir = tmp_path / "run"
+    result, leftovers = simulate(
+        run_dir, {**TINY_RUN, "num-clients": 3, "num-rounds": 2, "target-epsilon": 4.0,
+                  "secure-aggregation": "true", "client-dp": "true",
+                  "client-noise": "distributed", "downstream": "false"})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert not leftovers, f"processes left running: {leftovers}"
+    rounds = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    for line in rounds:
+        secagg = line["attempts"][0]["secure_aggregation"]
+        assert secagg["client_noise"] == "distributed" and secagg["contributors"] == 3
+        assert line["client_level_epsilon"] is not None and not line["skipped"]
+    code, out, err = fedssl_in_process("audit", str(run_dir))
+    assert code == 0, out + err
+    assert "PASS" in out
