@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from simulations.privacy_audit.empirical_audit import (
-    SCORES,
     AuditSettings,
     TrialResult,
     k_grid,
+    resolvable_epsilon,
 )
 from simulations.privacy_audit.planted_bugs import warning_line
 
@@ -21,8 +21,9 @@ def json_document(settings: AuditSettings, results: list[TrialResult]) -> dict[s
         "task": settings.config.task,
         "canaries": settings.canaries,
         "beta": settings.beta,
-        "beta_per_score": settings.beta / len(SCORES),
+        "beta_per_score": settings.beta / len(settings.scores),
         "k_grid": k_grid(settings.canaries),
+        "resolvable_epsilon": _ceiling(settings, results),
         "trials": [{
             "claimed_epsilon": r.claimed_epsilon, "delta": r.delta,
             "relation": "replace-one", "noise_multiplier": r.noise_multiplier,
@@ -46,11 +47,12 @@ def markdown_table(settings: AuditSettings, results: list[TrialResult]) -> str:
     lines += [
         (f"Empirical privacy audit (one run, Steinke-Nasr-Jagielski 2023): task "
         f"{settings.config.task}, m={settings.canaries} canaries, β={settings.beta:g} "
-        f"(β/{len(SCORES)} per score, each over {len(k_grid(settings.canaries))} (k+, k-) "
+        f"(β/{len(settings.scores)} per score, each over {len(k_grid(settings.canaries))} (k+, k-) "
         f"pairs), bug: {settings.bug.value}. Claim: the node's record-level ε at "
         f"δ={first.delta:g} (replace-one), σ={first.noise_multiplier:.3f}, "
         f"q={first.sample_rate:.4f}, {first.steps_per_round} steps × {first.rounds} rounds, "
-        f"n={first.num_records}."),
+        f"n={first.num_records}. No bound can exceed {_ceiling(settings, results):.2f} with "
+        f"{settings.canaries} canaries (every guess right)."),
         "",
         ("| trial | claimed ε | score | lower bound | k+ | k- | guesses | correct | "
         "bound > claim |"),
@@ -64,8 +66,14 @@ def markdown_table(settings: AuditSettings, results: list[TrialResult]) -> str:
                 f"{bound.correct} | {'YES' if bound.epsilon > result.claimed_epsilon else 'no'}"
                 " |")
     refuted = sum(r.refutes_claim for r in results)
-    lines += ["", (f"Trials whose lower bound (the largest of the {len(SCORES)} scores) exceeds "
+    lines += ["", (f"Trials whose lower bound (the largest of the {len(settings.scores)} scores) exceeds "
               f"the claim: {refuted}/{len(results)}. A bound above the claim proves the "
               "mechanism is not what the accountant assumes; a bound below it proves "
               "nothing about the claim (docs/privacy-audit.md)."), ""]
     return "\n".join(lines)
+
+
+def _ceiling(settings: AuditSettings, results: list[TrialResult]) -> float:
+    """The largest bound these canaries can give at all, per score (see resolvable_epsilon)."""
+    return resolvable_epsilon(settings.canaries, results[0].delta,
+                              settings.beta / len(settings.scores))

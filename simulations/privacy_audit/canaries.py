@@ -20,15 +20,35 @@ would leave a footprint the scorer cannot predict (measured: random-token canari
 AUC of 0.51-0.63 even with no noise at all). Its footprint is concentrated on coordinates
 that are nearly its own: the embedding row and decoder row of t_i. The filler is a copy of the
 node's first real record: ordinary data.
+
+**Canaries with large gradients.** DP-SGD's guarantee holds for *any* per-record loss: clipping
+bounds each record's gradient to C whatever the loss makes it, and the claim assumes nothing
+else. The audit uses that freedom the way a worst-case record would: a canary's loss counts
+CANARY_LOSS_WEIGHT × C times (`canary_weighted_loss`), so its gradient norm is about a hundred
+times C or more, whatever C the run uses. Where clipping works this changes nothing (a clipped
+gradient keeps only its direction: C·g/‖g‖ with or without the weight, since the MLM
+gradients of the tiny model are already 5-14 at initialisation, above C=1); where clipping is
+bypassed, the canary's influence is its whole gradient, far above the C the claim assumes.
+With the task's own loss a text record cannot do that: its gradient is bounded by the model
+(LayerNorm'd hidden states, a softmax), so bypassing clipping at C=1 only lets it reach a few
+times C (planted_bugs.py, docs/privacy-audit.md). The weight is decided by a record's content
+alone (a canary is one of the public canary tokens repeated), so the loss stays per-record.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch import nn
+
+# A canary's loss weight, per unit of the clip norm C (see the module doc).
+CANARY_LOSS_WEIGHT = 100.0
+
+PerRecordLoss = Callable[[nn.Module, tuple[torch.Tensor, ...], torch.Generator], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -100,3 +120,21 @@ def node_records(real: tuple[torch.Tensor, ...], plan: CanaryPlan,
         out[plan.slots] = slot_values
         tensors.append(out)
     return tuple(tensors)
+
+
+def is_canary(input_ids: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """`[B]` bool: the row is a canary, one of `tokens` repeated between [CLS] and [SEP]."""
+    inner = input_ids[:, 1:-1]
+    return (inner == inner[:, :1]).all(dim=1) & torch.isin(inner[:, 0], tokens)
+
+
+def canary_weighted_loss(per_record_loss: PerRecordLoss, tokens: torch.Tensor,
+                         weight: float) -> PerRecordLoss:
+    """The task's per-record loss with every canary's term multiplied by `weight` (the
+    canaries' tokens are `tokens`): a per-record loss still, so DP-SGD's claim covers it."""
+    def loss(model: nn.Module, batch: tuple[torch.Tensor, ...],
+             generator: torch.Generator) -> torch.Tensor:
+        per_record = per_record_loss(model, batch, generator)
+        scale = torch.where(is_canary(batch[0], tokens), weight, 1.0)
+        return per_record * scale.to(per_record.dtype)
+    return loss

@@ -6,7 +6,9 @@ Poisson sampling, Adam) at the run's record-level settings: σ as the node plans
 budget (`client.local_round.plan_round`), C, expected batch B, local steps, rounds, learning
 rate, task and model. The node is the only client, so the server's global model each round is
 the previous one plus the node's released (update-clipped) Δ: the server sees exactly the
-sequence of global models and updates, and that is what the white-box scores read.
+sequence of global models and updates, and that is what the white-box scores read. The
+canaries' loss terms carry a large weight (canaries.py: a per-record loss still, invisible
+through working clipping, decisive where clipping is bypassed).
 
 **The claim.** The accountant's ε for the node's history (σ, q, steps per round) under
 replace-one at the node's δ: what its ledger would state. A planted bug changes what is
@@ -15,8 +17,9 @@ trained, never the claim (simulations/privacy_audit/planted_bugs.py).
 **The bound.** For each score (canary_scores.py) the audit guesses "in" for the k₊ highest and
 "out" for the k₋ lowest scores over a grid of (k₊, k₋) fixed before looking, and takes the
 best one-run lower bound with `best_lower_bound`, which tests every pair at β / |grid|. The
-three scores split β once more (β / 3 each), so the headline — the largest of the three —
-holds at confidence 1 − β, and each per-score bound at 1 − β/3.
+scores split β once more (β / 3 each for the three; tests may compute fewer), so the
+headline — the largest of them — holds at confidence 1 − β, and each per-score bound at
+1 − β/3.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from client.dp_training import DpSettings, poisson_sample_rate, train_locally
+from client.dp_training import DpSettings, PerRecordLoss, poisson_sample_rate, train_locally
 from client.local_round import plan_round, round_seed
 from client.node_settings import node_settings
 from common.model_updates import State, clip_update, compute_update
@@ -45,7 +48,9 @@ from common.tasks import (
     load_federated_state,
 )
 from simulations.privacy_audit.canaries import (
+    CANARY_LOSS_WEIGHT,
     CanaryPlan,
+    canary_weighted_loss,
     node_records,
     plan_canaries,
     secret_coins,
@@ -83,6 +88,9 @@ class AuditSettings:
     trials: int = 1
     beta: float = 0.05
     bug: PlantedBug = PlantedBug.NONE
+    # The scores computed (β is split among them). Without REPLAY the attacker's replay
+    # training is skipped: about half a trial's training time.
+    scores: tuple[str, ...] = SCORES
 
     def problems(self) -> list[str]:
         """Every reason these settings cannot be audited (empty: fine)."""
@@ -103,6 +111,14 @@ class AuditSettings:
                          "audit (--plant-bug known-seed shows what it exposes)")
         if self.config.num_rounds < 1:
             found.append("num-rounds must be at least 1 for an audit")
+        if self.config.init != "none":
+            found.append(f"init={self.config.init}: the audit trains the from-config model "
+                         "only (with the public encoder one trial of 50 canaries took 12 min "
+                         "on a shared 2-core machine, and so few canaries cannot resolve the claim); add --set "
+                         "init=none to audit the same privacy settings (ε, δ, q, steps, rounds)")
+        if not self.scores or set(self.scores) - set(SCORES):
+            found.append(f"scores must be a non-empty subset of {', '.join(SCORES)}, got "
+                         f"{', '.join(self.scores) or 'none'}")
         return found
 
 
@@ -138,13 +154,46 @@ class TrialResult:
 
     @property
     def lower_bound(self) -> float:
-        """The headline: the largest per-score bound (each at β/3, so this holds at 1 − β)."""
+        """The headline: the largest per-score bound (each at β / the number of scores, so
+        this holds at 1 − β)."""
         return max(b.epsilon for b in self.bounds)
 
     @property
     def refutes_claim(self) -> bool:
         """The measured lower bound exceeds the claim: the mechanism is not what it claims."""
         return self.lower_bound > self.claimed_epsilon
+
+
+def resolvable_epsilon(canaries: int, delta: float, beta: float) -> float:
+    """The largest lower bound m canaries can give at all (every guess right, at `beta`):
+    a claim at or above it cannot be refuted by this audit, however broken the mechanism."""
+    coins = np.arange(canaries) % 2 == 0
+    return best_lower_bound(coins.astype(float), coins, delta, beta, k_grid(canaries))[0]
+
+
+def expected_claim(settings: AuditSettings) -> tuple[float, float] | None:
+    """(ε, δ) the node will claim, known before training when σ is calibrated to its cap
+    (None with an explicit noise multiplier: the claim is then known after the rounds)."""
+    if settings.config.fixed_noise_multiplier is not None:
+        return None
+    node = node_settings({"partition-id": 0}, 0, settings.config, sim_state_dir="/audit")
+    return node.max_epsilon, node.delta
+
+
+def unresolvable_claim_warning(settings: AuditSettings) -> str:
+    """A line when the claim is beyond what the canaries can resolve ("" otherwise)."""
+    claim = expected_claim(settings)
+    if claim is None:
+        return ""
+    epsilon, delta = claim
+    cap = resolvable_epsilon(settings.canaries, delta, settings.beta / len(settings.scores))
+    if epsilon < cap:
+        return ""
+    return (f"warning: with {settings.canaries} canaries no lower bound can exceed "
+            f"{cap:.2f} (every guess right), so this audit cannot refute the claimed "
+            f"ε={epsilon:g} even for a broken mechanism: audit a smaller claim (--set "
+            "target-epsilon); more canaries raise this ceiling only slowly "
+            "(docs/privacy-audit.md)")
 
 
 def k_grid(canaries: int) -> list[tuple[int, int]]:
@@ -175,11 +224,17 @@ def run_trial(settings: AuditSettings, trial: int, real: tuple[torch.Tensor, ...
     coins = secret_coins(plan.size)
     records = node_records(real, plan, coins)
     replay_records = node_records(real, plan, np.zeros(plan.size, dtype=bool))
+    tokens = plan.canaries[0][:, 1]
+    # Canaries with large gradients (canaries.py): invisible through working clipping.
+    loss = canary_weighted_loss(task.per_record_loss, tokens,
+                                CANARY_LOSS_WEIGHT * config.clip_norm)
     rate = poisson_sample_rate(plan.num_records, config.batch_size)
     node = node_settings({"partition-id": 0}, 0, config, sim_state_dir="/audit")
     mask_seed = config.seed * 7 + 11 + trial
     global_state = federated_state(global_model)
-    initial_loss = canary_losses(global_model, task.per_record_loss, plan.canaries, mask_seed)
+    wanted = set(settings.scores)
+    initial_loss = canary_losses(global_model, task.per_record_loss, plan.canaries,
+                                 mask_seed) if BLACK_BOX in wanted else None
     history: list[HistoryEntry] = []
     white = np.zeros(plan.size)
     replay = np.zeros(plan.size)
@@ -191,27 +246,38 @@ def run_trial(settings: AuditSettings, trial: int, real: tuple[torch.Tensor, ...
         sigma = round_plan.noise_multiplier
         history.append((sigma, rate, config.local_steps))
         intended = _dp_settings(task, config, sigma)
-        update = _released_update(task, config, global_state, records,
+        progress(f"  round {server_round}/{config.num_rounds}: σ={sigma:.3f}, q={rate:.4f}: "
+                 f"the node trains {config.local_steps} DP-SGD steps "
+                 f"({time.perf_counter() - started:.0f}s)")
+        update = _released_update(task, config, global_state, records, loss,
                                   trained_settings(settings.bug, intended), seed,
                                   training_generator(settings.bug, config, seed))
-        replayed = _released_update(task, config, global_state, replay_records, intended,
-                                    seed, attacker_generator(config, seed))
-        difference = {k: update[k] - replayed[k] for k in update}
-        projections = update_projections(_model_at(task, config, global_state),
-                                         task.per_record_loss, plan.canaries,
-                                         plan.canaries[0][:, 1],
-                                         [(update, EMBEDDING_ROWS),
-                                          (difference, VOCABULARY_ROWS)],
-                                         mask_seed)
-        white += projections[0]
-        replay += projections[1]
+        requests: list[tuple[State, str]] = []
+        if WHITE_BOX in wanted:
+            requests.append((update, EMBEDDING_ROWS))
+        if REPLAY in wanted:
+            progress(f"  round {server_round}/{config.num_rounds}: the attacker replays it "
+                     f"from the public seed ({time.perf_counter() - started:.0f}s)")
+            replayed = _released_update(task, config, global_state, replay_records, loss,
+                                        intended, seed, attacker_generator(config, seed))
+            requests.append(({k: update[k] - replayed[k] for k in update}, VOCABULARY_ROWS))
+        if requests:
+            projections = iter(update_projections(_model_at(task, config, global_state),
+                                                  task.per_record_loss, plan.canaries, tokens,
+                                                  requests, mask_seed))
+            if WHITE_BOX in wanted:
+                white += next(projections)
+            if REPLAY in wanted:
+                replay += next(projections)
         global_state = {k: global_state[k] + update[k].to(global_state[k].dtype)
                         for k in global_state}
-        progress(f"  round {server_round}/{config.num_rounds}: σ={sigma:.3f}, q={rate:.4f}, "
-                 f"{config.local_steps} steps, {time.perf_counter() - started:.0f}s")
-    final_loss = canary_losses(_model_at(task, config, global_state), task.per_record_loss,
-                               plan.canaries, mask_seed)
-    scores = {WHITE_BOX: white, REPLAY: replay, BLACK_BOX: initial_loss - final_loss}
+        progress(f"  round {server_round}/{config.num_rounds}: scored "
+                 f"({time.perf_counter() - started:.0f}s)")
+    scores = {WHITE_BOX: white, REPLAY: replay}
+    if initial_loss is not None:
+        final_loss = canary_losses(_model_at(task, config, global_state),
+                                   task.per_record_loss, plan.canaries, mask_seed)
+        scores[BLACK_BOX] = initial_loss - final_loss
     claimed = epsilon_of(history, node.delta, REPLACE_ONE)
     return TrialResult(
         claimed_epsilon=claimed, delta=node.delta, noise_multiplier=history[0][0],
@@ -219,8 +285,9 @@ def run_trial(settings: AuditSettings, trial: int, real: tuple[torch.Tensor, ...
         canaries=plan.size, num_records=plan.num_records, included=int(coins.sum()),
         bug=settings.bug.value, beta=settings.beta,
         seconds=time.perf_counter() - started,
-        bounds=[_bound(name, values, coins, node.delta, settings.beta / len(SCORES))
-                for name, values in scores.items()],
+        bounds=[_bound(name, scores[name], coins, node.delta,
+                       settings.beta / len(settings.scores))
+                for name in SCORES if name in wanted],
     )
 
 
@@ -252,12 +319,12 @@ def _model_at(task: SslTask, config: RunConfig, state: State) -> torch.nn.Module
 
 
 def _released_update(task: SslTask, config: RunConfig, global_state: State,
-                     records: tuple[torch.Tensor, ...], dp: DpSettings, seed: int,
-                     generator: torch.Generator) -> State:
+                     records: tuple[torch.Tensor, ...], loss: PerRecordLoss, dp: DpSettings,
+                     seed: int, generator: torch.Generator) -> State:
     """One round of the node: DP-SGD from the global model, then the update clipped to S,
     exactly what `client.local_round.run_client_round` sends."""
     model = _model_at(task, config, global_state)
-    train_locally(model, records, task.per_record_loss, dp, seed, generator)
+    train_locally(model, records, loss, dp, seed, generator)
     update, _ = clip_update(compute_update(federated_state(model), global_state),
                             config.update_clip_norm)
     return update

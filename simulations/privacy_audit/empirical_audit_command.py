@@ -50,6 +50,7 @@ def empirical_audit_command(args: argparse.Namespace) -> int:
         AuditSettings,
         node_real_records,
         run_trial,
+        unresolvable_claim_warning,
     )
     from simulations.privacy_audit.planted_bugs import parse_bug, warning_line
 
@@ -65,11 +66,19 @@ def empirical_audit_command(args: argparse.Namespace) -> int:
     log = (lambda line: print(line, file=sys.stderr)) if args.json else print
     if warning := warning_line(settings.bug):
         print(warning, file=sys.stderr)
+    try:
+        unresolvable = unresolvable_claim_warning(settings)
+    except ConfigError as err:
+        return _bad_input(str(err))
+    if unresolvable:
+        print(unresolvable, file=sys.stderr)
     config = settings.config
     log(f"empirical audit: task={config.task}, m={settings.canaries} canaries, "
         f"{settings.trials} trial(s), β={settings.beta:g}, bug={settings.bug.value}")
     try:
+        log("loading the node's records (partition 0 of the run's split)")
         real = node_real_records(settings)
+        log(f"  {len(real[0])} real records + {settings.canaries} canary slots")
         results = []
         for trial in range(settings.trials):
             log(f"trial {trial + 1}/{settings.trials}")

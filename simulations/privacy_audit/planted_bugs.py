@@ -18,8 +18,21 @@ from client.dp_training import DpSettings
 from client.local_round import dp_generator
 from common.run_config import RunConfig
 
-# The clip norm is multiplied by this (and σ divided by it, so the noise std σ·C is still the
-# claimed one): no per-record gradient of these models comes near 10⁶·C, so nothing is clipped.
+# NO_CLIPPING: the clip norm is multiplied by this (and σ divided by it, so the noise std σ·C
+# is still the claimed one): no per-record gradient comes near 10⁶·C, so nothing is clipped.
+#
+# Why the bug is visible at the run's own C. Bypassed clipping only leaks through a record
+# whose gradient exceeds C: clipping only ever shrinks a gradient, so a record already below C
+# is the same with or without it. With the MLM loss a text record's gradient is bounded by the
+# model (the tiny model's are 5-14 at initialisation; LayerNorm'd hidden states and a softmax
+# keep them there), so at C=1 no text record, canary or not, can exceed C by much, and an
+# audit at a small claimed ε did not resolve the difference (the first version of this audit
+# needed C=0.01). DP-SGD's guarantee, though, is for any per-record loss, and the audit's
+# canaries use that: each canary's loss counts CANARY_LOSS_WEIGHT × C times
+# (simulations/privacy_audit/canaries.py), the worst-case record clipping exists for. Through
+# working clipping the weight is invisible (the clipped gradient is C·g/‖g‖ either way);
+# with clipping bypassed, an included canary moves the model a hundred times more than the
+# C the claim assumes. So this bug is planted at the run's real C, not at an artificially small one.
 NO_CLIPPING_FACTOR = 1e6
 
 WARNING = ("*** PLANTED BUG '{bug}': this audit trains a DELIBERATELY BROKEN DP mechanism "
