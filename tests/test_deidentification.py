@@ -5,7 +5,10 @@ the node setting that switches it on, the one seam every node's records pass thr
 from __future__ import annotations
 
 import dataclasses
+import os
+import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -33,6 +36,7 @@ from common.data.planted_phi import (
 from common.run_config import ConfigError, RunConfig
 from common.tasks import get_task
 
+ROOT = Path(__file__).resolve().parent.parent
 NOTES = 300  # seeded: about 12 s for presidio, 8 s for philter (load included)
 
 
@@ -90,7 +94,7 @@ def test_clinical_text_without_identifiers_is_left_alone():
 
 def test_off_changes_nothing_and_counts_nothing():
     texts = ["John Smith, 555-867-5309"]
-    assert deidentify(texts, "off") == (texts, DeidCounts("off", 1, {}, {}))
+    assert deidentify(texts, "off") == (texts, DeidCounts("off", 1))
 
 
 def test_engine_names_are_checked():
@@ -194,6 +198,14 @@ def test_check_data_deid_prints_counts_never_content(tmp_path, notes):
 def test_planted_notes_are_seeded_and_spans_are_exact(notes):
     planted, names = notes
     assert planted_notes(5, seed=3) == planted_notes(5, seed=3)
+    # and across processes (string hashing differs between them)
+    script = ("from common.data.planted_phi import planted_notes; "
+              "print(planted_notes(3, seed=3)[0][2].text)")
+    texts = {subprocess.run([sys.executable, "-c", script], env={**os.environ,
+                                                                 "PYTHONHASHSEED": str(h)},
+                            capture_output=True, text=True, check=True, cwd=ROOT).stdout
+             for h in (1, 2)}
+    assert len(texts) == 1
     assert {s.phi_type for n in planted for s in n.spans} == set(PLANTED_TYPES)
     assert all(0 <= n.label < len(names) for n in planted)
     for note in planted:

@@ -67,17 +67,13 @@ class DeidCounts:
 
     engine: str
     records: int  # records looked at
-    spans: dict[str, int] = field(default_factory=dict)
-    records_with: dict[str, int] = field(default_factory=dict)
+    changed_records: int = 0  # records with at least one span of any type
+    spans: dict[str, int] = field(default_factory=dict)  # type -> spans
+    records_with: dict[str, int] = field(default_factory=dict)  # type -> records with one
 
     @property
     def total_spans(self) -> int:
         return sum(self.spans.values())
-
-    @property
-    def changed_records(self) -> int:
-        """Records with at least one span of any type (kept separately by `deidentify`)."""
-        return self.records_with.get("*", 0)
 
     def lines(self) -> list[str]:
         """The per-type table `fedssl check-data --deid` prints (counts only)."""
@@ -105,7 +101,7 @@ def deidentify(texts: Sequence[str], engine: str) -> tuple[list[str], DeidCounts
     """
     engine = check_engine(engine)
     if engine == DEID_OFF:
-        return list(texts), DeidCounts(engine, len(texts), {}, {})
+        return list(texts), DeidCounts(engine, len(texts))
     found = detect(texts, engine)
     out = [replace_spans(text, spans) for text, spans in zip(texts, found, strict=True)]
     return out, count_spans(engine, found)
@@ -124,8 +120,8 @@ def count_spans(engine: str, found: Sequence[Sequence[Span]]) -> DeidCounts:
         kinds = Counter(span.phi_type for span in record)
         spans.update(kinds)
         records_with.update(kinds.keys())
-        records_with["*"] += bool(record)
-    return DeidCounts(engine, len(found), dict(spans), dict(records_with))
+    return DeidCounts(engine, len(found), sum(bool(record) for record in found), dict(spans),
+                      dict(records_with))
 
 
 def replace_spans(text: str, spans: Sequence[Span]) -> str:

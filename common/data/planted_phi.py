@@ -73,7 +73,8 @@ def planted_notes(count: int, seed: int = 0) -> tuple[list[PlantedNote], list[st
 
     records = load_icd10_records()
     rng = random.Random(seed)
-    fakers = {loc: Faker(loc) for loc in {*NAME_LOCALES, *PHONE_LOCALES}}
+    # sorted: a set's order changes between processes (string hashing), the seeds must not
+    fakers = {loc: Faker(loc) for loc in sorted({*NAME_LOCALES, *PHONE_LOCALES})}
     for i, fake in enumerate(fakers.values()):
         fake.seed_instance(seed * 1009 + i)
     us = fakers["en_US"]
