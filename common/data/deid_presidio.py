@@ -299,6 +299,15 @@ def analyzer() -> AnalyzerEngine:
     return AnalyzerEngine(registry=registry, nlp_engine=nlp_engine, supported_languages=["en"])
 
 
+def _trimmed_end(text: str, result: RecognizerResult) -> int:
+    """A span's end without the sentence punctuation some patterns take along ("x.org/a,")."""
+    end = result.end
+    if result.entity_type in ("URL", "EMAIL_ADDRESS", "PHONE_NUMBER", "DATE_TIME"):
+        while end > result.start + 1 and text[end - 1] in ".,;:)!?":
+            end -= 1
+    return end
+
+
 def presidio_detector() -> Callable[[str], list[Span]]:
     """A function from one record to the spans Presidio finds in it."""
     engine = analyzer()
@@ -307,6 +316,7 @@ def presidio_detector() -> Callable[[str], list[Span]]:
     def detect(text: str) -> list[Span]:
         found = engine.analyze(text, language="en", entities=entities,
                                score_threshold=SCORE_THRESHOLD)
-        return [Span(r.start, r.end, ENTITY_TYPES[r.entity_type]) for r in found]
+        return [Span(r.start, _trimmed_end(text, r), ENTITY_TYPES[r.entity_type])
+                for r in found]
 
     return detect
