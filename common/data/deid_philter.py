@@ -19,7 +19,7 @@ from importlib.resources import as_file, files
 import philter_lite
 import philter_lite.philter as philter_module
 
-from common.data.deidentification import Span
+from common.data.phi_span import Span
 
 # philter's types -> fedssl placeholder types; untyped removals become PHI.
 PHILTER_TYPES = {

@@ -40,7 +40,7 @@ from presidio_analyzer.predefined_recognizers import (
 )
 from spacy.language import Language
 
-from common.data.deidentification import Span
+from common.data.phi_span import Span
 
 # Presidio entity -> fedssl placeholder type.
 ENTITY_TYPES = {

@@ -35,6 +35,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from common.config_error import ConfigError
+from common.data.phi_span import Span
 
 DEID_OFF = "off"
 DEID_ENGINES = (DEID_OFF, "presidio", "philter")
@@ -50,15 +51,6 @@ ENGINE_PACKAGES = {
 def placeholder(phi_type: str) -> str:
     """The text a span of `phi_type` becomes."""
     return f"[{phi_type}]"
-
-
-@dataclass(frozen=True)
-class Span:
-    """One detected identifier: characters [start, end) of a record, and its type."""
-
-    start: int
-    end: int
-    phi_type: str
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from common.data.deidentification import Span
+from common.data.phi_span import Span
 
 PLANTED_TYPES = ("NAME", "DATE", "PHONE", "ID", "EMAIL", "ADDRESS", "URL")
 STRUCTURED_TYPES = ("DATE", "PHONE", "ID", "EMAIL", "URL")  # the goal: recall >= 0.98
