@@ -17,7 +17,8 @@ def report_run(config: RunConfig, run: RunStart, downstream: dict[str, Any],
     """Write the run's reports; `started`: time.monotonic() when the ServerApp started."""
     recorder = run.recorder
     privacy = privacy_section(run.ledger, run.coverage, config, recorder.run_ids,
-                              recorder.records, recorder.refusals)
+                              recorder.records, recorder.refusals,
+                              secure_rounds=recorder.secure_rounds)
     summary = build_summary(config, downstream, privacy, rounds_done=recorder.rounds_done,
                             wall_seconds=time.monotonic() - started, run_ids=recorder.run_ids,
                             rounds_trained=recorder.rounds_trained)

@@ -10,7 +10,7 @@ reason; a sampled node never heard from at all is listed as unknown.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from common.privacy.accounting import ACCOUNTANT, ADD_REMOVE, REPLACE_ONE, epsilon_of
@@ -35,8 +35,10 @@ NO_GUARANTEE = ("NO DP GUARANTEE: reproducible-noise was on, so the DP noise and
 def privacy_section(
     ledger: PrivacyLedger, coverage: LedgerCoverage, config: RunConfig, run_ids: set[str],
     records: Mapping[str, int], refusals: int,
+    secure_rounds: Sequence[Mapping[str, Any]] = (),
 ) -> dict[str, Any]:
-    """summary.json's `privacy` object (docs/run-dir.md)."""
+    """summary.json's `privacy` object (docs/run-dir.md); `secure_rounds`: one fact per round
+    under secure aggregation, from metrics.jsonl (`secure_round_facts`)."""
     entries = ledger.entries()
     spends = [e for e in entries if not e.is_confirmation]
     incomplete = coverage.missing(ledger)
@@ -72,6 +74,7 @@ def privacy_section(
         "budget_refusals": refusals,
         "train_loss_released": config.release_train_loss,
         "client_level": _client_level(spends, config),
+        "secure_aggregation": secure_aggregation_view(spends, config, secure_rounds),
         "ledger": {"file": "ledger.sqlite", **ledger.head()},
     }
 
@@ -146,3 +149,145 @@ def _client_level(spends: list[LedgerEntry], config: RunConfig) -> dict[str, Any
         "sampling": config.client_sampling,
         "dp_guarantee": all(e.noise == SECRET_NOISE for e in events),
     }
+
+
+def secure_round_facts(line: Mapping[str, Any]) -> dict[str, Any]:
+    """What the privacy statement needs of one metrics.jsonl round under secure aggregation:
+    reconstruction threshold t, contributors k (masked vectors in the unmasked sum; 0 when
+    the protocol halted), and whether a client-level ledger event accounts for the round.
+    A round without a secure-aggregation record has t = k = None (then nothing is claimed)."""
+    secure = [a["secure_aggregation"] for a in line.get("attempts", [])
+              if isinstance(a, Mapping) and "secure_aggregation" in a]
+    facts = secure[-1] if secure else {}
+    return {
+        "round": line.get("round"),
+        "sampled": line.get("clients_sampled"),
+        "threshold": facts.get("threshold"),
+        "contributors": facts.get("contributors"),
+        "client_noise": facts.get("client_noise"),
+        "client_level_event": line.get("client_level_epsilon") is not None,
+    }
+
+
+SERVER_SEES_SUM = ("Flower SecAgg+: the server learns only the sum of each round's updates, "
+                   "unmasked only when at least t (reconstruction threshold) sampled clients "
+                   "contribute; honest-but-curious server assumed (docs/secure-aggregation.md)")
+
+
+def secure_aggregation_view(spends: list[LedgerEntry], config: RunConfig,
+                            rounds: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
+    """Against whom the client-level ε holds under secure aggregation, and on what assumption.
+
+    Not in the ledger: a ledger entry's fields are all hashed and recomputed by `fedssl audit`
+    (mechanism, z, q, steps, δ, ε) and none holds an assumption; the ε of the client-level
+    event is the same in both noise modes, only who it holds against differs, and that
+    depends on each round's t and contributors, which metrics.jsonl records.
+
+    Conservative by construction: the claim "holds against the server" needs client-noise =
+    distributed, secret noise, a secure-aggregation record for every round, at least t
+    contributors in every round whose sum was unmasked, and a ledger event for every such
+    round. Against the server, which chose each round's sample, Poisson sampling amplifies
+    nothing: `epsilon_against_server` composes the same events with q = 1.
+    """
+    if not config.secure_aggregation:
+        return None
+    events = [e for e in spends if e.node_id == FEDERATION_NODE and e.guarantee == CLIENT_LEVEL]
+    mode = config.client_noise if config.client_dp else None
+    per_round = [dict(r) for r in rounds]
+    unknown = [r["round"] for r in per_round if r["threshold"] is None
+               or r["contributors"] is None]
+    known = [r for r in per_round if r["round"] not in unknown]
+    halted = [r["round"] for r in known if r["contributors"] == 0]
+    unmasked = [r for r in known if r["contributors"] > 0]
+    below = [r["round"] for r in unmasked if r["contributors"] < r["threshold"]]
+    view: dict[str, Any] = {
+        "protocol": SERVER_SEES_SUM,
+        "client_noise": mode,
+        "rounds": per_round,
+        "halted_rounds": halted,
+        "rounds_without_record": unknown,
+        "rounds_below_threshold": below,
+        "client_level_against_server": False,
+        "tolerated_colluders": None,
+        "epsilon_against_server": None,
+    }
+    if mode is None:
+        view["statement"] = (
+            "No client-level DP in this run: each round's sum of updates is unmasked to the "
+            "server without client-level noise (record-level DP-SGD still protects each "
+            "record).")
+        return view
+    if mode == "server":
+        view["statement"] = (
+            "Client-level noise is added by the server (client-noise=server) after it has "
+            "unmasked the sum: the client-level ε holds only against those who see the "
+            "aggregate and the released model, NOT against the server, which sees each "
+            "round's sum without that noise (but never one client's update).")
+        return view
+    z = config.client_noise_multiplier
+    unaccounted = [r["round"] for r in unmasked if not r["client_level_event"]]
+    view["rounds_unmasked_without_ledger_event"] = unaccounted
+    secret = all(e.noise == SECRET_NOISE for e in events)
+    if unmasked and not below:
+        view["tolerated_colluders"] = min(r["contributors"] - r["threshold"] for r in unmasked)
+    if not below and not unknown:
+        # Same events (and any sum the server saw without one), without subsampling.
+        history = [(e.noise_multiplier, 1.0, e.steps) for e in events]
+        history += [(z, 1.0, 1)] * len(unaccounted)
+        view["epsilon_against_server"] = epsilon_of(history, config.delta, ADD_REMOVE)
+    holds = secret and not unknown and not below and not unaccounted
+    view["client_level_against_server"] = holds
+    parts = [
+        ("Client-level noise is distributed (client-noise=distributed): every contributing "
+         f"node adds N(0, (zS)²/t) with z = {z:g}, so a sum of k ≥ t contributions carries "
+         "noise std zS·√(k/t) ≥ zS.")]
+    if unmasked:
+        parts.append(
+            "Per round (contributors k / threshold t): " + ", ".join(
+                f"round {r['round']}: {r['contributors']}/{r['threshold']}" for r in unmasked)
+            + ".")
+    if halted:
+        parts.append(
+            f"Round(s) {', '.join(map(str, halted))}: secure aggregation halted (fewer than t "
+            "contributions): nothing was unmasked, nothing released, no client-level ε spent.")
+    if holds and unmasked:
+        colluders = view["tolerated_colluders"]
+        parts.append(
+            f"Every sum the server saw had k ≥ t, so the client-level guarantee holds against "
+            f"the server too, provided it is honest-but-curious and at most {colluders} "
+            f"sampled client(s) collude with it (fewer than k − t + 1 in every round); c more "
+            "colluders can subtract their shares, leaving noise multiplier z·√((k−c)/t) < z, "
+            "and the claim then does not hold against them.")
+        if config.client_sampling == "poisson":
+            parts.append(
+                "The server chose each round's Poisson sample, so against it subsampling "
+                f"amplifies nothing: ε against the server is "
+                f"{view['epsilon_against_server']:.3f} (the same events with q = 1), not the "
+                "amplified client-level ε.")
+        else:
+            parts.append(f"ε against the server: {view['epsilon_against_server']:.3f} (the "
+                         "claimed client-level ε; fixed sampling claims no amplification).")
+    elif holds:
+        parts.append("No round's sum was unmasked: the server saw no aggregate.")
+    else:
+        why = []
+        if not secret:
+            why.append("the client-level noise was reproducible (no DP guarantee)")
+        if unknown:
+            why.append(f"round(s) {', '.join(map(str, unknown))} have no secure-aggregation "
+                       "record of t and contributors")
+        if below:
+            worst = min((r for r in unmasked if r["round"] in below),
+                        key=lambda r: r["contributors"] / r["threshold"])
+            why.append(
+                f"round(s) {', '.join(map(str, below))} were unmasked with fewer than t "
+                f"contributions (round {worst['round']}: noise multiplier only "
+                f"z·√(k/t) = {z * (worst['contributors'] / worst['threshold']) ** 0.5:.3f})")
+        if unaccounted:
+            why.append(f"round(s) {', '.join(map(str, unaccounted))} were unmasked to the "
+                       "server but have no client-level ledger event (skipped after "
+                       "unmasking); ε against the server above counts them")
+        parts.append("The claimed client-level ε does NOT hold against the server: "
+                     + "; ".join(why) + ".")
+    view["statement"] = " ".join(parts)
+    return view

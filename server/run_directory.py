@@ -25,6 +25,7 @@ from common.privacy.ledger import RECORD_LEVEL, PrivacyLedger
 from common.run_config import RunConfig
 from common.run_layout import CONFIG_FILE, METRICS_FILE
 from server.atomic_json import write_json
+from server.privacy_summary import secure_round_facts
 from server.round_record import RoundRecord
 from server.run_checkpoint import commit_round, save_round_model
 from server.run_ledger import record_round
@@ -71,6 +72,8 @@ class RoundRecorder:
         self.refusals = 0
         self.rounds_done = 0
         self.rounds_trained = 0  # rounds in which at least one update was used
+        # secure aggregation: per round t and contributors, for the privacy statement
+        self.secure_rounds: list[dict[str, Any]] = []
 
     def __call__(self, record: RoundRecord, global_state: State) -> None:
         """Record one finished round (its privacy spend before anything else)."""
@@ -107,6 +110,8 @@ class RoundRecorder:
             "wall_seconds": round(record.seconds, 3),
             "clients": record.clients,
         }
+        if self.config.secure_aggregation:
+            self.secure_rounds.append(secure_round_facts(line))
         model_file, line["model_sha256"] = save_round_model(self.run_dir, record.server_round,
                                                             global_state)
         with open(self.run_dir / METRICS_FILE, "a") as handle:
@@ -125,6 +130,8 @@ class RoundRecorder:
             self.refusals += len(line.get("refused", []))
             if line.get("run_id"):
                 self.run_ids.add(str(line["run_id"]))
+            if self.config.secure_aggregation:
+                self.secure_rounds.append(secure_round_facts(line))
             for client in line["clients"]:
                 if "num-examples" in client:
                     self.records[str(client["node"])] = int(client["num-examples"])

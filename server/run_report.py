@@ -209,9 +209,21 @@ def _number(value: float) -> str:
 def _client_level_text(privacy: dict[str, Any]) -> str:
     level = privacy["client_level"]
     if level is None:
-        return "Client-level DP (noise on the aggregate): not used in this run."
+        secure = privacy.get("secure_aggregation")
+        return "Client-level DP (noise on the aggregate): not used in this run." + (
+            "" if secure is None
+            else f" Secure aggregation ({secure['protocol']}): {secure['statement']}")
     return (f"Client-level DP for the federation ({level['guarantee']}, "
             f"{level['sampling']} client sampling, z = {level['noise_multiplier']}): "
             f"ε = {level['epsilon']:.3f} at δ = {level['delta']:g} ({level['relation']} "
             f"client, {level['accountant'].upper()}); it protects a whole client's "
-            "participation against whoever sees the aggregate, not against the server.")
+            f"participation against whoever sees the aggregate{_against_server(privacy)}")
+
+
+def _against_server(privacy: dict[str, Any]) -> str:
+    """How far the client-level claim reaches: only with secure aggregation and distributed
+    noise can it hold against the server (server/privacy_summary.py says when)."""
+    secure = privacy.get("secure_aggregation")
+    if secure is None:
+        return ", not against the server."
+    return (". Secure aggregation (" + secure["protocol"] + "): " + secure["statement"])
