@@ -38,7 +38,11 @@ def test_secure_simulation_finishes_with_a_federated_model(secure_run):
                    and c["epsilon"] > 0 for c in line["clients"])
     weights = load_file(run_dir / "global_model.safetensors")
     assert "mlm.bert.embeddings.word_embeddings.weight" in weights
-    assert (run_dir / "summary.json").is_file()
+    secure = json.loads((run_dir / "summary.json").read_text())["privacy"]["secure_aggregation"]
+    assert secure["client_noise"] is None  # no client-dp: the sum reaches the server as is
+    assert [(r["contributors"], r["threshold"]) for r in secure["rounds"]] == [(3, 2), (3, 2)]
+    assert secure["client_level_against_server"] is False
+    assert secure["statement"] in (run_dir / "report.md").read_text()
 
 
 def test_secure_simulation_audit_passes(secure_run):
@@ -64,6 +68,10 @@ def test_distributed_client_level_noise_simulation(tmp_path):
         secagg = line["attempts"][0]["secure_aggregation"]
         assert secagg["client_noise"] == "distributed" and secagg["contributors"] == 3
         assert line["client_level_epsilon"] is not None and not line["skipped"]
+    secure = json.loads((run_dir / "summary.json").read_text())["privacy"]["secure_aggregation"]
+    assert secure["client_noise"] == "distributed" and secure["client_level_against_server"]
+    assert secure["tolerated_colluders"] == 1  # k = 3 contributors, t = 2 in both rounds
+    assert "holds against the server too" in (run_dir / "report.md").read_text()
     code, out, err = fedssl_in_process("audit", str(run_dir))
     assert code == 0, out + err
     assert "PASS" in out
