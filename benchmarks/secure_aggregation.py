@@ -13,8 +13,11 @@
     .venv/bin/python benchmarks/secure_aggregation.py                      # both tables
     .venv/bin/python benchmarks/secure_aggregation.py --bytes-only
     .venv/bin/python benchmarks/secure_aggregation.py --clients 5 10 --rounds 4
+    .venv/bin/python benchmarks/secure_aggregation.py --clients 10 --set init=minilm
 
-Writes benchmarks/secure_aggregation.json and .md.
+Writes benchmarks/secure_aggregation.json and .md. With `--set KEY=VALUE` (run settings over
+the TINY ones, e.g. `init=minilm`: LoRA adapter updates of the public MiniLM) it appends the
+run, its settings and /proc/loadavg before and after, to both files instead.
 """
 
 from __future__ import annotations
@@ -38,10 +41,10 @@ TINY = {"max-records": 4000, "local-steps": 4, "batch-size": 32, "label-fraction
         "noise-multiplier": 1.0, "downstream": "false"}
 
 
-def round_times(clients: int, rounds: int, secure: bool) -> dict:
+def round_times(clients: int, rounds: int, secure: bool, extra: dict | None = None) -> dict:
     """One `fedssl simulate`; per-round wall seconds from metrics.jsonl."""
     run_dir = Path(tempfile.mkdtemp(prefix="fedssl-secagg-bench-")) / "run"
-    settings = {**TINY, "num-clients": clients, "num-rounds": rounds,
+    settings = {**TINY, **(extra or {}), "num-clients": clients, "num-rounds": rounds,
                 "secure-aggregation": str(secure).lower()}
     args = [a for k, v in settings.items() for a in ("--set", f"{k}={v}")]
     env = {**os.environ, "PYTHONPATH": str(ROOT),
@@ -57,8 +60,9 @@ def round_times(clients: int, rounds: int, secure: bool) -> dict:
             "mean_after_first": statistics.fmean(walls[1:]) if len(walls) > 1 else walls[0]}
 
 
-def round_bytes(clients: int) -> dict:
-    """Bytes of one round's messages, with and without SecAgg+, for the TINY model."""
+def round_bytes(clients: int, extra: dict | None = None) -> dict:
+    """Bytes of one round's messages, with and without SecAgg+, for the TINY model (or the
+    model `extra` settings name)."""
     import torch
     from flwr.app import ArrayRecord, Context, Message, RecordDict
     from flwr.common.serde import message_to_proto, recorddict_from_proto, recorddict_to_proto
@@ -76,7 +80,7 @@ def round_bytes(clients: int) -> dict:
     from server.secure_aggregation import SecureAggregationRounds
 
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 1, 1
-    config = RunConfig.from_mapping({**{k: v for k, v in TINY.items()},
+    config = RunConfig.from_mapping({**TINY, **(extra or {}),
                                      "num-clients": clients, "secure-aggregation": True})
     task = get_task(config.task)
     state = federated_state(task.build_model(config))
@@ -140,7 +144,12 @@ def main() -> None:
     parser.add_argument("--clients", type=int, nargs="+", default=[5, 10])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--bytes-only", action="store_true")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="run setting over the TINY ones; appends to the outputs")
     args = parser.parse_args()
+    if args.set:
+        append_run(args, dict(item.split("=", 1) for item in args.set))
+        return
     results: dict = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
                      "bytes": [round_bytes(n) for n in args.clients], "times": []}
     if not args.bytes_only:
@@ -166,6 +175,47 @@ def main() -> None:
                          f"{', '.join(f'{s:.2f}' for s in t['round_seconds'])} | "
                          f"{t['mean_after_first']:.2f} |")
     (ROOT / "benchmarks" / "secure_aggregation.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def _loadavg() -> str:
+    return Path("/proc/loadavg").read_text().strip()
+
+
+def append_run(args: argparse.Namespace, extra: dict) -> None:
+    """One measurement with settings over TINY, appended to the .json and .md."""
+    run = {"settings": extra, "loadavg_before": _loadavg(),
+           "bytes": [round_bytes(n, extra) for n in args.clients], "times": []}
+    if not args.bytes_only:
+        for clients in args.clients:
+            for secure in (False, True):
+                run["times"].append(round_times(clients, args.rounds, secure, extra))
+                print(json.dumps(run["times"][-1]), flush=True)
+    run["loadavg_after"] = _loadavg()
+    path = ROOT / "benchmarks" / "secure_aggregation.json"
+    results = json.loads(path.read_text()) if path.exists() else {}
+    results.setdefault("with_settings", []).append(run)
+    path.write_text(json.dumps(results, indent=2))
+    named = " ".join(f"{k}={v}" for k, v in extra.items())
+    lines = ["", (f"## With `{named}` ({run['bytes'][0]['parameters']:,} parameters sent per "
+                  "update)"), "",
+             (f"/proc/loadavg before: `{run['loadavg_before']}`, after: "
+              f"`{run['loadavg_after']}`."), "",
+             "| clients | bytes down/node plain | SecAgg+ | bytes up/node plain | SecAgg+ |",
+             "|---|---|---|---|---|"]
+    for b in run["bytes"]:
+        lines.append(f"| {b['clients']} | {b['plain_per_node']['down']:,} | "
+                     f"{b['secagg_per_node']['down']:,} | {b['plain_per_node']['up']:,} | "
+                     f"{b['secagg_per_node']['up']:,} |")
+    if run["times"]:
+        lines += ["", "| clients | secure aggregation | round seconds (each) | mean of rounds 2.. |",
+                  "|---|---|---|---|"]
+        for t in run["times"]:
+            lines.append(f"| {t['clients']} | {t['secure_aggregation']} | "
+                         f"{', '.join(f'{s:.2f}' for s in t['round_seconds'])} | "
+                         f"{t['mean_after_first']:.2f} |")
+    with open(ROOT / "benchmarks" / "secure_aggregation.md", "a") as handle:
+        handle.write("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
