@@ -12,6 +12,11 @@ import pytest
 from safetensors.torch import load_file
 from simulation_runs import TINY_RUN, fedssl_in_process, simulate
 
+# Real Flower simulations (~1 min each here): the slow tier (`make test-slow`), which keeps
+# `make test` under its 8-minute budget. In `make test`, tests/test_secure_aggregation.py runs
+# Flower's real SecAggPlusWorkflow and secaggplus_mod in one process.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def secure_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess[str], set[int]]:
@@ -52,7 +57,6 @@ def test_secure_simulation_audit_passes(secure_run):
     assert "cross-checked 3 simulated node ledger(s)" in out and "PASS" in out
 
 
-@pytest.mark.slow  # a second simulation: ~100 s
 def test_distributed_client_level_noise_simulation(tmp_path):
     """client-dp with every node adding its noise share inside SecAgg+: the run finishes, the
     server's client-level ledger events are there, and the audit passes."""
