@@ -65,8 +65,8 @@ def round_bytes(clients: int, extra: dict | None = None) -> dict:
     model `extra` settings name)."""
     import torch
     from flwr.app import ArrayRecord, Context, Message, RecordDict
-    from flwr.common.serde import message_to_proto, recorddict_from_proto, recorddict_to_proto
     from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key
+    from flwr.common.serde import message_to_proto, recorddict_from_proto, recorddict_to_proto
     from flwr.supercore.task_identity import TaskIdentity
 
     from client.secure_aggregation import secure_aggregation_mod
@@ -161,21 +161,27 @@ def main() -> None:
     lines = ["# Secure aggregation: round time and bytes", "",
              f"Machine: {results['machine']}. Model: the TINY mlm "
              f"({results['bytes'][0]['parameters']:,} parameters, full-model updates).", "",
-             "| clients | bytes down/node plain | SecAgg+ | bytes up/node plain | SecAgg+ |",
+             *measurement_tables(results)]
+    (ROOT / "benchmarks" / "secure_aggregation.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def measurement_tables(run: dict) -> list[str]:
+    """Markdown lines: bytes per node with and without SecAgg+, then round times (if any)."""
+    lines = ["| clients | bytes down/node plain | SecAgg+ | bytes up/node plain | SecAgg+ |",
              "|---|---|---|---|---|"]
-    for b in results["bytes"]:
+    for b in run["bytes"]:
         lines.append(f"| {b['clients']} | {b['plain_per_node']['down']:,} | "
                      f"{b['secagg_per_node']['down']:,} | {b['plain_per_node']['up']:,} | "
                      f"{b['secagg_per_node']['up']:,} |")
-    if results["times"]:
+    if run["times"]:
         lines += ["", "| clients | secure aggregation | round seconds (each) | mean of rounds 2.. |",
                   "|---|---|---|---|"]
-        for t in results["times"]:
+        for t in run["times"]:
             lines.append(f"| {t['clients']} | {t['secure_aggregation']} | "
                          f"{', '.join(f'{s:.2f}' for s in t['round_seconds'])} | "
                          f"{t['mean_after_first']:.2f} |")
-    (ROOT / "benchmarks" / "secure_aggregation.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    return lines
 
 
 def _loadavg() -> str:
@@ -201,19 +207,7 @@ def append_run(args: argparse.Namespace, extra: dict) -> None:
                   "update)"), "",
              (f"/proc/loadavg before: `{run['loadavg_before']}`, after: "
               f"`{run['loadavg_after']}`."), "",
-             "| clients | bytes down/node plain | SecAgg+ | bytes up/node plain | SecAgg+ |",
-             "|---|---|---|---|---|"]
-    for b in run["bytes"]:
-        lines.append(f"| {b['clients']} | {b['plain_per_node']['down']:,} | "
-                     f"{b['secagg_per_node']['down']:,} | {b['plain_per_node']['up']:,} | "
-                     f"{b['secagg_per_node']['up']:,} |")
-    if run["times"]:
-        lines += ["", "| clients | secure aggregation | round seconds (each) | mean of rounds 2.. |",
-                  "|---|---|---|---|"]
-        for t in run["times"]:
-            lines.append(f"| {t['clients']} | {t['secure_aggregation']} | "
-                         f"{', '.join(f'{s:.2f}' for s in t['round_seconds'])} | "
-                         f"{t['mean_after_first']:.2f} |")
+             *measurement_tables(run)]
     with open(ROOT / "benchmarks" / "secure_aggregation.md", "a") as handle:
         handle.write("\n".join(lines) + "\n")
     print("\n".join(lines))

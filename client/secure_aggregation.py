@@ -48,6 +48,7 @@ from flwr.common.secure_aggregation.secaggplus_constants import (
 )
 from flwr.compat.common import recorddict_compat as compat
 
+from common.privacy.dp_randomness import secret_generator
 from common.protocol import ARRAYS_KEY, CONFIG_KEY, METRICS_KEY, UPDATE_NORM
 from common.protocol.secure_aggregation import (
     ARRAY_KEYS,
@@ -59,7 +60,6 @@ from common.protocol.secure_aggregation import (
     noise_share_std,
     secure_aggregation_declared,
 )
-from common.privacy.dp_randomness import secret_generator
 
 
 def secure_aggregation_mod(msg: Message, context: Context,

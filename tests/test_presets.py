@@ -11,7 +11,6 @@ from server.round_progress import RoundProgress, duration
 from simulations.presets import PRESETS, preset_settings
 from simulations.simulate_command import resolve_config
 
-
 # Presets on the public checkpoint read the 83 MB MiniLM package: checked in the slow tier.
 NEEDS_CHECKPOINT = {name for name, preset in PRESETS.items()
                     if preset.settings.get("init", "none") != "none"}
