@@ -288,6 +288,10 @@ class SecureAggregationRounds:
             return None
         total = dict(zip(reference, (torch.from_numpy(np.asarray(a, dtype=np.float32))
                                      for a in aggregate), strict=True))
+        if self.distributed_noise:
+            # The server has now seen a sum carrying the nodes' noise shares: that is a
+            # client-level release even if the round is skipped below, so it is spent.
+            record.client_dp = self.client_dp
         trained = len(record.clients)
         bound = trained * self.config.update_clip_norm * (1 + SUM_TOLERANCE)
         finite = all(bool(torch.isfinite(t).all()) for t in total.values())

@@ -274,6 +274,24 @@ def test_distributed_noise_every_unmaskable_sum_has_std_at_least_z_s():
     assert abs(noise_on_sum.mean().item()) < 0.08  # 5 sd of the mean of 20,000 draws
 
 
+def test_a_noisy_sum_the_server_saw_is_spent_even_when_the_round_is_skipped():
+    """Distributed noise: once the sum is unmasked the server has seen a client-level release;
+    a round skipped afterwards (here: a non-finite sum) still writes its ledger event."""
+    from server.round_record import RoundRecord
+    from server.secure_aggregation import SecureRoundOutcome
+
+    dp = ClientDpSettings(noise_multiplier=1.0, clip_norm=S, sample_rate=1.0, poisson=False)
+    for noise, spent in (("distributed", True), ("server", False)):
+        rounds, _ = _rounds(4, dp, client_noise=noise)
+        record = RoundRecord(server_round=1, sampled=4,
+                             clients=[{"node": f"n{i}"} for i in range(4)])
+        broken = [np.full(SHAPES[k], np.nan, dtype=np.float32) for k in KEYS]
+        assert rounds._mean(broken, record, GLOBAL, 3, SecureRoundOutcome()) is None
+        assert record.skipped
+        # server noise: the skipped round released nothing noisy (no model, no noisy mean)
+        assert (record.client_dp == dp) is spent
+
+
 def test_distributed_noise_needs_secure_aggregation_and_client_dp():
     for changes in ({"client-noise": "distributed"},
                     {"client-noise": "distributed", "client-dp": True},
