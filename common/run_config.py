@@ -17,6 +17,7 @@ from typing import Any
 from common.config_error import ConfigError
 from common.data.deidentification import DEID_ENGINES, DEID_OFF
 from common.data.public_corpus import corpus_problem
+from common.secure_aggregation_rules import require_secure_aggregation
 from common.tasks import get_task
 
 AUTO = "auto"
@@ -257,7 +258,7 @@ class RunConfig:
         _require("aggregator", not (self.client_dp and self.aggregator != "mean"),
                  "client-level DP needs the plain sum of updates (aggregator=mean): a robust "
                  "aggregate has a different sensitivity")
-        self._require_secure_aggregation()
+        require_secure_aggregation(self)
         _require("client-sampling", self.client_sampling in CLIENT_SAMPLING,
                  f"must be one of {', '.join(CLIENT_SAMPLING)}")
         _require("partition", self.partition in PARTITIONS,
@@ -282,33 +283,6 @@ class RunConfig:
         self._require_init(task.needs_checkpoint)
         self._require_public_corpus(task.public_negatives,
                                     task.public_corpus and self.warm_start_steps > 0)
-
-    def _require_secure_aggregation(self) -> None:
-        """SecAgg+ sums updates: nothing that needs an individual update, at least 2 nodes."""
-        _require("secagg-threshold", 0.5 < self.secagg_threshold <= 1,
-                 "must be in (0.5, 1]: the share of a round's sample needed to unmask the sum")
-        _require("client-noise", self.client_noise in ("server", "distributed"),
-                 "must be server or distributed")
-        _require("client-noise", self.client_noise == "server" or (
-            self.secure_aggregation and self.client_dp),
-                 "distributed client-level noise needs client-dp=true and "
-                 "secure-aggregation=true (each node's share is hidden only inside the sum)")
-        if not self.secure_aggregation:
-            return
-        _require("aggregator", self.aggregator == "mean",
-                 "secure aggregation reveals only the sum of updates: a robust aggregate "
-                 "(median, trimmed-mean) needs each update; use aggregator=mean")
-        _require("short-round", self.short_round == "skip",
-                 "secure aggregation runs each round once: use short-round=skip")
-        _require("num-clients", self.num_clients >= 2,
-                 "secure aggregation needs at least 2 clients per round")
-        _require("fraction-train", self.client_sampling == "poisson"
-                 or int(self.num_clients * self.fraction_train) >= 2,
-                 "secure aggregation needs at least 2 sampled clients per round "
-                 "(num-clients x fraction-train >= 2)")
-        _require("num-clients", self.num_clients <= 1024,
-                 "secure aggregation sums at most 1024 clients without overflow (modulus "
-                 "2^32 over 2^22 quantisation levels)")
 
     def _require_init(self, needs_checkpoint: bool) -> None:
         """A public checkpoint brings its own tokenizer and shape, and trains adapters only."""
