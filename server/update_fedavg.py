@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import sys
 import time
 from collections.abc import Callable, Iterable
 
@@ -44,10 +45,23 @@ NORM_TOLERANCE = 1e-4  # float32 rounding when the client rescales Δ to exactly
 # DEAD_WORKER_ERRORS (server/flower_internals.py): Flower 1.42's Ray backend puts a dead ClientApp
 # actor back into its pool, so every later message routed to it fails the same way, healthy
 # nodes' included: a run that goes on loses nodes silently. Stop it instead; a rerun resumes.
+# Only in simulation: an error reply's reason is whatever the replying node wrote, so in a
+# deployment any registered node could name a Ray error and stop the federation at will.
 
 
 class SimulationWorkerDied(RuntimeError):
     """A simulation worker process died; the run cannot continue in this process tree."""
+
+
+def ray_runs_here() -> bool:
+    """True when this process runs Ray, i.e. the ServerApp is part of a simulation.
+
+    Flower 1.42's simulation runs the ServerApp as a thread of the process that starts the Ray
+    backend (`flwr-simulation`); a deployed ServerApp (`flwr-serverapp`) never starts Ray. The
+    answer comes from this process alone, so no node's reply can change it.
+    """
+    ray = sys.modules.get("ray")  # never import Ray just to ask
+    return ray is not None and bool(ray.is_initialized())
 
 
 class UpdateFedAvg(FedAvg):
@@ -59,9 +73,12 @@ class UpdateFedAvg(FedAvg):
         expected_clients: int = 1, seed: int = 0, round_offset: int = 0,
         min_clients: int = 1, robust: FedAvg | None = None, round_retries: int = 0,
         round_timeout: float = 3600.0, reproducible_noise: bool = False,
-        coverage: LedgerCoverage | None = None, **fedavg_kwargs: object,
+        coverage: LedgerCoverage | None = None,
+        in_simulation: Callable[[], bool] = ray_runs_here, **fedavg_kwargs: object,
     ) -> None:
         super().__init__(**fedavg_kwargs)  # type: ignore[arg-type]
+        # Asked when a dead-worker error arrives (Ray is up by then in a simulation).
+        self.in_simulation = in_simulation
         self.update_clip_norm = update_clip_norm
         self.on_round = on_round
         self.client_dp = client_dp
@@ -183,7 +200,8 @@ class UpdateFedAvg(FedAvg):
         valid = [msg for msg in replies if self._accept(msg, record)]
         dead = [msg.error.reason for msg in replies if msg.has_error()
                 and any(name in msg.error.reason for name in DEAD_WORKER_ERRORS)]
-        if dead:
+        # In a deployment such a reply is a failed reply like any other (`_accept` logged it).
+        if dead and self.in_simulation():
             raise SimulationWorkerDied(
                 f"round {record.server_round}: a simulation worker (a Ray ClientApp actor) "
                 "died, killed or out of memory; Flower does not replace it, so every later "

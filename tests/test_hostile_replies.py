@@ -51,12 +51,12 @@ def _reply(instruction: Message, metrics: dict[str, object] | None = None,
     return Message(record, reply_to=instruction)
 
 
-def _round(make_replies) -> tuple[torch.Tensor | None, list]:
+def _round(make_replies, **options: object) -> tuple[torch.Tensor | None, list]:
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 1, 1
     seen = []
     strategy = UpdateFedAvg(update_clip_norm=CLIP, on_round=lambda r, s: seen.append(r),
                            fraction_train=1.0, fraction_evaluate=0.0,
-                           min_available_nodes=len(NODES))
+                           min_available_nodes=len(NODES), **options)  # type: ignore[arg-type]
     start = ArrayRecord({"w": torch.zeros(4)})
     instructions = {m.metadata.dst_node_id: m for m in
                     strategy.configure_train(1, start, ConfigRecord({}), NodeList())}
@@ -134,21 +134,40 @@ def test_a_malformed_reply_is_rejected_and_logged(case):
     assert len(record.clients) == 2
 
 
-def test_a_dead_simulation_worker_stops_the_run_with_a_clear_message():
-    """Flower's Ray backend returns a dead actor to its pool, so later messages to it fail
-    too (issue "Hardening" §4): the strategy stops the run and says how to resume."""
-    from flwr.app import Error
-
-    from server.update_fedavg import SimulationWorkerDied
-
-    reason = ("<class 'ray.exceptions.ActorDiedError'>:<'The actor died unexpectedly before "
+DEAD_ACTOR = ("<class 'ray.exceptions.ActorDiedError'>:<'The actor died unexpectedly before "
               "finishing this task.'>")
 
-    def replies(i):
-        return [_reply(i[1]), _reply(i[2]), Message(Error(code=0, reason=reason),
-                                                    reply_to=i[3])]
+
+def _dead_actor_replies(i):
+    from flwr.app import Error
+
+    return [_reply(i[1]), _reply(i[2]), Message(Error(code=0, reason=DEAD_ACTOR), reply_to=i[3])]
+
+
+def test_a_dead_simulation_worker_stops_the_run_with_a_clear_message():
+    """Flower's Ray backend returns a dead actor to its pool, so later messages to it fail
+    too (issue "Hardening" §4): in simulation the strategy stops the run and says how to
+    resume."""
+    from server.update_fedavg import SimulationWorkerDied
+
     with pytest.raises(SimulationWorkerDied, match="rerun the same command"):
-        _round(replies)
+        _round(_dead_actor_replies, in_simulation=lambda: True)
+
+
+def test_a_deployed_node_naming_a_ray_error_cannot_stop_the_federation(caplog):
+    """In a deployment an error reply's reason is whatever the node wrote: a registered node
+    that names ActorDiedError only fails its own reply (logged); the round aggregates the
+    others. The default check asks this process, which runs no Ray, as a deployment's."""
+    from server.update_fedavg import ray_runs_here
+
+    assert not ray_runs_here()
+    with caplog.at_level("WARNING", logger="flwr"):
+        model, (record,) = _round(_dead_actor_replies)
+    assert model is not None and torch.allclose(model, torch.full((4,), 0.1))
+    assert len(record.clients) == 2 and not record.skipped
+    assert [(r["node"], r["reason"]) for r in record.rejected] == [("node-3", DEAD_ACTOR)]
+    assert any("node-3 failed" in line and "ActorDiedError" in line
+               for line in caplog.messages), caplog.messages
 
 
 def test_an_ordinary_client_error_is_only_logged():
