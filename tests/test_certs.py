@@ -254,3 +254,29 @@ def test_an_out_folder_this_user_cannot_search_is_a_one_line_error(tmp_path, cap
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("fedssl certs: error: cannot use ")
     assert "Permission denied" in err and len(err.strip().splitlines()) == 1
+
+
+def test_loopback_is_always_named_and_the_next_steps_follow_the_runbook(tmp_path, capsys):
+    """compose and the runbook dial the SuperLink at 127.0.0.1 (gateway, SuperExec) with
+    hostname checking, so the certificate names it even when --host did not; the printed next
+    steps are the runbook's: SuperLink on loopback, `fedssl gateway` the one public port, nodes
+    with bounded retries (docs/deploy.md §2-3)."""
+    out = tmp_path / "creds"
+    assert main(["certs", "all", "--out", str(out), "--host", "superlink", "--nodes", "2"]) == 0
+    ca, server = _load(out)
+    sans = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert sans.get_values_for_type(x509.DNSName) == ["superlink"]
+    assert sans.get_values_for_type(x509.IPAddress) == [ipaddress.ip_address("127.0.0.1")]
+    _verify(ca, server, x509.IPAddress(ipaddress.ip_address("127.0.0.1")))
+
+    lines = capsys.readouterr().out.splitlines()
+    link = next(x for x in lines if x.strip().startswith("flower-superlink "))
+    assert "--host 127.0.0.1 --port 9093" in link and "--enable-supernode-auth" in link
+    gateway = next(x for x in lines if x.strip().startswith("fedssl gateway "))
+    assert "--listen 0.0.0.0:9092 --superlink 127.0.0.1:9093" in gateway
+    assert f"--certfile {out / 'superlink' / 'server.pem'}" in gateway
+    node = next(x for x in lines if x.strip().startswith("flower-supernode "))
+    assert "--superlink superlink:9092" in node and "--max-retries 10" in node
+    assert f"--root-certificates {out / 'ca' / 'ca.crt'}" in node
+    register = next(x for x in lines if x.strip().startswith("flwr supernode register "))
+    assert "once per node" in register

@@ -44,8 +44,9 @@ def add_certs_parser(commands: argparse._SubParsersAction) -> None:
     for action in (superlink, everything):
         action.add_argument(
             "--host", action="append", default=[], required=True, metavar="NAME_OR_IP",
-            help="DNS name or IP address SuperNodes dial (repeatable; 127.0.0.1 and "
-            "localhost only if given)")
+            help="DNS name or IP address SuperNodes dial (repeatable). 127.0.0.1 is always "
+            "added (the gateway and SuperExec dial the SuperLink there); localhost only if "
+            "given")
     for action in (ca, superlink, node, everything):
         action.add_argument("--force", action="store_true", help="replace existing files")
 
@@ -77,25 +78,44 @@ def certs_command(args: argparse.Namespace) -> int:
     for path, role in written.items():
         print(f"wrote {path}  ({role})")
     if args.certs_action == "all":
-        print("\n".join(_next_steps(Path(args.out), args.host[0], args.nodes)))
+        print("\n".join(_next_steps(Path(args.out), args.host, args.nodes)))
     return 0
 
 
-def _next_steps(out: Path, host: str, nodes: int) -> list[str]:
-    """The commands that use what `certs all` wrote (copy each file to its machine first)."""
-    node = out / "nodes" / "node-1"
+# docs/deploy.md §2: the SuperLink on loopback, `fedssl gateway` the one public port.
+PUBLIC_PORT = 9092
+LOOPBACK_PORT = 9093
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def _next_steps(out: Path, hosts: list[str], nodes: int) -> list[str]:
+    """The runbook's commands (docs/deploy.md §2-3) with the files `certs all` wrote (copy
+    each file to its machine first)."""
+    ca, node = out / "ca" / "ca.crt", out / "nodes" / "node-1"
+    cert, key = out / "superlink" / "server.pem", out / "superlink" / "server.key"
+    # Hospitals dial a public name; a loopback one only serves a trial on one machine.
+    host = next((h for h in hosts if h not in LOOPBACK_HOSTS), hosts[0])
     if ":" in host and not host.startswith("["):
         host = f"[{host}]"  # an IPv6 address needs brackets before :PORT
     return [
         "",
-        "next (copy each file to the machine that uses it; adjust the paths):",
-        (f"  flower-superlink --ssl-ca-certfile {out / 'ca' / 'ca.crt'} "
-         f"--ssl-certfile {out / 'superlink' / 'server.pem'} "
-         f"--ssl-keyfile {out / 'superlink' / 'server.key'} --enable-supernode-auth"),
-        f"  flwr supernode register {node}.pub SUPERLINK_CONNECTION"
+        "next (copy each file to the machine that uses it; adjust the paths; docs/deploy.md):",
+        "  coordinator, the SuperLink on loopback only (its Control API authenticates nobody):",
+        (f"    flower-superlink --ssl-ca-certfile {ca} --ssl-certfile {cert} "
+         f"--ssl-keyfile {key} --enable-supernode-auth --host 127.0.0.1 "
+         f"--port {LOOPBACK_PORT} --database /var/lib/fedssl/superlink.db "
+         "--disable-runtime-dependency-installation"),
+        "  coordinator, the one public port (Fleet API only):",
+        (f"    fedssl gateway --listen 0.0.0.0:{PUBLIC_PORT} --superlink 127.0.0.1:"
+         f"{LOOPBACK_PORT} --ca {ca} --certfile {cert} --keyfile {key}"),
+        (f"  coordinator, flwr against 127.0.0.1:{LOOPBACK_PORT} (a [superlink.fedssl] entry "
+         "in $FLWR_HOME/config.toml):"),
+        f"    flwr supernode register {node}.pub fedssl"
         + ("   (once per node)" if nodes > 1 else ""),
-        (f"  flower-supernode --superlink {host}:PORT --root-certificates "
-         f"{out / 'ca' / 'ca.crt'} --auth-supernode-private-key {node}"),
+        "  each hospital:",
+        (f"    flower-supernode --superlink {host}:{PUBLIC_PORT} --root-certificates {ca} "
+         f"--auth-supernode-private-key {node} --max-retries 10 --max-wait-time 300 "
+         "--node-config 'data-dir=\"...\" state-dir=\"...\"'"),
     ]
 
 
