@@ -40,14 +40,14 @@ from flwr.app import (
     RecordDict,
 )
 from flwr.client.mod import secaggplus_mod
-from flwr.clientapp.typing import ClientAppCallable
 from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
-from flwr.common.secure_aggregation.secaggplus_constants import (
-    RECORD_KEY_CONFIGS,
-    RECORD_KEY_STATE,
-)
-from flwr.compat.common import recorddict_compat as compat
 
+from client.flower_internals import (
+    RECORD_KEY_CONFIGS,
+    ClientAppCallable,
+    fitres_to_recorddict,
+    secaggplus_threshold,
+)
 from common.privacy.dp_randomness import secret_generator
 from common.protocol import ARRAYS_KEY, CONFIG_KEY, METRICS_KEY, UPDATE_NORM
 from common.protocol.secure_aggregation import (
@@ -102,7 +102,7 @@ def _share_std(context: Context) -> float:
     run = context.run_config
     if not distributed_noise_declared(run):
         return 0.0
-    threshold = int(context.state.config_records[RECORD_KEY_STATE]["threshold"])  # type: ignore[arg-type]
+    threshold = secaggplus_threshold(context.state)
     return noise_share_std(float(run["client-noise-multiplier"]),  # type: ignore[arg-type]
                            float(run["update-clip-norm"]), threshold)  # type: ignore[arg-type]
 
@@ -146,6 +146,6 @@ def reply_to_fitres(content: RecordDict, weights: ArrayRecord,
         out[METRICS_KEY] = MetricRecord(metrics)
     fitres = FitRes(status=Status(code=Code.OK, message=""),
                     parameters=ndarrays_to_parameters(delta), num_examples=1, metrics={})
-    for key, record in compat.fitres_to_recorddict(fitres, keep_input=False).items():
+    for key, record in fitres_to_recorddict(fitres, keep_input=False).items():
         out[key] = record
     return out

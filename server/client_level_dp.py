@@ -11,8 +11,9 @@ Why fedssl does not wrap Flower's `DifferentialPrivacy{Server,Client}SideFixedCl
 * they require exactly the sampled number of replies, so one refused or rejected client
   aborts the round; with a fixed denominator it is simply a zero contribution;
 * their accountant (`flwr.serverapp.RdpAccountant`) supports only no amplification.
-Flower's `compute_stdv` (noise std on the mean) is reused. The accounting is the same RDP
-accountant as record-level DP, fed one (z, q, 1) event per round, written to the ledger.
+Flower's `compute_stdv` (noise std on the mean; a Flower internal, server/flower_internals.py)
+is reused. The accounting is the same RDP accountant as record-level DP, fed one (z, q, 1)
+event per round, written to the ledger.
 
 Sampling and noise are seeded from the run's seed so simulations reproduce; the guarantee
 assumes that seed is secret from whoever sees the aggregate.
@@ -24,10 +25,10 @@ import random
 from dataclasses import dataclass
 
 import torch
-from flwr.supercore.differential_privacy import compute_stdv
 
 from common.model_updates import State
 from common.privacy.ledger import GAUSSIAN_NO_AMPLIFICATION, POISSON_GAUSSIAN
+from server.flower_internals import compute_stdv
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,20 @@ installed Flower and fails naming the Flower version and the symbol.
   Ray backend puts a dead actor back into its pool (raybackend.process_message), so every later
   message routed to it fails the same way, healthy nodes' included; UpdateFedAvg stops the run
   when it sees one (a rerun resumes).
+* `compute_stdv` (flwr.supercore.differential_privacy): the std of the Gaussian noise on a
+  mean of clipped updates, z·S/n; client-level DP (server/client_level_dp.py) reuses it.
+* SecAgg+ through the legacy workflow API (server/secure_aggregation.py), the only way Flower
+  1.42 offers it: `GridClientProxy` (flwr.server.compat) is how the legacy workflow reaches a
+  node through a Grid, one per node the round strategy's `configure_fit` returns;
+  `ClientProxy` (flwr.server.client_proxy) is the type the legacy Strategy hooks name;
+  `MAIN_CONFIGS_RECORD`, `MAIN_PARAMS_RECORD` and `WorkflowKey` (flwr.server.workflow.constant)
+  are where `SecAggPlusWorkflow` reads the current round and the global parameters in the
+  LegacyContext's state; `RECORD_KEY_CONFIGS` and `SecAggPlusKey`
+  (flwr.common.secure_aggregation.secaggplus_constants) name the protocol's ConfigRecord and
+  its stage and masked-vector fields, which tell protocol messages and masked replies apart.
+
+The node's side of SecAgg+ uses Flower internals too; the layering keeps client/ from importing
+server/, so they sit in client/flower_internals.py, checked by the same test module.
 """
 
 from __future__ import annotations
@@ -29,8 +43,21 @@ import time
 from collections.abc import Callable, Iterable
 
 from flwr.app import Message, RecordDict
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
+from flwr.common.secure_aggregation.secaggplus_constants import Key as SecAggPlusKey
+from flwr.server.client_proxy import ClientProxy
+from flwr.server.compat.grid_client_proxy import GridClientProxy
+from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD
+from flwr.server.workflow.constant import Key as WorkflowKey
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
+from flwr.supercore.differential_privacy import compute_stdv
+
+__all__ = [
+    "DEAD_WORKER_ERRORS", "MAIN_CONFIGS_RECORD", "MAIN_PARAMS_RECORD", "RECORD_KEY_CONFIGS",
+    "ClientProxy", "DelegatingGrid", "GridClientProxy", "SecAggPlusKey", "WorkflowKey",
+    "compute_stdv", "construct_messages", "pull_replies", "push_messages",
+]
 
 # Ray's exception names as Flower's Ray backend writes them into an error reply's reason.
 DEAD_WORKER_ERRORS = ("RayActorError", "ActorDiedError", "ActorUnavailableError")

@@ -54,14 +54,9 @@ from flwr.common import (
     ndarrays_to_parameters,
     parameters_to_ndarrays,
 )
-from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key
 from flwr.server import ClientManager, LegacyContext, SimpleClientManager
-from flwr.server.client_proxy import ClientProxy
-from flwr.server.compat.grid_client_proxy import GridClientProxy
 from flwr.server.strategy import Strategy
 from flwr.server.workflow import SecAggPlusWorkflow
-from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD
-from flwr.server.workflow.constant import Key as WorkflowKey
 from flwr.serverapp import Grid
 
 from common.model_updates import State, apply_update, update_norm
@@ -70,7 +65,16 @@ from common.protocol import STATUS_REFUSED, STATUS_TRAINED, ClientReply, RoundIn
 from common.protocol.secure_aggregation import ARRAY_KEYS, noise_share_std, quantisation_clip
 from common.run_config import RunConfig
 from server.client_level_dp import ClientDpSettings, noisy_mean_update, poisson_sample
-from server.flower_internals import DelegatingGrid
+from server.flower_internals import (
+    MAIN_CONFIGS_RECORD,
+    MAIN_PARAMS_RECORD,
+    RECORD_KEY_CONFIGS,
+    ClientProxy,
+    DelegatingGrid,
+    GridClientProxy,
+    SecAggPlusKey,
+    WorkflowKey,
+)
 from server.ledger_sync import LedgerCoverage, ledger_entries
 from server.round_record import RoundRecord
 from server.run_directory import RoundRecorder
@@ -164,7 +168,7 @@ class _ClearReplies(DelegatingGrid):
                     self.outcome.plaintext_arrays += 1
                     record.clear()
             configs = reply.content.config_records.get(RECORD_KEY_CONFIGS)
-            if configs is not None and Key.MASKED_PARAMETERS in configs:
+            if configs is not None and SecAggPlusKey.MASKED_PARAMETERS in configs:
                 self.masked_replies.append(reply)
         if stage == "collect_masked_vectors":
             # errored replies of this stage are the round's training failures
@@ -175,8 +179,8 @@ class _ClearReplies(DelegatingGrid):
 def _stage_of(messages: list[Message]) -> str:
     for msg in messages:
         configs = msg.content.config_records.get(RECORD_KEY_CONFIGS)
-        if configs is not None and Key.STAGE in configs:
-            return str(configs[Key.STAGE])
+        if configs is not None and SecAggPlusKey.STAGE in configs:
+            return str(configs[SecAggPlusKey.STAGE])
     return ""
 
 
