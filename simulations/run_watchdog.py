@@ -46,7 +46,7 @@ def _alive(pid: int, started: float) -> bool:
 
 def main(argv: list[str]) -> int:
     """Wait for the parent to die, then stop the run's processes and remove FLWR_HOME."""
-    from simulations.process_tree import stop_process_tree
+    from server.deployment.process_tree import stop_process_tree
 
     parent, started, flwr_home = int(argv[0]), float(argv[1]), argv[2]
     while _alive(parent, started):

@@ -49,10 +49,11 @@ def simulate_command(
     # Imported here so `fedssl --help` and config errors answer without loading torch/Flower.
     from common.privacy.ledger import LedgerError
     from common.tasks import check_run_data
+    from server.deployment.flower_processes import SimulationError
     from server.run_checkpoint import ResumeError, find_checkpoint
     from server.run_lock import RunDirBusy, check_run_dir_free
     from server.run_report import epsilon_text, summary_table
-    from simulations.flower_launcher import SimulationError, run_app, simulation_superlink
+    from simulations.flower_launcher import run_app, simulation_superlink
 
     config = resolve_config(preset, settings, out)
     run_dir = Path(config.run_dir)

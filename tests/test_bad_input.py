@@ -12,9 +12,9 @@ import torch
 from simulation_runs import TINY_RUN, fedssl_in_process
 
 from common.run_config import RunConfig
+from server.deployment.flower_processes import SimulationError
+from server.deployment.local_deployment import Credentials, LocalDeployment
 from server.run_checkpoint import CHECKPOINT_FILE, commit_round, save_round_model
-from simulations.flower_launcher import SimulationError
-from simulations.local_deployment import Credentials, LocalDeployment
 
 SETTINGS = {**TINY_RUN, "num-clients": 2, "num-rounds": 3}
 

@@ -20,9 +20,9 @@ from simulation_runs import ROOT, TINY_RUN, fedssl_in_process, flower_processes
 from common.data.demo_text import demo_splits
 from common.privacy.ledger import PrivacyLedger
 from common.run_config import RunConfig
+from server.deployment.flower_processes import console_script, flower_env
+from server.deployment.local_deployment import Credentials, LocalDeployment
 from simulations.cli import main as fedssl
-from simulations.flower_launcher import console_script, flower_env
-from simulations.local_deployment import Credentials, LocalDeployment
 
 RECORDS_PER_NODE = 400
 # Flower logs "Exit Code: 305" (failed to activate SuperNode) for an unregistered key; the

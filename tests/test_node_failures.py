@@ -32,8 +32,8 @@ from common.data.demo_text import demo_splits
 from common.privacy.accounting import REPLACE_ONE, epsilon_of
 from common.privacy.ledger import LedgerEntry, LedgerError, PrivacyLedger, unconfirmed
 from common.run_config import RunConfig
+from server.deployment.local_deployment import Credentials, LocalDeployment
 from simulations.cli import main as fedssl
-from simulations.local_deployment import Credentials, LocalDeployment
 
 # Slow tier (`make test-slow`): a TLS deployment with a crashed and a frozen node: ~3 min.
 pytestmark = pytest.mark.slow

@@ -16,8 +16,8 @@ from simulation_runs import TINY_RUN, fedssl_in_process, flower_processes
 
 from common.data.demo_text import demo_splits
 from common.run_config import RunConfig
+from server.deployment.local_deployment import Credentials, LocalDeployment
 from simulations.cli import main as fedssl
-from simulations.local_deployment import Credentials, LocalDeployment
 
 RECORDS_PER_NODE = 300
 

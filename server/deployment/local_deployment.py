@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
 
-from simulations.flower_launcher import (
+from server.deployment.flower_processes import (
     APP_DIR,
     console_script,
     flower_env,
@@ -28,7 +28,7 @@ from simulations.flower_launcher import (
     run_config_toml,
     wait_healthy,
 )
-from simulations.process_tree import stop_process_tree
+from server.deployment.process_tree import stop_process_tree
 
 CONNECTION = "fedssl-local"  # the SuperLink connection name in FLWR_HOME/config.toml
 # A SuperNode that cannot connect gives up (with the reason in its log) rather than retry
