@@ -99,6 +99,26 @@ def test_spend_is_recorded_before_training_so_a_crash_over_counts(tmp_path, reco
     assert [e.round for e in unconfirmed(ledger.entries())] == [1]  # round 2 was confirmed
 
 
+@pytest.mark.parametrize("ran", [{"steps": 2}, {"sample_rate": 0.5}])
+def test_an_update_the_ledger_entry_does_not_describe_is_never_released(tmp_path, records, ran):
+    """Training that ran other steps or another q than the write-ahead entry records raises
+    before any update is built; the entry stays, unconfirmed (counted, reported as crashed)."""
+    from client.dp_training import LocalResult
+
+    node = hospital_node(tmp_path)
+    rate = poisson_sample_rate(32, CONFIG.batch_size)
+
+    def mismatched(*args, **kwargs):
+        return LocalResult(**{"mean_loss": 1.0, "steps": CONFIG.local_steps,
+                              "sample_rate": rate, **ran})
+
+    with pytest.raises(RuntimeError, match="but the ledger recorded 3 at q=0.25"):
+        _round(node, records, 1, train=mismatched)
+    ledger = PrivacyLedger.open(node.ledger_path, "hospital-a")
+    assert ledger.history("hospital-a", RECORD_LEVEL) == [(SIGMA, rate, 3)]
+    assert [e.round for e in unconfirmed(ledger.entries())] == [1]
+
+
 def test_node_refuses_exactly_the_round_that_would_cross_its_budget(tmp_path, records):
     rate = poisson_sample_rate(32, CONFIG.batch_size)
     per_round = [epsilon_of([(SIGMA, rate, CONFIG.local_steps)] * k, DELTA, REPLACE_ONE)
