@@ -178,3 +178,24 @@ def test_an_ordinary_client_error_is_only_logged():
                 Message(Error(code=0, reason="<class 'ValueError'>:<'bad'>"), reply_to=i[3])]
     model, (record,) = _round(replies)
     assert model is not None and len(record.clients) == 2 and len(record.rejected) == 1
+
+
+def test_an_update_a_float_rounding_above_the_bound_is_aggregated_at_exactly_the_bound():
+    """Accepted up to S·(1+1e-4) (a client's float32 rescale can land a rounding above S),
+    but the accountant assumes ‖Δ‖ ≤ S: what the strategy aggregates is re-clipped to S."""
+    from common.protocol import update_of
+
+    value = CLIP / 2 * (1 + 5e-5)  # ‖Δ‖ of four equal coordinates: 2·value = S·(1 + 5e-5)
+    sent: list[Message] = []
+
+    def replies(i):
+        sent.extend(_reply(i[n], value=value) for n in NODES)
+        return sent
+
+    model, (record,) = _round(replies)
+    assert not record.rejected and len(record.clients) == 3
+    assert all(CLIP < c["received-norm"] <= CLIP * (1 + 1e-4) for c in record.clients)
+    # The accepted replies now hold the re-clipped Δ (both FedAvg and DP-FedAvg read them).
+    assert all(update_norm(update_of(msg.content).to_torch_state_dict()) <= CLIP
+               for msg in sent)
+    assert model is not None and update_norm({"w": model}) <= CLIP
