@@ -42,11 +42,15 @@ TEXT_EXTENSIONS = (".txt", ".jsonl", ".csv")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".pgm", ".gif", ".npy")
 DATA_KINDS = ("text", "image")
 ERROR_KINDS = ("missing-folder", "not-a-folder", "no-records", "unreadable", "not-utf8",
-               "blank-only", "oversize-record", "oversize-file", "wrong-format")
+               "blank-only", "oversize-record", "oversize-file", "oversize-folder",
+               "wrong-format")
 OVERSIZE_SHOWN = 10  # record locations named in an oversize-record message (check-data: all)
 # One data file is read whole into memory (as the node trains on it): bound it, so that a
 # stray multi-GB file (or a link to one) fails with a message instead of exhausting memory.
 MAX_FILE_BYTES = 512 * 2**20
+# The node holds every record of its folder in memory (then their tokens): bound the folder's
+# total too, so that many files each under the per-file limit fail with a message, not OOM.
+MAX_FOLDER_BYTES = 8 * 2**30
 SUMMARY_FILES_SHOWN = 20  # a folder of 10,000 images should not print 10,000 lines
 
 
@@ -143,7 +147,8 @@ def data_files(data_dir: str | Path, extensions: tuple[str, ...]
                ) -> tuple[Path, list[str], int]:
     """The folder, its data files (relative POSIX names, sorted) and how many entries were
     skipped for not being regular files (a FIFO would hang a read, a link to /dev/zero never
-    end it); checks every extension and every file's size (at most MAX_FILE_BYTES)."""
+    end it); checks every extension, every file's size (at most MAX_FILE_BYTES) and their
+    total (at most MAX_FOLDER_BYTES)."""
     folder = Path(data_dir).expanduser()
     if not folder.exists():
         raise DataFolderError("missing-folder", f"data folder {folder} does not exist")
@@ -176,6 +181,12 @@ def data_files(data_dir: str | Path, extensions: tuple[str, ...]
         raise DataFolderError("oversize-file", f"{big[0]}: {sizes[big[0]]:,} bytes, more than "
                               f"the limit of {MAX_FILE_BYTES:,} per file; split it into "
                               "smaller files")
+    total = sum(sizes.values())
+    if total > MAX_FOLDER_BYTES:
+        raise DataFolderError("oversize-folder", f"data folder {folder}: {total:,} bytes in "
+                              f"{_plural(len(names), 'file')}, more than the limit of "
+                              f"{MAX_FOLDER_BYTES:,} ({MAX_FOLDER_BYTES / 2**30:g} GiB) per "
+                              "folder; point the node at a folder with fewer records")
     return folder, names, skipped
 
 
