@@ -31,6 +31,7 @@ from client.node_settings import NodeSettings
 from common.model_updates import State, clip_update, compute_update
 from common.privacy.accounting import (
     ACCOUNTANT,
+    MAX_SIGMA,
     REPLACE_ONE,
     HistoryEntry,
     calibrate_noise_multiplier,
@@ -122,6 +123,14 @@ def plan_round(config: RunConfig, node: NodeSettings, sample_rate: float,
     if sigma is None:
         remaining_rounds = max(config.num_rounds - server_round + 1, 1)
         sigma = _planned_sigma(config, node, sample_rate, history, remaining_rounds)
+        if sigma is None and spent < node.max_epsilon:  # reachable only past the σ ceiling
+            return RoundPlan(None, spent, spent, refusal=(
+                f"budget: the cap ε={node.max_epsilon:g} (δ={node.delta:g}, {REPLACE_ONE}, "
+                f"{spent:.4g} spent) cannot be kept over the {remaining_rounds} round(s) "
+                f"still planned ({config.local_steps} steps each at sample rate "
+                f"{sample_rate:.3g}): it would take a noise multiplier above {MAX_SIGMA:g}; "
+                "raise target-epsilon (or the node's max-epsilon), or plan fewer rounds or "
+                "local-steps"))
         if sigma is None:
             return RoundPlan(None, spent, spent, refusal=(
                 f"budget: lifetime ε is already {spent:.4g} (δ={node.delta:g}, "
