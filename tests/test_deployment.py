@@ -1,5 +1,6 @@
 """A real deployment on loopback: TLS SuperLink with node authentication, SuperNodes with their
-own data folders, two rounds of the real app, and a node with an unregistered key refused.
+own data folders, two rounds of the real app, a node with an unregistered key refused, and
+nodes with a wrong CA, or without TLS (with and without a key), giving up with the reason logged.
 
 Everything the test starts (SuperLink, SuperNodes, their SuperExec and ClientApp processes) is
 stopped by PID at the end, and the test checks that nothing was left behind.
@@ -20,14 +21,25 @@ from simulation_runs import ROOT, TINY_RUN, fedssl_in_process, flower_processes
 from common.data.demo_text import demo_splits
 from common.privacy.ledger import PrivacyLedger
 from common.run_config import RunConfig
-from server.deployment.flower_processes import console_script, flower_env
-from server.deployment.local_deployment import Credentials, LocalDeployment
+from server.deployment.flower_processes import console_script, flower_env, free_port
+from server.deployment.local_deployment import (
+    MAX_RETRIES,
+    MAX_WAIT_S,
+    Credentials,
+    LocalDeployment,
+)
 from simulations.cli import main as fedssl
 
 RECORDS_PER_NODE = 400
 # Flower logs "Exit Code: 305" (failed to activate SuperNode) for an unregistered key; the
 # flower-supernode process itself then exits with status 1.
 UNREGISTERED_LOG = "Exit Code: 305"
+# A node without a key that dials the TLS gateway in plain HTTP: the gateway closes each
+# connection unanswered; after MAX_RETRIES retries Flower gives up with exit code 305 and the
+# transport error's text (Flower 1.42's fleet_http_connection and http_retry).
+NO_TLS_GIVE_UP = ("Giving up reconnection after", "Exit Code: 305",
+                  "Failed to initialize the connection to the SuperLink")
+NO_TLS_REASONS = ("Server disconnected without sending a response", "Connection reset by peer")
 
 
 def _write_data_folders(root: Path) -> dict[str, Path]:
@@ -83,6 +95,8 @@ def deployment_run(tmp_path_factory):
             ca_cert=other_ca / "ca.crt")
         plain = deployment.start_supernode("insecure", node_key["a"], {
             "data-dir": str(folders["a"]), "state-dir": str(root / "state-i")}, insecure=True)
+        keyless = _start_keyless_plain_node(deployment, {
+            "data-dir": str(folders["a"]), "state-dir": str(root / "state-k")})
         deployment.wait_for_nodes(3)
         outcome["intruder_exit"] = intruder.wait(timeout=60)
         outcome["wrong_ca_exit"] = wrong_ca.wait(timeout=120)
@@ -96,6 +110,9 @@ def deployment_run(tmp_path_factory):
         outcome["flwr_exit"] = deployment.run_app({
             **TINY_RUN, "num-clients": 2, "num-rounds": 2, "run-dir": str(run_dir)})
         outcome["run_dir"] = run_dir
+        # Its retries (~15 s of backoff) overlap the steps above, so waiting here adds ~nothing;
+        # it never connects, so it cannot take part in the run.
+        outcome["keyless_exit"] = keyless.wait(timeout=MAX_WAIT_S + 60)
     finally:
         outcome["logs"] = deployment.logs
         deployment.close()
@@ -105,6 +122,23 @@ def deployment_run(tmp_path_factory):
         for pid in leftovers:
             subprocess.run(["kill", "-9", str(pid)], check=False)
     return outcome
+
+
+def _start_keyless_plain_node(deployment: LocalDeployment,
+                              node_config: dict[str, str]) -> subprocess.Popen[str]:
+    """The issue's case: `--insecure` and no node key (so no exit 303 before dialing), against
+    the TLS gateway, with the bounded retries every node of the deployment gets. Added to the
+    deployment's processes, so `close()` stops it by PID with the others."""
+    config = " ".join(f'{k}="{v}"' for k, v in node_config.items())
+    with open(deployment.logs / "supernode-keyless.log", "ab") as log:
+        process = subprocess.Popen([
+            console_script("flower-supernode"), "--insecure",
+            "--superlink", f"127.0.0.1:{deployment.gateway_port}", "--port", str(free_port()),
+            "--max-retries", str(MAX_RETRIES), "--max-wait-time", str(MAX_WAIT_S),
+            "--isolation", deployment.isolation, "--node-config", config,
+        ], env=deployment.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    deployment.processes.append(process)
+    return process
 
 
 def _outsider_attempts(root: Path, certs: Path, gateway_port: int, key: Path,
@@ -163,9 +197,23 @@ def test_nodes_with_a_wrong_ca_or_no_tls_give_up_with_the_reason_in_their_log(de
     logs = Path(deployment_run["logs"])
     assert deployment_run["wrong_ca_exit"] != 0
     assert "CERTIFICATE_VERIFY_FAILED" in (logs / "supernode-wrong-ca.log").read_text()
+    # With a node key, Flower refuses --insecure before dialing (node auth needs TLS).
     assert deployment_run["insecure_exit"] != 0
-    insecure_log = (logs / "supernode-insecure.log").read_text()
-    assert "Exit Code: 303" in insecure_log or "insecure" in insecure_log.lower()
+    assert "Exit Code: 303" in (logs / "supernode-insecure.log").read_text()
+
+
+def test_a_node_without_tls_or_key_gives_up_within_its_retries_with_the_reason(deployment_run):
+    """The issue's case: `--insecure` without a key once retried forever and left no trace at
+    the SuperLink. With the runbook's bounded retries it exits on its own, its log saying it
+    gave up and why (the TLS gateway closed every plain-HTTP request unanswered)."""
+    assert deployment_run["keyless_exit"] != 0
+    log = (Path(deployment_run["logs"]) / "supernode-keyless.log").read_text()
+    assert "Option `--insecure` was set" in log
+    for line in NO_TLS_GIVE_UP:
+        assert line in log, log[-3000:]
+    assert f"and {MAX_RETRIES + 1} tries" in log, log[-3000:]
+    assert any(reason in log for reason in NO_TLS_REASONS), log[-3000:]
+    assert deployment_run["online"] == 3  # never counted as a node
 
 
 @pytest.mark.parametrize("attempt", ["register", "unregister", "list", "run"])
