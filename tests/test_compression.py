@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from simulation_runs import TINY_RUN
+from simulation_runs import TINY_RUN, tiny_bert_folder
 
 from common.run_config import RunConfig
 from common.tasks import get_task
@@ -122,8 +122,6 @@ def test_the_results_json_report_and_plot_are_written(finished, compressed):
 
 
 def test_a_run_on_a_public_checkpoint_compresses_with_its_own_architecture(tmp_path: Path):
-    from tiny_checkpoints import tiny_bert_folder
-
     folder = tiny_bert_folder(tmp_path / "public-bert")
     run_dir = tmp_path / "run"
     summary = make_finished_run(run_dir, init=str(folder), **{"hidden-size": "8"})

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from simulation_runs import TINY_RUN
+from simulation_runs import TINY_RUN, tiny_bert_folder
 
 from common.run_config import RunConfig
 from common.tasks import get_task
@@ -136,7 +136,6 @@ def test_the_real_downstream_stage_reports_each_arm(tmp_path: Path):
 
 def test_with_a_public_checkpoint_scratch_is_the_small_bert_and_public_arms_join(tmp_path: Path):
     from safetensors.torch import load_file
-    from tiny_checkpoints import tiny_bert_folder
 
     folder = tiny_bert_folder(tmp_path / "public-bert")
     config = RunConfig.from_mapping({**TINY_RUN, "max-records": 1500, "label-fraction": 0.1,

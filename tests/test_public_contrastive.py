@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny_checkpoints import (
+from simulation_runs import (
     adapted_tiny_encoder,
     assert_one_record_moves_the_clipped_sum_by_its_own_share,
     assert_per_sample_gradients_equal_brute_force,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny_checkpoints import tiny_bert_folder
+from simulation_runs import tiny_bert_folder
 
 from client.node_setup import check_public_inputs
 from common.config_error import ConfigError

@@ -10,8 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from simulation_runs import ROOT, TINY_RUN, flower_processes
-from tiny_checkpoints import tiny_bert_folder
+from simulation_runs import ROOT, TINY_RUN, flower_processes, tiny_bert_folder
 
 GRID = """
 task = "mlm"
