@@ -1,0 +1,1 @@
+"""The ServerApp and the federation: strategy, client-level DP, rounds, checkpoints, reports."""

@@ -1,0 +1,1 @@
+"""The `fedssl` command line (parse, dispatch); simulation, presets, sweeps, the empirical audit."""

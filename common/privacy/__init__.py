@@ -1,0 +1,1 @@
+"""Privacy accounting, secret DP randomness, the hash-chained ledger and `fedssl audit`."""

@@ -1,0 +1,1 @@
+"""Real deployments: `fedssl certs`, `fedssl gateway`, the loopback deployment and its processes."""
