@@ -161,7 +161,8 @@ def test_a_reply_can_carry_only_its_own_nodes_entries():
     """A node cannot write into another node's chain, nor into the server's own."""
     from flwr.app import ConfigRecord, RecordDict
 
-    from server.ledger_sync import reply_entries
+    from common.protocol import reply_ledger
+    from server.ledger_sync import ledger_entries
 
     def entry(node_id: str) -> str:
         fields = ledger_event(1, node_id, RECORD_LEVEL, SIGMA, RATE, STEPS, 1.0, run_id=RUN_ID)
@@ -170,14 +171,16 @@ def test_a_reply_can_carry_only_its_own_nodes_entries():
 
     content = RecordDict({"fedssl": ConfigRecord({"ledger": [
         entry("partition-0"), entry("partition-1"), entry(FEDERATION_NODE)]})})
-    assert [e.node_id for e in reply_entries(content, "partition-0")] == ["partition-0"]
-    assert reply_entries(content, FEDERATION_NODE) == []
+    carried = reply_ledger(content)
+    assert [e.node_id for e in ledger_entries(carried, "partition-0")] == ["partition-0"]
+    assert ledger_entries(carried, FEDERATION_NODE) == []
 
 
 # ------------------------------------------------ report wording: true of the run (issue 18 §7)
 
 
-def _privacy(tmp_path: Path, sigma: float, noise: str = SECRET_NOISE) -> dict:
+def _privacy(tmp_path: Path, sigma: float, noise: str = SECRET_NOISE,
+             config: RunConfig | None = None) -> dict:
     """The privacy section of a one-node, one-round run spent at noise multiplier `sigma`."""
     run = PrivacyLedger.open(tmp_path / f"run-{sigma}-{noise}.sqlite", owner="run")
     node = PrivacyLedger.open(tmp_path / f"node-{sigma}-{noise}.sqlite", owner="partition-0")
@@ -187,7 +190,23 @@ def _privacy(tmp_path: Path, sigma: float, noise: str = SECRET_NOISE) -> dict:
     coverage = LedgerCoverage(run_id=RUN_ID)
     coverage.sending({1}, 1)
     coverage.replied(1, "partition-0", 1, spent=True)
-    return privacy_section(run, coverage, RunConfig(), {RUN_ID}, {}, 0)
+    return privacy_section(run, coverage, config or RunConfig(), {RUN_ID}, {}, 0)
+
+
+def test_a_node_that_ends_above_the_target_is_named_in_the_summary_and_report(tmp_path: Path):
+    """σ = 0.3 for one round spends ε ≈ 19 > target-epsilon 8 (σ calibrated, `auto`): said in
+    summary.json's `above_target` and in report.md. With a fixed σ the target is no cap."""
+    above = _privacy(tmp_path, 0.3)
+    (node,) = above["clients"]
+    assert node["epsilon"] > above["target_epsilon"] == 8.0
+    assert above["above_target"] == ["partition-0"]
+    assert ("Nodes that ended above target-epsilon 8 (earlier lifetime spend): partition-0."
+            in privacy_markdown(above))
+    within = _privacy(tmp_path, 1.1)
+    assert within["clients"][0]["epsilon"] < 8.0 and within["above_target"] == []
+    assert "above target-epsilon" not in privacy_markdown(within)
+    fixed = _privacy(tmp_path / "fixed", 0.3, config=RunConfig(noise_multiplier="0.3"))
+    assert fixed["target_epsilon"] is None and fixed["above_target"] == []
 
 
 def _labels(summary: dict) -> dict[str, str]:
