@@ -27,7 +27,7 @@ class DpSettings:
 
     noise_multiplier: float
     clip_norm: float
-    batch_size: int  # expected batch size under Poisson sampling
+    batch_size: int  # B: Poisson rate q = 1/⌈n/B⌉, so the expected batch is n/⌈n/B⌉ (≤ B)
     local_steps: int
     learning_rate: float
     # Opacus per-sample clipping: "hooks" materialises per-sample gradients; "ghost" computes

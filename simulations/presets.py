@@ -80,8 +80,9 @@ PRESETS: dict[str, Preset] = {
                 "max-records": 20000,  # 20% test, 1% labeled, ~15.8k left: ~16 per device
                 "partition": "dirichlet",
                 "dirichlet-alpha": 0.5,
-                # A device holds 2-86 records: an expected batch of 8 gives q = 1/ceil(n/8)
-                # (q = 1 for the smallest ones), 5 steps touch each record ~1-5 times a round.
+                # A device holds 2-86 records: batch size 8 gives q = 1/ceil(n/8), an expected
+                # batch of n/ceil(n/8) (q = 1 for the smallest ones), 5 steps touch each record
+                # ~1-5 times a round.
                 "batch-size": 8,
                 "local-steps": 5,
                 "target-epsilon": 8.0,
