@@ -12,11 +12,12 @@ Why fedssl does not wrap Flower's `DifferentialPrivacy{Server,Client}SideFixedCl
   aborts the round; with a fixed denominator it is simply a zero contribution;
 * their accountant (`flwr.serverapp.RdpAccountant`) supports only no amplification.
 Flower's `compute_stdv` (noise std on the mean; a Flower internal, server/flower_internals.py)
-is reused. The accounting is the same RDP accountant as record-level DP, fed one (z, q, 1)
-event per round, written to the ledger.
+is reused. The accounting is the same PLD accountant as record-level DP, under add/remove-one
+client, fed one (z, q, 1) event per round, written to the ledger (server/run_ledger.py).
 
-Sampling and noise are seeded from the run's seed so simulations reproduce; the guarantee
-assumes that seed is secret from whoever sees the aggregate.
+Sampling and noise come from secret generators (common/privacy/dp_randomness.py, drawn by
+server/update_fedavg.py): only the simulation switch `reproducible-noise` seeds them from the
+run seed, and every output then says there is no DP guarantee.
 """
 
 from __future__ import annotations
