@@ -1,11 +1,13 @@
 """A target no node can reach, and the calibration search's σ floor and ceiling.
 
 `target-epsilon=0.001` (issue "Hardening" §4) once gave exit 0 with an untrained model. It is
-still a valid setting (one step at a small sample rate reaches it), so the run config accepts
-it; with the usual steps and sample rates the calibrated σ would pass MAX_SIGMA, so every node
-refuses the round before training, saying why, and spends nothing. A run whose every node
-refused has no trained round and exits 1 (`test_a_run_no_node_can_afford_exits_1_naming_it`,
-slow tier: a real simulation).
+still a valid setting (few steps at a small sample rate reach it), so the run config accepts
+it, and each node decides: one whose calibrated σ would pass MAX_SIGMA refuses the round before
+training, saying why, and spends nothing; one with many records (a small sample rate) trains,
+at a σ in the hundreds, within ε ≤ 0.001. In the tiny test run (2 demo nodes of 608 and 2,432
+records, batch 32, 4 steps) the first refuses and the second trains at σ ≈ 243: exit 0. A
+run whose every node refused has no trained round and exits 1
+(`test_a_run_no_node_can_afford_exits_1_naming_it`, slow tier: a real simulation).
 
 The search itself is bounded both ways: σ doubles at most up to MAX_SIGMA, and halves at most
 down to MIN_SIGMA. Without the floor a target loose enough for any σ halved σ towards zero
@@ -70,6 +72,19 @@ def test_a_tiny_target_makes_the_node_refuse_before_training_saying_why(tmp_path
     assert not PrivacyLedger.open(node.ledger_path, owner=node.node_id).spends()
 
 
+def test_a_tiny_target_lets_a_node_with_many_records_train_at_huge_noise(tmp_path):
+    """Why the run config cannot refuse the target: what it costs depends on each node's
+    record count (its sample rate), which only the node knows."""
+    config = dataclasses.replace(UNREACHABLE, batch_size=32, local_steps=4, num_rounds=1)
+    node = node_settings({"state-dir": str(tmp_path), "data-dir": str(tmp_path)}, 1, config,
+                         None)
+    few, many = (poisson_sample_rate(n, config.batch_size) for n in (608, 2432))
+    assert plan_round(config, node, few, [], 1).noise_multiplier is None
+    plan = plan_round(config, node, many, [], 1)
+    assert plan.noise_multiplier is not None and 100 < plan.noise_multiplier < MAX_SIGMA
+    assert plan.projected <= TINY_TARGET
+
+
 def test_a_spent_budget_is_still_refused_as_spent():
     """The other refusal: the cap is used up, whatever σ would be."""
     node = dataclasses.replace(
@@ -113,11 +128,12 @@ def test_the_floor_leaves_ordinary_answers_at_their_precision():
 
 @pytest.mark.slow
 def test_a_run_no_node_can_afford_exits_1_naming_it(tmp_path):
-    """A real simulation at target-epsilon=0.001: every node refuses (budget), the round is
-    skipped, the summary is written, and `fedssl simulate` exits 1 instead of reporting an
-    untrained model as trained."""
+    """A real simulation at target-epsilon=0.001 in which no node can afford a round (12 steps
+    at sample rates of 0.1 and 0.33): every node refuses (budget), the round is skipped, the
+    summary is written, and `fedssl simulate` exits 1 instead of reporting an untrained model
+    as trained."""
     settings = {**TINY_RUN, "num-clients": 2, "num-rounds": 1, "downstream": "false",
-                "target-epsilon": TINY_TARGET}
+                "local-steps": 12, "batch-size": 256, "target-epsilon": TINY_TARGET}
     run_dir = tmp_path / "run"
     result, leftovers = simulate(run_dir, settings)
     assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
