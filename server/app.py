@@ -14,6 +14,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from common.run_config import RunConfig
+from common.run_layout import GLOBAL_MODEL_FILE
 from common.tasks import federated_state, get_task, load_federated_state
 from server.evaluation.pipeline import run_downstream, skipped_downstream
 from server.evaluation.safetensors_export import save_state
@@ -21,7 +22,7 @@ from server.federated_rounds import federated_rounds, wait_for_nodes
 from server.final_report import report_run
 from server.ledger_sync import sync_ledgers
 from server.round_progress import ProgressGrid
-from server.run_checkpoint import GLOBAL_MODEL, update_anchor
+from server.run_checkpoint import update_anchor
 from server.run_start import start_run
 
 app = ServerApp()
@@ -49,7 +50,7 @@ def main(grid: Grid, context: Context) -> None:
                                 run.run_id)
         update_anchor(run.run_dir, run.ledger.head())
         print(f"[fedssl] ledger sync: {answered} node(s) answered", flush=True)
-    save_state(federated_state(model), run.run_dir / GLOBAL_MODEL)  # also with 0 rounds (warm start)
+    save_state(federated_state(model), run.run_dir / GLOBAL_MODEL_FILE)  # also with 0 rounds (warm start)
     # A run whose every round was skipped has no federated model: fine-tuning it would
     # report an untrained model as if it were one. Say so, and fail.
     untrained = config.num_rounds > 0 and recorder.rounds_trained == 0

@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 from common.run_config import RunConfig
+from common.run_layout import SUMMARY_FILE
 from server.privacy_summary import privacy_section
 from server.run_report import build_summary, epsilon_text, summary_table, write_reports
 from server.run_start import RunStart
@@ -24,4 +25,4 @@ def report_run(config: RunConfig, run: RunStart, downstream: dict[str, Any],
                             rounds_trained=recorder.rounds_trained)
     write_reports(run.run_dir, summary)
     print("[fedssl] results\n" + summary_table(summary), flush=True)
-    print(f"[fedssl] {epsilon_text(privacy)}; wrote {run.run_dir}/summary.json", flush=True)
+    print(f"[fedssl] {epsilon_text(privacy)}; wrote {run.run_dir / SUMMARY_FILE}", flush=True)

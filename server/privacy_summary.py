@@ -24,6 +24,7 @@ from common.privacy.ledger import (
     PrivacyLedger,
 )
 from common.run_config import RunConfig
+from common.run_layout import LEDGER_FILE
 from server.ledger_sync import LedgerCoverage
 
 RECORD_GUARANTEE = "record-level DP per client (Opacus DP-SGD, Poisson sampling)"
@@ -75,7 +76,7 @@ def privacy_section(
         "train_loss_released": config.release_train_loss,
         "client_level": _client_level(spends, config),
         "secure_aggregation": secure_aggregation_view(spends, config, secure_rounds),
-        "ledger": {"file": "ledger.sqlite", **ledger.head()},
+        "ledger": {"file": LEDGER_FILE, **ledger.head()},
     }
 
 

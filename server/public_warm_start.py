@@ -32,9 +32,8 @@ from torch import nn
 
 from common.data.public_corpus import PublicCorpus, load_public_corpus
 from common.run_config import ConfigError, RunConfig
+from common.run_layout import WARM_START_FILE
 from common.tasks import SslTask
-
-WARM_START_FILE = "warm_start.json"
 
 
 def public_corpus(config: RunConfig) -> tuple[tuple[torch.Tensor, ...], PublicCorpus]:

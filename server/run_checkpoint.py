@@ -17,12 +17,16 @@ from typing import Any
 
 from common.model_updates import State
 from common.run_config import ConfigError, RunConfig
-from common.run_layout import CHECKPOINT_FILE
+from common.run_layout import (
+    CHECKPOINT_FILE,
+    CHECKPOINTS_DIR,
+    GLOBAL_MODEL_FILE,
+    ROUND_MODEL_GLOB,
+    round_model_file,
+)
 from server.atomic_json import write_json
 from server.evaluation.safetensors_export import load_state, save_state
 
-ROUNDS_DIR = "checkpoints"
-GLOBAL_MODEL = "global_model.safetensors"
 NOT_COMPARED = ("run-dir",)  # where the run lives may move; every other setting must match
 
 
@@ -53,7 +57,7 @@ class Checkpoint:
 
 def save_round_model(run_dir: Path, server_round: int, state: State) -> tuple[Path, str]:
     """Write the round's global model (not yet committed); returns its file and SHA-256."""
-    model_file = run_dir / ROUNDS_DIR / f"round-{server_round}.safetensors"
+    model_file = run_dir / CHECKPOINTS_DIR / round_model_file(server_round)
     save_state(state, model_file)
     return model_file, _sha256(model_file)
 
@@ -72,8 +76,8 @@ def commit_round(
         "model_sha256": digest, "config": _compared(config),
         **({"ledger": ledger_head} if ledger_head is not None else {}),
     })
-    save_state(state, run_dir / GLOBAL_MODEL)  # the documented "latest model" file
-    for old in (run_dir / ROUNDS_DIR).glob("round-*.safetensors"):
+    save_state(state, run_dir / GLOBAL_MODEL_FILE)  # the documented "latest model" file
+    for old in (run_dir / CHECKPOINTS_DIR).glob(ROUND_MODEL_GLOB):
         if old != model_file:  # keep only the committed round's file
             old.unlink(missing_ok=True)
 

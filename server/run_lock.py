@@ -18,7 +18,8 @@ import time
 from pathlib import Path
 from typing import IO
 
-LOCK_FILE = ".lock"
+from common.run_layout import LOCK_FILE
+
 _held: list[IO[str]] = []  # open for the life of the process: closing it would release the lock
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from common.run_config import RunConfig
+from common.run_layout import REPORT_FILE, SUMMARY_FILE
 from server.atomic_json import write_json
 from server.evaluation.arm_labels import relabel_arms
 
@@ -108,7 +109,7 @@ def pretraining_verdict(summary: dict[str, Any]) -> str:
 
 def write_reports(run_dir: Path, summary: dict[str, Any]) -> None:
     """Write summary.json and report.md into RUN_DIR."""
-    write_json(run_dir / "summary.json", summary)
+    write_json(run_dir / SUMMARY_FILE, summary)
     labels = summary["labels"]
     downstream = f"then central fine-tuning on {labels['labels_used']} labels " \
         f"({labels['classes_in_labeled_set']} of {labels['classes_in_test_set']} test classes " \
@@ -127,7 +128,7 @@ Macro-F1 averages over the classes present in the test split; a class with no la
 cannot be predicted and counts as F1 = 0. {class_balance_text(labels)}
 
 {privacy_markdown(summary["privacy"])}"""
-    (run_dir / "report.md").write_text(text)
+    (run_dir / REPORT_FILE).write_text(text)
 
 
 # Largest / smallest test class count at and above which the report calls the classes

@@ -15,6 +15,14 @@ from pathlib import Path
 
 from common.data.data_folders import DataFolderError
 from common.run_config import RunConfig, parse_overrides
+from common.run_layout import (
+    LEDGER_FILE,
+    NODES_DIR,
+    RUN_OWNER,
+    SIMULATION_LOG,
+    SUMMARY_FILE,
+    SUPERLINK_LOG,
+)
 from simulations.presets import preset_settings
 
 PROG = "fedssl simulate"
@@ -65,7 +73,7 @@ def simulate_command(
     warn_about_lengths(config)
     run_dir.mkdir(parents=True, exist_ok=True)
     state_dir = Path(config.sim_state_dir).expanduser() if config.sim_state_dir \
-        else run_dir / "nodes"
+        else run_dir / NODES_DIR
     try:
         check_run_dir_free(run_dir)  # the ServerApp holds it for the run; fail early here
     except RunDirBusy as err:
@@ -82,13 +90,13 @@ def simulate_command(
     if checkpoint is not None:
         print(f"fedssl: {run_dir} holds this run up to round {checkpoint.round}/"
               f"{config.num_rounds}; continuing it (use a new --out for a new run)", flush=True)
-    elif any(state_dir.glob("*/ledger.sqlite")):
+    elif any(state_dir.glob(f"*/{LEDGER_FILE}")):
         print(f"fedssl: note: the simulated nodes in {state_dir} already spent privacy in "
               "earlier runs; their ledgers continue, so their ε starts from there (use a new "
               "--out for a fresh federation)", flush=True)
-    summary_file = run_dir / "summary.json"
+    summary_file = run_dir / SUMMARY_FILE
     summary_file.unlink(missing_ok=True)
-    log_file = run_dir / "simulation.log"
+    log_file = run_dir / SIMULATION_LOG
     log_file.unlink(missing_ok=True)
 
     def echo(line: str) -> None:
@@ -100,7 +108,7 @@ def simulate_command(
     print(f"fedssl: simulating {config.num_clients} clients x {config.num_rounds} rounds on "
           f"{data}; RUN_DIR {run_dir}; full log in {log_file}", flush=True)
     try:
-        with simulation_superlink(run_dir / "superlink.log") as env:
+        with simulation_superlink(run_dir / SUPERLINK_LOG) as env:
             code = run_app(env, config.to_mapping(), config.num_clients, log_file, echo)
     except SimulationError as err:
         print(f"fedssl: error: {err}", file=sys.stderr)
@@ -170,7 +178,6 @@ def _check_run_ledger(run_dir: Path) -> None:
     spent: the server could not record the clients' entries.
     """
     from common.privacy.ledger import LedgerError, read_ledger
-    from common.run_layout import LEDGER_FILE, RUN_OWNER
 
     path = run_dir / LEDGER_FILE
     if not path.exists():

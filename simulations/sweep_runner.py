@@ -29,6 +29,7 @@ import torch
 
 from common.data.label_budgets import LabelBudget
 from common.run_config import RunConfig
+from common.run_layout import GLOBAL_MODEL_FILE, SUMMARY_FILE
 from common.tasks import get_task, load_federated_state
 from server.evaluation.arms import BudgetResult, evaluate_budget
 from server.evaluation.downstream_kit import DownstreamKit
@@ -129,7 +130,7 @@ def pretrain(grid: SweepGrid, seed: int, arm: PretrainArm, rounds: int, out: Pat
     run_dir = out / "pretrain" / f"{arm.name}-r{rounds}-s{seed}"
     config = grid.run_config(seed, arm, rounds, run_dir=str(run_dir.resolve()))
     config = config.replace(downstream=False)
-    summary_file = run_dir / "summary.json"
+    summary_file = run_dir / SUMMARY_FILE
     if not summary_file.exists():
         say(f"[sweep] pretraining {arm.name}, {rounds} rounds, seed {seed} → {run_dir}")
         settings = [f"{k}={v}" for k, v in config.to_mapping().items() if k != "run-dir"]
@@ -145,7 +146,7 @@ def pretrain(grid: SweepGrid, seed: int, arm: PretrainArm, rounds: int, out: Pat
     summary = json.loads(summary_file.read_text())
     model = get_task(config.task).build_model(config)
     # Only the federated keys (adapters and head, with `init`) are in the file.
-    load_federated_state(model, load_state(run_dir / "global_model.safetensors"))
+    load_federated_state(model, load_state(run_dir / GLOBAL_MODEL_FILE))
     return config, model, _spent_epsilon(summary["privacy"], run_dir, say)
 
 

@@ -20,7 +20,7 @@ from common.data.record_lengths import SAMPLE_RECORDS, length_coverage, run_leng
 from common.data.run_splits import text_splits
 from common.data.tokenizer import load_tokenizer
 from common.run_config import ConfigError, RunConfig
-from server.run_lock import LOCK_FILE
+from common.run_layout import LOCK_FILE
 
 SECRET = "ZEBRA-PATIENT-7731 "
 LONG = SECRET * (MAX_RECORD_CHARS // len(SECRET) + 5)  # just over the limit

@@ -18,9 +18,10 @@ from common.config_error import ConfigError
 from common.data.public_corpus import SHIPPED_NAME, load_public_corpus
 from common.data.tokenizer import SHIPPED_TOKENIZER, tokenizer_sha256
 from common.run_config import RunConfig
+from common.run_layout import WARM_START_FILE
 from common.tasks import get_task
 from common.tasks.contrastive import NEGATIVES, public_negatives
-from server.public_warm_start import WARM_START_FILE, warm_start
+from server.public_warm_start import warm_start
 
 WARM = {"warm-start-steps": 2, "warm-start-batch-size": 8, "hidden-size": 32, "num-layers": 1,
         "intermediate-size": 64, "max-length": 16}

@@ -19,8 +19,8 @@ from common.privacy.audit_report import (
     text_report,
 )
 from common.privacy.ledger_audit import AuditInputError, audit
+from common.run_layout import AUDIT_DIR
 
-AUDIT_DIR = "audit"
 MAX_REASONS_SHOWN = 20  # the rest are in audit.md and the JSON document
 
 

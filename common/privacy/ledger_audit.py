@@ -325,7 +325,7 @@ def audit(path: Path | str, delta: float | None = None) -> AuditReport:
         anchor, anchor_source, anchor_problems = None, "", []
         notes.append("a node's own ledger has no anchor: a cut-off tail cannot be detected "
                      "(compare its row count with the server's copy)")
-    anchor_problems += check_anchor(head, anchor, anchor_source or "summary.json")
+    anchor_problems += check_anchor(head, anchor, anchor_source or SUMMARY_FILE)
     chain_problems = verify_chain(rows, withheld_starts=is_run)
     withheld = withheld_chains(rows) if is_run else {}
     broken = {p.seq for p in chain_problems if p.check in ("type", "value")}

@@ -27,6 +27,7 @@ from common.privacy.ledger import (
     LedgerRow,
     row_hash,
 )
+from common.run_layout import SUMMARY_FILE
 
 _GUARANTEES = {RECORD_LEVEL, CLIENT_LEVEL}
 _MECHANISMS = {POISSON_GAUSSIAN, GAUSSIAN_NO_AMPLIFICATION, CONFIRMATION}
@@ -125,7 +126,7 @@ def withheld_chains(rows: Sequence[LedgerRow]) -> dict[str, int]:
 
 def check_anchor(
     ledger_head: Mapping[str, Any], summary_anchor: Mapping[str, Any] | None,
-    source: str = "summary.json",
+    source: str = SUMMARY_FILE,
 ) -> list[Problem]:
     """Compare the ledger's head with the anchor `source` recorded (summary.json when the run
     finished, checkpoint.json after each committed round).

@@ -17,6 +17,7 @@ from common.config_error import ConfigError
 from common.data.public_corpus import load_public_corpus
 from common.data.tokenizer import encode_texts, load_tokenizer, special_ids
 from common.run_config import RunConfig
+from common.run_layout import TOKENIZER_FILE
 from common.tasks import SslTask
 from common.tasks.mlm import check_data as check_text_data
 from common.tasks.mlm import client_tensors, folder_tensors, tokenizer_path
@@ -69,7 +70,7 @@ TASK = SslTask(
     client_tensors=client_tensors,
     folder_tensors=folder_tensors,
     public_inputs_sha256=public_inputs_sha256,
-    public_files=lambda config: {"tokenizer.json": tokenizer_path(config)},
+    public_files=lambda config: {TOKENIZER_FILE: tokenizer_path(config)},
     per_record_loss=per_record_loss,
     check_data=check_data,
     grad_sample_mode="hooks",  # two encoder passes per record: hooks sum them exactly

@@ -33,6 +33,7 @@ from common.data.tokenizer import (
     tokenizer_sha256,
 )
 from common.run_config import ModelShape, RunConfig
+from common.run_layout import TOKENIZER_FILE
 from common.tasks import SslTask
 from common.tasks.public_encoder import (
     PublicMaskedLm,
@@ -257,7 +258,7 @@ TASK = SslTask(
     client_tensors=client_tensors,
     folder_tensors=folder_tensors,
     public_inputs_sha256=public_inputs_sha256,
-    public_files=lambda config: {"tokenizer.json": tokenizer_path(config)},
+    public_files=lambda config: {TOKENIZER_FILE: tokenizer_path(config)},
     per_record_loss=per_record_loss,
     check_data=check_data,
     grad_sample_mode="ghost",  # 2.0x a non-private step vs 4.3x with hooks (quiet, CPU)

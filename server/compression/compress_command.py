@@ -28,6 +28,7 @@ from typing import Any
 from common.data.data_folders import DataFolderError
 from common.public_checkpoints import CheckpointError
 from common.run_config import ConfigError, parse_overrides
+from common.run_layout import COMPRESSED_DIR
 from server.compression.compress_progress import throttled
 from server.compression.compression_report import (
     PLOT_FILE,
@@ -48,7 +49,6 @@ from server.compression.server_data import server_data
 from server.compression.student_variants import student_specs
 from server.compression.teacher_targets import teacher_targets
 from server.compression.variants import (
-    OUT_DIR,
     VariantSpec,
     load_variants,
     parameter_count,
@@ -79,7 +79,7 @@ def compress_run(run_dir: str | Path, overrides: dict[str, str] | None = None,
     started = time.monotonic()
     say(f"[fedssl] compress: loading {run_dir} and rebuilding its test split")
     run = load_finished_run(run_dir, overrides)
-    out = run.run_dir / OUT_DIR
+    out = run.run_dir / COMPRESSED_DIR
     out.mkdir(exist_ok=True)
     inputs = tuple(t.numpy() for t in run.test_inputs)
     say(f"[fedssl] compress: {len(run.test_labels):,} test records, {run.num_classes} classes, "

@@ -23,14 +23,21 @@ from common.data.data_folders import DataFolderError
 from common.data.run_splits import text_splits
 from common.data.tokenizer import encode_texts, load_tokenizer
 from common.run_config import RunConfig
-from common.run_layout import CONFIG_FILE, SUMMARY_FILE
+from common.run_layout import (
+    CONFIG_FILE,
+    FINETUNED_HF_DIR,
+    MODELS_DIR,
+    SUMMARY_FILE,
+    TOKENIZER_FILE,
+    model_file,
+)
 from common.tasks import get_task
 from common.tasks.mlm import bert_config, tokenizer_path
 from server.evaluation.safetensors_export import load_state
 from server.evaluation.text_classifier import MeanPoolClassifier
 
-FINETUNED_WEIGHTS = Path("models") / "finetuned.safetensors"
-FINETUNED_HF = Path("models") / "finetuned-hf"
+FINETUNED_WEIGHTS = Path(MODELS_DIR) / model_file("finetuned")
+FINETUNED_HF = Path(MODELS_DIR) / FINETUNED_HF_DIR
 # Settings `--set` may change: where the run's inputs live now (a moved data folder or
 # checkpoint). Anything else would score a different model or split than the run's.
 RELOCATABLE = ("data", "init", "tokenizer")
@@ -93,7 +100,7 @@ def load_finished_run(run_dir: str | Path, overrides: dict[str, str] | None = No
             f"the test split rebuilt from the run's settings has {len(splits.test_labels)} "
             f"records, the run's summary says {expected}: its data changed since the run "
             "(point --set data=... at the folder the run used)")
-    tokenizer_file = run_dir / "tokenizer.json"
+    tokenizer_file = run_dir / TOKENIZER_FILE
     if not tokenizer_file.is_file():
         tokenizer_file = Path(tokenizer_path(config))
     tokenizer = load_tokenizer(str(tokenizer_file))

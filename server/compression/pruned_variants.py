@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from common.run_layout import COMPRESSED_DIR, MODELS_DIR, model_file
 from server.compression.compress_progress import throttled
 from server.compression.compression_settings import CompressionSettings
 from server.compression.distillation import DistillRecipe, distill
@@ -31,10 +32,10 @@ from server.compression.structured_pruning import (
     save_pruned,
 )
 from server.compression.teacher_targets import TeacherTargets
-from server.compression.variants import OUT_DIR, VariantSpec, parameter_count
+from server.compression.variants import VariantSpec, parameter_count
 from server.evaluation.classifier_training import FinetuneRecipe
 
-RUN_PRUNED = Path("models") / "pruned.safetensors"
+RUN_PRUNED = Path(MODELS_DIR) / model_file("pruned")
 IMPORTANCE_BATCH = 32
 Say = Callable[[str], None]
 
@@ -79,9 +80,9 @@ def pruned_specs(run: FinishedRun, targets: TeacherTargets, settings: Compressio
                     targets.transfer_logits, recovery_recipe(run, settings),
                     on_step=throttled(f"{key} recovery", say, "steps"))
         model.eval()
-        weights = Path(OUT_DIR) / f"{key}.safetensors"
+        weights = Path(COMPRESSED_DIR) / f"{key}.safetensors"
         save_pruned(model, plan, run.run_dir / weights)
-        onnx = onnx_int8_file(model, run.test_inputs, run.run_dir / OUT_DIR / f"{key}-int8.onnx")
+        onnx = onnx_int8_file(model, run.test_inputs, run.run_dir / COMPRESSED_DIR / f"{key}-int8.onnx")
         share = f"{ratio:.0%} of heads and FFN neurons removed"
         specs += [
             VariantSpec(key, f"PyTorch fp32, {share}, recovered", "torch", str(weights),

@@ -5,13 +5,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from common.run_layout import COMPRESSED_DIR
 from server.compression.finished_run import FINETUNED_WEIGHTS, FinishedRun
 from server.compression.onnx_export import export_onnx, quantize_onnx_int8, tracing_example
 from server.compression.torch_int8 import quantize_int8, save_int8
 from server.compression.variants import (
     ONNX_FILE,
     ONNX_INT8_FILE,
-    OUT_DIR,
     TORCH_INT8_EMB_FILE,
     TORCH_INT8_FILE,
     VariantSpec,
@@ -23,7 +23,7 @@ Say = Callable[[str], None]
 
 def quantized_specs(run: FinishedRun, say: Say) -> list[VariantSpec]:
     """Write the int8 and ONNX files into RUN_DIR/compressed/; fp32 (the reference) first."""
-    out = Path(OUT_DIR)
+    out = Path(COMPRESSED_DIR)
     params = parameter_count(run.model)
     say("[fedssl] compress: torch dynamic int8 of the Linear layers")
     save_int8(quantize_int8(run.model), run.run_dir / out / TORCH_INT8_FILE)

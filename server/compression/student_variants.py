@@ -15,6 +15,7 @@ from pathlib import Path
 from transformers import BertConfig
 
 from common.data.tokenizer import load_tokenizer, special_ids
+from common.run_layout import COMPRESSED_DIR
 from common.tasks.mlm import bert_config
 from server.compression.compress_progress import throttled
 from server.compression.compression_settings import CompressionSettings
@@ -22,13 +23,13 @@ from server.compression.distillation import DistillRecipe, distill
 from server.compression.finished_run import FinishedRun
 from server.compression.onnx_export import onnx_int8_file
 from server.compression.teacher_targets import TeacherTargets
-from server.compression.variants import OUT_DIR, VariantSpec, parameter_count
+from server.compression.variants import VariantSpec, parameter_count
 from server.evaluation.arms import finetune_recipe
 from server.evaluation.classifier_training import FinetuneRecipe, train_classifier
 from server.evaluation.safetensors_export import save_state
 from server.evaluation.text_classifier import MeanPoolClassifier, build_classifier
 
-STUDENT_DIR = Path(OUT_DIR) / "student"  # its config.json: both students share it
+STUDENT_DIR = Path(COMPRESSED_DIR) / "student"  # its config.json: both students share it
 Say = Callable[[str], None]
 
 
@@ -66,7 +67,7 @@ def student_specs(run: FinishedRun, targets: TeacherTargets, settings: Compressi
     shape = f"{config.num_hidden_layers} layers, hidden {config.hidden_size}"
     weights = STUDENT_DIR / "student.safetensors"
     save_state(student, run.run_dir / weights)
-    onnx = onnx_int8_file(student, run.test_inputs, run.run_dir / OUT_DIR / "student-int8.onnx")
+    onnx = onnx_int8_file(student, run.test_inputs, run.run_dir / COMPRESSED_DIR / "student-int8.onnx")
     say("[fedssl] compress: the same student on the labels alone (no teacher)")
     alone = _fresh(config, run.config.seed)
     train_classifier(alone, run.labeled_inputs, run.labeled_labels, finetune_recipe(run.config),

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from transformers import BertConfig
 
+from common.run_layout import COMPRESSED_DIR
 from server.compression.onnx_export import onnx_logits, onnx_session
 from server.compression.torch_int8 import load_int8
 from server.evaluation.classifier_training import classification_metrics
@@ -31,8 +32,7 @@ Done = Callable[[int, int], None]  # (records scored, records in all), after eve
 EVAL_BATCH = 256
 # ONNX fp32 must reproduce PyTorch fp32 up to float rounding of a reordered computation.
 PARITY_TOLERANCE = 1e-3
-# The files `fedssl compress` writes into RUN_DIR/compressed/.
-OUT_DIR = "compressed"
+# The files `fedssl compress` writes into RUN_DIR/compressed/ (COMPRESSED_DIR).
 MANIFEST_FILE = "variants.json"
 TORCH_INT8_FILE = "finetuned-int8.pt"
 TORCH_INT8_EMB_FILE = "finetuned-int8-emb.pt"
@@ -135,7 +135,7 @@ def load_variant(spec: VariantSpec, run_dir: Path, reference: nn.Module, threads
 def load_variants(run_dir: Path, reference: nn.Module, threads: int = 0) -> list[Variant]:
     """Every variant in RUN_DIR/compressed/variants.json, loaded from its file."""
     return [load_variant(spec, run_dir, reference, threads)
-            for spec in read_manifest(run_dir / OUT_DIR)]
+            for spec in read_manifest(run_dir / COMPRESSED_DIR)]
 
 
 def all_logits(logits: Logits, inputs: tuple[np.ndarray, np.ndarray],

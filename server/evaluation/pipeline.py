@@ -22,6 +22,7 @@ import numpy as np
 from torch import nn
 
 from common.run_config import RunConfig
+from common.run_layout import MODELS_DIR, model_file
 from common.tasks import get_task
 from server.evaluation.arm_labels import federated_label
 from server.evaluation.arms import evaluate_arm, evaluate_classifier, finetune_recipe
@@ -70,7 +71,7 @@ def run_downstream(
     kit = make_kit(config, pretrained)
     data = kit.data
     recipe = finetune_recipe(config)
-    models_dir = run_dir / "models"
+    models_dir = run_dir / MODELS_DIR
     models_dir.mkdir(exist_ok=True)
     key, label, _ = kit.classical
     arms = (  # key, label, starting encoder (None: scratch / random init), recipe
@@ -98,7 +99,7 @@ def run_downstream(
                                            on_step=progress.step)
         progress.finish(None if results[arm] is None else results[arm]["macro_f1"])
         if model is not None:
-            save_state(model.state_dict(), models_dir / f"{arm}.safetensors")
+            save_state(model.state_dict(), models_dir / model_file(arm))
             trained[arm] = model
     if kit.save_extra is not None:
         kit.save_extra(trained["finetuned"], models_dir)
@@ -107,7 +108,7 @@ def run_downstream(
     pruned, results["pruned"] = _prune_and_recover(trained["finetuned"], config, recipe, data,
                                                    progress.step)
     progress.finish(results["pruned"]["macro_f1"])
-    save_state(pruned.state_dict(), models_dir / "pruned.safetensors")
+    save_state(pruned.state_dict(), models_dir / model_file("pruned"))
     present = set(data.train_labels.tolist())
     results["labels"] = {
         "labels_used": len(data.train_labels),

@@ -13,6 +13,7 @@ from common.data.run_splits import text_splits
 from common.data.tokenizer import encode_texts, load_tokenizer
 from common.public_checkpoints import load_encoder
 from common.run_config import RunConfig
+from common.run_layout import FINETUNED_HF_DIR
 from common.tasks.mlm import bert_config, encoder_state, tokenizer_path
 from common.tasks.public_encoder import merged_encoder_state, run_checkpoint
 from server.evaluation.downstream_kit import DownstreamKit, LabeledData
@@ -72,7 +73,7 @@ def text_kit(config: RunConfig, pretrained: nn.Module) -> DownstreamKit:
         return pooled_features(classifier(weights), inputs).numpy()
 
     def save_hf(model: nn.Module, models_dir: Path) -> None:
-        model.save_pretrained(models_dir / "finetuned-hf")
+        model.save_pretrained(models_dir / FINETUNED_HF_DIR)
 
     return DownstreamKit(
         data=data,
