@@ -8,7 +8,14 @@ from pathlib import Path
 from flwr.app import MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg, FedMedian, FedTrimmedAvg
 
-from common.protocol import ARRAYS_KEY, CONFIG_KEY, EPSILON, NUM_EXAMPLES, RoundInstruction
+from common.protocol import (
+    ARRAYS_KEY,
+    CONFIG_KEY,
+    EPSILON,
+    NUM_EXAMPLES,
+    TRAIN_LOSS,
+    RoundInstruction,
+)
 from common.run_config import RunConfig
 from common.tasks import SslTask
 from server.client_level_dp import ClientDpSettings
@@ -98,5 +105,5 @@ def aggregate_client_metrics(replies: list[RecordDict], weight_key: str) -> Metr
     return MetricRecord({
         "epsilon-max": max(eps),
         "epsilon-mean": sum(eps) / len(eps),
-        **({"train-loss": loss} if loss is not None else {}),
+        **({TRAIN_LOSS: loss} if loss is not None else {}),
     })

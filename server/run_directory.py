@@ -22,6 +22,7 @@ from typing import Any
 
 from common.model_updates import State
 from common.privacy.ledger import RECORD_LEVEL, PrivacyLedger
+from common.protocol import NUM_EXAMPLES, TRAIN_LOSS, UPDATE_NORM
 from common.run_config import RunConfig
 from common.run_layout import CONFIG_FILE, METRICS_FILE
 from server.atomic_json import write_json
@@ -83,14 +84,14 @@ class RoundRecorder:
         self.rounds_trained += bool(record.clients) and not record.skipped
         self.refusals += len(record.refused)
         for client in record.spend:
-            if "num-examples" in client:
-                self.records[str(client["node"])] = int(client["num-examples"])
+            if NUM_EXAMPLES in client:
+                self.records[str(client["node"])] = int(client[NUM_EXAMPLES])
         # ε per round from the ledger entries the nodes sent for this round, not from metrics.
         eps = [e.epsilon for e in record.ledger
                if e.round == record.server_round and e.run_id == self.run_id
                and not e.is_confirmation and e.guarantee == RECORD_LEVEL]
         # (nodes under secure aggregation do not send their update's norm)
-        norms = [float(c["update-norm"]) for c in record.clients if "update-norm" in c]
+        norms = [float(c[UPDATE_NORM]) for c in record.clients if UPDATE_NORM in c]
         line = {
             "round": record.server_round,
             "run_id": self.run_id,
@@ -133,18 +134,18 @@ class RoundRecorder:
             if self.config.secure_aggregation:
                 self.secure_rounds.append(secure_round_facts(line))
             for client in line["clients"]:
-                if "num-examples" in client:
-                    self.records[str(client["node"])] = int(client["num-examples"])
+                if NUM_EXAMPLES in client:
+                    self.records[str(client["node"])] = int(client[NUM_EXAMPLES])
 
 
 def weighted_loss(clients: list[dict[str, float | int]]) -> float | None:
     """Mean client training loss weighted by record count (None without clients, or when the
     nodes keep their loss to themselves: the default, see `release-train-loss`)."""
-    clients = [c for c in clients if "train-loss" in c]
-    total = sum(float(c["num-examples"]) for c in clients)
+    clients = [c for c in clients if TRAIN_LOSS in c]
+    total = sum(float(c[NUM_EXAMPLES]) for c in clients)
     if not clients or total == 0:
         return None
-    return sum(float(c["train-loss"]) * float(c["num-examples"]) for c in clients) / total
+    return sum(float(c[TRAIN_LOSS]) * float(c[NUM_EXAMPLES]) for c in clients) / total
 
 
 def _progress_line(line: dict[str, Any], num_rounds: int) -> str:
