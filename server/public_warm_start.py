@@ -33,21 +33,17 @@ from torch import nn
 from common.data.public_corpus import PublicCorpus, load_public_corpus
 from common.run_config import ConfigError, RunConfig
 from common.run_layout import WARM_START_FILE
-from common.tasks import SslTask
+from common.tasks import SslTask, get_task
 
 
 def public_corpus(config: RunConfig) -> tuple[tuple[torch.Tensor, ...], PublicCorpus]:
     """The run's public records as model inputs, and the corpus they come from."""
-    if config.task != "mlm":
+    encode = get_task(config.task).public_records
+    if encode is None:
         raise ConfigError("warm-start-steps", f"task '{config.task}' has no public corpus "
                           "for a warm start; use warm-start-steps=0")
-    from common.data.tokenizer import encode_texts, load_tokenizer
-    from common.tasks.mlm import tokenizer_path
-
     corpus = load_public_corpus(config.public_corpus)
-    records = encode_texts(load_tokenizer(tokenizer_path(config)), list(corpus.texts),
-                           config.max_length)
-    return records, corpus
+    return encode(config, list(corpus.texts)), corpus
 
 
 def warm_start(

@@ -64,7 +64,9 @@ class SslTask:
     vocabulary_parameters: tuple[str, ...] = ()
     # The clipping mode when they are frozen (benchmarks/mlm_step_time.md, quiet levers table).
     frozen_grad_sample_mode: str = "hooks"
-    public_corpus: bool = False  # has a public corpus for `warm-start-steps`
+    # Its public corpus's texts as model inputs, for the server's warm start
+    # (`warm-start-steps`, server/public_warm_start.py); None: it has no public corpus.
+    public_records: Callable[[RunConfig, list[str]], tuple[torch.Tensor, ...]] | None = None
     # Its objective reads public texts every round (contrastive negatives): `public-corpus`.
     public_negatives: bool = False
     needs_checkpoint: bool = False  # adapts a public encoder only (`init` must name one)
@@ -72,6 +74,14 @@ class SslTask:
     # second backward pass is not: MiniLM + LoRA, batch 64, measured hooks 1.17x a non-private
     # step vs ghost 1.70x (benchmarks/adapter_step_time.py, docs/public-encoders.md).
     adapter_grad_sample_mode: str = "hooks"
+    # Its records are token ids and its model exposes `vocab_size` and `special_ids`, so
+    # `fedssl audit-empirical` can plant text canaries (simulations/privacy_audit/).
+    text_canaries: bool = False
+
+    @property
+    def public_corpus(self) -> bool:
+        """Whether it has a public corpus for `warm-start-steps`."""
+        return self.public_records is not None
 
 
 def grad_sample_mode(task: SslTask, config: RunConfig) -> str:

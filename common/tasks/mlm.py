@@ -192,6 +192,12 @@ def public_inputs_sha256(config: RunConfig) -> str:
                           f"{public_corpus_sha256(config.public_corpus)}".encode()).hexdigest()
 
 
+def public_records(config: RunConfig, texts: list[str]) -> tuple[torch.Tensor, ...]:
+    """Public texts (the warm start's corpus) tokenized as the model's inputs:
+    `(input_ids, attention_mask)`."""
+    return encode_texts(load_tokenizer(tokenizer_path(config)), texts, config.max_length)
+
+
 def client_tensors(config: RunConfig, partition_id: int, deid: str = DEID_OFF
                    ) -> tuple[torch.Tensor, ...]:
     """A simulated client's records (its partition of the demo corpus or of the run's own
@@ -264,5 +270,6 @@ TASK = SslTask(
     grad_sample_mode="ghost",  # 2.0x a non-private step vs 4.3x with hooks (quiet, CPU)
     vocabulary_parameters=VOCABULARY_PARAMETERS,
     frozen_grad_sample_mode="hooks",  # frozen vocabulary: 1.53x vs ghost's 1.92x (quiet)
-    public_corpus=True,
+    public_records=public_records,
+    text_canaries=True,
 )

@@ -40,6 +40,7 @@ from common.privacy.accounting import REPLACE_ONE, HistoryEntry, epsilon_of
 from common.privacy.one_run_bound import best_lower_bound, guesses_from_scores
 from common.run_config import RunConfig
 from common.tasks import (
+    TASK_MODULES,
     SslTask,
     federated_state,
     freeze_vocabulary,
@@ -103,8 +104,10 @@ class AuditSettings:
             found.append(f"--trials must be at least 1, got {self.trials}")
         if not 0 < self.beta < 1:
             found.append(f"--beta must be in (0, 1), got {self.beta}")
-        if self.config.task != "mlm":
-            found.append(f"the empirical audit supports task=mlm (text canaries), not "
+        if not get_task(self.config.task).text_canaries:
+            supported = ", ".join(f"task={name}" for name in TASK_MODULES
+                                  if get_task(name).text_canaries)
+            found.append(f"the empirical audit supports {supported} (text canaries), not "
                          f"task={self.config.task}")
         if self.config.reproducible_noise:
             found.append("reproducible-noise=true claims no DP guarantee, so there is no ε to "
