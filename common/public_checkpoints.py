@@ -38,7 +38,6 @@ MINILM_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9d
 WEIGHTS_FILE = "model.safetensors"
 REQUIRED_FILES = ("config.json", WEIGHTS_FILE, "tokenizer.json")
 BERT_FAMILY = ("bert",)  # config.json `model_type`s whose layers fedssl's tasks know
-SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 CACHE_ENV = "FEDSSL_CACHE"
 
 
@@ -146,20 +145,6 @@ def checkpoint_folder(folder: Path, name: str | None = None,
                               f"delete {folder} to extract it again")
     return PublicCheckpoint(name=name or str(folder), folder=folder, weights_sha256=digest,
                             config=config)
-
-
-def special_token_ids(tokenizer_file: Path) -> dict[str, int]:
-    """The ids of [PAD], [UNK], [CLS], [SEP], [MASK] in this tokenizer, read from it (never
-    assumed): a stock BERT vocabulary has [MASK] = 103, fedssl's own has 4."""
-    from tokenizers import Tokenizer
-
-    tokenizer = Tokenizer.from_file(str(tokenizer_file))
-    ids = {token: tokenizer.token_to_id(token) for token in SPECIAL_TOKENS}
-    missing = [token for token, index in ids.items() if index is None]
-    if missing:
-        raise CheckpointError(f"{tokenizer_file}: no {', '.join(missing)} token; a BERT "
-                              "WordPiece tokenizer with the standard special tokens is needed")
-    return {token: int(index) for token, index in ids.items() if index is not None}
 
 
 def load_encoder(checkpoint: PublicCheckpoint) -> Any:

@@ -18,7 +18,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
-from flwr.app import Message, MessageType, RecordDict
+from flwr.app import Message, MessageType
 from flwr.common import log
 from flwr.serverapp import Grid
 
@@ -29,7 +29,7 @@ from common.privacy.ledger import (
     LedgerError,
     PrivacyLedger,
 )
-from common.protocol import LedgerSyncAnswer, LedgerSyncQuery, reply_ledger
+from common.protocol import LedgerSyncAnswer, LedgerSyncQuery
 
 SYNC_TIMEOUT_S = 60.0
 SYNC_RETRY_S = 2.0
@@ -95,11 +95,6 @@ class LedgerCoverage:
     def label(self, node_id: int) -> str:
         """The node's ledger name when known, else `node-<flower id>`."""
         return self.names.get(node_id, f"node-{node_id}")
-
-
-def reply_entries(content: RecordDict, node: str) -> list[LedgerEntry]:
-    """The ledger entries a fedssl reply carries: the sender's own (see `ledger_entries`)."""
-    return ledger_entries(reply_ledger(content), node)
 
 
 def ledger_entries(texts: list[str], node: str) -> list[LedgerEntry]:

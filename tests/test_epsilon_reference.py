@@ -26,7 +26,7 @@ from common.privacy.accounting import (
     epsilon_of,
     legacy_rdp_epsilon,
 )
-from common.privacy.epsilon_curves import claim_curve
+from common.privacy.epsilon_curves import claim_curve, pld_curve, rdp_curve
 from common.privacy.ledger import (
     GENESIS,
     POISSON_GAUSSIAN,
@@ -36,11 +36,7 @@ from common.privacy.ledger import (
     LedgerRow,
     row_hash,
 )
-from common.privacy.ledger_audit import (
-    audit_node,
-    pld_curve,
-    rdp_curve,
-)
+from common.privacy.ledger_audit import audit_node
 
 
 def _single_row(sigma: float, rate: float, steps: int, delta: float) -> LedgerRow:

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from transformers import AutoModel, AutoTokenizer, BertConfig
 
 from common.data.tokenizer import SHIPPED_TOKENIZER, encode_texts, load_tokenizer
-from server.compression.hf_export import export_hf_folder, extract_snippet
+from server.compression.hf_export import export_hf_folder
 from server.evaluation.text_classifier import MeanPoolClassifier, build_classifier
 
 MAX_LENGTH = 12
@@ -24,6 +24,12 @@ TEXTS = [
      "childbirth and the puerperium, unspecified trimester"),
     "",
 ]
+
+
+def _first_python_block(readme: str) -> str:
+    """The first ```python block of the model card: the snippet this test executes."""
+    start = readme.index("```python\n") + len("```python\n")
+    return readme[start:readme.index("```", start)]
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +54,7 @@ def test_the_readme_snippet_reproduces_the_classifier_logits(model, exported, mo
     with torch.no_grad():
         expected = model(input_ids=ids, attention_mask=mask).logits
 
-    snippet = extract_snippet((exported / "README.md").read_text(encoding="utf-8"))
+    snippet = _first_python_block((exported / "README.md").read_text(encoding="utf-8"))
     monkeypatch.chdir(exported.parent)  # the card says: run it next to the folder
     namespace: dict = {}
     exec(compile(snippet, "README.md", "exec"), namespace)  # noqa: S102 - our own docs

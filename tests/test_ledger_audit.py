@@ -45,12 +45,8 @@ from common.privacy.ledger import (
     PrivacyLedger,
     read_ledger,
 )
-from common.privacy.ledger_audit import (
-    AuditInputError,
-    audit,
-    check_anchor,
-    verify_chain,
-)
+from common.privacy.ledger_audit import AuditInputError, audit
+from common.privacy.ledger_integrity import check_anchor, verify_chain
 from simulations.cli import main
 
 ROUNDS = 3

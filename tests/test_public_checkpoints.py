@@ -15,6 +15,7 @@ import torch
 from simulation_runs import tiny_bert_folder
 from transformers import BertModel
 
+from common.data.tokenizer import SpecialIds, TokenizerError, load_tokenizer, special_ids
 from common.public_checkpoints import (
     MINILM_DISTRIBUTION,
     MINILM_SHA256,
@@ -25,7 +26,6 @@ from common.public_checkpoints import (
     packaged_minilm,
     resolve_checkpoint,
     sha256_file,
-    special_token_ids,
 )
 
 
@@ -39,7 +39,7 @@ def test_a_local_folder_loads_and_its_hash_is_recorded(tmp_path):
     for (name, ours), (_, theirs) in zip(encoder.state_dict().items(),
                                          reference.state_dict().items(), strict=True):
         assert torch.equal(ours, theirs), name
-    assert special_token_ids(checkpoint.tokenizer_file)["[MASK]"] == 4
+    assert special_ids(load_tokenizer(checkpoint.tokenizer_file)).mask == 4
 
 
 def test_none_means_no_checkpoint():
@@ -62,12 +62,13 @@ def test_a_non_bert_model_and_a_missing_folder_are_refused(tmp_path):
 
 
 def test_special_token_ids_are_read_not_assumed(tmp_path):
+    """A checkpoint's special tokens are read from its tokenizer, as the text tasks read them."""
     stock = tiny_bert_folder(tmp_path / "stock", specials=(
         "[unused0]", "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"))
-    assert special_token_ids(stock / "tokenizer.json")["[MASK]"] == 5
+    assert special_ids(load_tokenizer(stock / "tokenizer.json")).mask == 5
     no_mask = tiny_bert_folder(tmp_path / "nomask", specials=("[PAD]", "[UNK]", "[CLS]", "[SEP]"))
-    with pytest.raises(CheckpointError, match=r"no \[MASK\]"):
-        special_token_ids(no_mask / "tokenizer.json")
+    with pytest.raises(TokenizerError, match=r"no \[MASK\]"):
+        special_ids(load_tokenizer(no_mask / "tokenizer.json"))
 
 
 def _zip_of(folder: Path, archive: Path) -> Path:
@@ -124,8 +125,8 @@ def test_packaged_minilm_is_the_upstream_checkpoint(tmp_path):
     checkpoint = packaged_minilm(tmp_path / "cache")
     assert checkpoint.weights_sha256 == MINILM_SHA256
     assert checkpoint.hidden_size == 384 and checkpoint.config["num_hidden_layers"] == 6
-    assert special_token_ids(checkpoint.tokenizer_file) == {
-        "[PAD]": 0, "[UNK]": 100, "[CLS]": 101, "[SEP]": 102, "[MASK]": 103}
+    assert special_ids(load_tokenizer(checkpoint.tokenizer_file)) == SpecialIds(
+        pad=0, unk=100, cls=101, sep=102, mask=103)
     encoder = load_encoder(checkpoint)
     # 22.7M with the pooler, which fedssl does not load (mean pooling instead)
     assert sum(p.numel() for p in encoder.parameters()) == 22_565_376

@@ -28,7 +28,7 @@ from common.tasks.mlm import mask_tokens, per_sequence_loss
 from common.tasks.public_encoder import (
     PublicMaskedLm,
     merged_encoder_state,
-    trainable_state,
+    trainable_names,
 )
 
 CLIP = 0.05
@@ -64,7 +64,7 @@ def _loss(model, rows, inputs) -> torch.Tensor:
 @pytest.mark.parametrize("adapter", ["lora", "ffa-lora"])
 def test_only_adapters_and_the_transform_train(folder, adapter):
     model = _model(folder, adapter)
-    names = list(trainable_state(model))
+    names = list(trainable_names(model))
     assert names and all("lora_" in n or n.startswith("transform.") for n in names)
     assert any("lora_A" in n for n in names) == (adapter == "lora")
     assert any("lora_B" in n for n in names)

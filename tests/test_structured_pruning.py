@@ -20,7 +20,6 @@ from server.compression.structured_pruning import (
     apply_pruning,
     importance_scores,
     load_pruned,
-    parameters_removed,
     plan_file,
     plan_pruning,
     save_pruned,
@@ -131,7 +130,6 @@ def test_parameter_count_and_file_shrink_by_the_expected_amount(tmp_path):
     per_dim = 3 * (HIDDEN + 1) + HIDDEN
     per_neuron = (HIDDEN + 1) + HIDDEN
     expected = (16 + 24) * per_dim + (24 + 47) * per_neuron
-    assert parameters_removed(model.config, PLAN) == expected
     assert full - count(model) == expected
     save_pruned(model, PLAN, tmp_path / "pruned.safetensors")
     saved_bytes = (tmp_path / "full.safetensors").stat().st_size

@@ -55,8 +55,7 @@ from common.run_layout import LEDGER_FILE, RUN_OWNER, SUMMARY_FILE
 
 __all__ = [
     "ACCOUNTANTS", "AuditInputError", "AuditReport", "EventAudit", "NodeAudit", "Problem",
-    "audit", "audit_node", "check_anchor", "claim_consistent", "guarantee_label", "pld_curve",
-    "rdp_curve", "resolve_ledger", "verify_chain",
+    "audit", "audit_node", "guarantee_label", "resolve_ledger",
 ]
 
 BUDGET_TOLERANCE = 1e-9  # relative; a budget breach by float noise alone is not a breach

@@ -156,9 +156,3 @@ def encode(encoder: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor) 
 def trainable_names(model: nn.Module) -> tuple[str, ...]:
     """Names of the parameters that train: what a model over a frozen encoder federates."""
     return tuple(name for name, parameter in model.named_parameters() if parameter.requires_grad)
-
-
-def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The parameters that train (and so travel): adapters and heads, never the frozen base."""
-    return {name: parameter.detach().clone() for name, parameter in model.named_parameters()
-            if parameter.requires_grad}

@@ -103,12 +103,6 @@ def export_hf_folder(model: MeanPoolClassifier, tokenizer_file: Path, label_name
     return out_dir
 
 
-def extract_snippet(readme: str) -> str:
-    """The first ```python block of a model card (what tests execute, so the docs stay true)."""
-    start = readme.index("```python\n") + len("```python\n")
-    return readme[start:readme.index("```", start)]
-
-
 def _check_arguments(model: MeanPoolClassifier, label_names: list[str], max_length: int) -> None:
     classes = model.classifier.out_features
     if len(label_names) != classes:

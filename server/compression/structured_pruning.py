@@ -261,21 +261,6 @@ def apply_pruning(model: MeanPoolClassifier, plan: PruningPlan) -> MeanPoolClass
     return model
 
 
-def parameters_removed(config: BertConfig, plan: PruningPlan) -> int:
-    """How many parameters `apply_pruning(plan)` removes from an unpruned model of `config`."""
-    hidden = config.hidden_size
-    head_size = hidden // config.num_attention_heads
-    total = 0
-    for heads, neurons in zip(plan.kept_heads, plan.kept_neurons):
-        width = (config.num_attention_heads - len(heads)) * head_size
-        # q, k, v: weight rows + bias entries; attention output dense: weight columns only.
-        total += 3 * width * (hidden + 1) + width * hidden
-        dropped = config.intermediate_size - len(neurons)
-        # intermediate dense: rows + bias; output dense: columns only.
-        total += dropped * (hidden + 1) + dropped * hidden
-    return total
-
-
 def plan_file(weights_file: Path) -> Path:
     """Where `save_pruned` puts the plan: `model.safetensors` -> `model.pruning.json`."""
     return Path(weights_file).with_suffix(".pruning.json")
