@@ -1,6 +1,6 @@
 """How loud is DP-SGD's noise next to the signal it protects, for the text study's clients?
 
-For one client with N records, expected batch B (Poisson rate q = B/N), T planned DP-SGD steps
+For one client with N records, batch size B (Poisson rate q = 1/⌈N/B⌉, expected batch N·q ≤ B), T planned DP-SGD steps
 and a target ε at δ: σ is calibrated exactly as a client calibrates it
 (`common.privacy.accounting.calibrate_noise_multiplier`: PLD, replace-one neighbours; before
 the ledger's format 2 this table was made with RDP, add/remove). One noisy step adds a Gaussian
@@ -45,7 +45,7 @@ STEPS = (60, 600, 3000)
 
 def noise_to_signal(records: int, batch: int, steps: int, epsilon: float, delta: float,
                     trained: int) -> tuple[float, float]:
-    """(σ, σ·√d / B) for one client; q = B / N as Opacus' Poisson loader uses."""
+    """(σ, σ·√d / B) for one client; q = 1/⌈N/B⌉ as Opacus' Poisson loader uses."""
     rate = 1.0 / math.ceil(records / batch)
     sigma = calibrate_noise_multiplier(epsilon, delta, rate, steps, REPLACE_ONE)
     return sigma, sigma * math.sqrt(trained) / batch

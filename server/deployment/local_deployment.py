@@ -32,7 +32,7 @@ from server.deployment.process_tree import stop_process_tree
 
 CONNECTION = "fedssl-local"  # the SuperLink connection name in FLWR_HOME/config.toml
 # A SuperNode that cannot connect gives up (with the reason in its log) rather than retry
-# forever; the runbook uses the same values.
+# forever. Smaller than the runbook's 10 tries / 300 s so that the loopback tests end quickly.
 MAX_RETRIES, MAX_WAIT_S = 5, 120
 
 
