@@ -20,7 +20,11 @@ installed Flower and fails naming the Flower version and the symbol.
 * `DEAD_WORKER_ERRORS`: how a dead Ray ClientApp actor shows in an error reply. Flower 1.42's
   Ray backend puts a dead actor back into its pool (raybackend.process_message), so every later
   message routed to it fails the same way, healthy nodes' included; UpdateFedAvg stops the run
-  when it sees one (a rerun resumes).
+  when it sees one (a rerun resumes), but only when Ray runs in the ServerApp's own process
+  (`update_fedavg.ray_runs_here`): Flower 1.42's simulation runs the ServerApp as a thread of
+  the process that starts Ray, a deployed ServerApp never starts Ray, so a deployed node that
+  names a Ray error in its reply is rejected like any other failed reply and cannot stop the
+  run. The slow test that SIGKILLs a real actor (tests/test_simulation_scale.py) checks it.
 * `compute_stdv` (flwr.supercore.differential_privacy): the std of the Gaussian noise on a
   mean of clipped updates, z·S/n; client-level DP (server/client_level_dp.py) reuses it.
 * SecAgg+ through the legacy workflow API (server/secure_aggregation.py), the only way Flower
