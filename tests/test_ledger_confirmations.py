@@ -91,7 +91,8 @@ def test_a_crashed_round_is_counted_in_full_and_reported(tmp_path, capsys):
     assert [e["confirmed"] for e in node_doc["events"]] == [True, False, True]
 
 
-def test_a_ledger_without_confirmations_audits_as_legacy(tmp_path):
+def test_format_2_entries_without_confirmations_are_crashed_rounds_not_legacy(tmp_path):
+    # Format 2 came after confirmations: a node whose every round crashed is not "legacy".
     ledger = PrivacyLedger.open(tmp_path / "ledger.sqlite", owner=NODE)
     history: list = []
     for r in (1, 2):
@@ -99,8 +100,9 @@ def test_a_ledger_without_confirmations_audits_as_legacy(tmp_path):
     report = audit(tmp_path)
     assert report.ok, report.reasons
     (node,) = report.nodes
-    assert node.legacy and node.crashed_rounds == () and len(node.unconfirmed) == 2
-    assert any("no confirmations recorded for hospital-a" in n for n in report.notes)
+    assert not node.legacy and [r.entry.round for r in node.crashed_rounds] == [1, 2]
+    assert not any("no confirmations recorded" in n for n in report.notes)
+    assert any("2 crashed round(s)" in n for n in report.notes)
 
 
 def _rewrite(path: Path, seq: int, **changes: object) -> None:

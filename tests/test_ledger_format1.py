@@ -79,8 +79,10 @@ def _old_insert(conn: sqlite3.Connection, body: dict[str, Any]) -> str:
     return entry_hash
 
 
-def write_format1_ledger(path: Path, rounds: int = 2) -> list[tuple[float, float, int]]:
-    """A node's own format-1 ledger: each round a write-ahead entry and its confirmation."""
+def write_format1_ledger(path: Path, rounds: int = 2,
+                         confirmed: bool = True) -> list[tuple[float, float, int]]:
+    """A node's own format-1 ledger: each round a write-ahead entry and (unless `confirmed` is
+    False, as before fedssl confirmed rounds) its confirmation."""
     history: list[tuple[float, float, int]] = []
     prev = GENESIS
     with sqlite3.connect(path) as conn:
@@ -95,6 +97,8 @@ def write_format1_ledger(path: Path, rounds: int = 2) -> list[tuple[float, float
                     "epsilon": legacy_rdp_epsilon(history, DELTA), "max_epsilon": 10.0,
                     "timestamp": f"2025-06-0{rnd}T12:34:56.789012+00:00", "prev_hash": prev}
             prev = _old_insert(conn, body)
+            if not confirmed:
+                continue
             confirmation = {**body, "mechanism": CONFIRMATION, "steps": 0,
                             "timestamp": f"2025-06-0{rnd}T12:41:07.000321+00:00",
                             "prev_hash": prev}
@@ -170,6 +174,16 @@ def test_a_format1_ledger_fails_the_audit_with_no_dp_guarantee_and_a_replace_one
     assert doc["dp_guarantee"] is False and doc["nodes"][0]["dp_guarantee"] is False
     assert [e["recomputed"]["claim_covers_pld"] for e in doc["nodes"][0]["events"]] == [
         False, False]
+
+
+def test_format1_entries_without_confirmations_audit_as_legacy(tmp_path):
+    # Such a node may predate confirmations: its entries are counted in full, labelled legacy.
+    path = tmp_path / "ledger.sqlite"
+    write_format1_ledger(path, confirmed=False)
+    report = audit(path)
+    (node,) = report.nodes
+    assert node.legacy and node.crashed_rounds == () and len(node.unconfirmed) == 2
+    assert any(f"no confirmations recorded for {NODE}" in n for n in report.notes)
 
 
 def test_opening_a_format1_file_migrates_it_and_new_entries_keep_the_chain(legacy):

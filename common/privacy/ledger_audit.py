@@ -111,10 +111,12 @@ class NodeAudit:
 
     @property
     def legacy(self) -> bool:
-        """A node's record-level chain with no confirmation at all: written before fedssl
-        confirmed rounds (or every round crashed); its entries cannot be told apart."""
+        """A node's record-level chain with no confirmation and only format-1 entries: it may
+        predate confirmations, so a crash cannot be told from a finished round. (Format 2
+        came after confirmations: without one, each of its entries is a crashed round.)"""
         return (self.guarantee == RECORD_LEVEL and self.node_id != FEDERATION_NODE
-                and self.confirmations == 0)
+                and self.confirmations == 0
+                and all(r.entry.is_legacy for r in self.unconfirmed))
 
     @property
     def crashed_rounds(self) -> tuple[LedgerRow, ...]:
@@ -402,7 +404,7 @@ def _confirmation_notes(nodes: Sequence[NodeAudit]) -> list[str]:
                          "over-count, never an under-count")
     legacy = sorted(n.node_id for n in nodes if n.legacy)
     if legacy:
-        notes.append(f"no confirmations recorded for {', '.join(legacy)}: their entries were "
-                     "written before fedssl confirmed completed rounds (or every round "
-                     "crashed); all are counted in full, as always")
+        notes.append(f"no confirmations recorded for {', '.join(legacy)}: their format-1 "
+                     "entries may predate confirmed rounds (or every round crashed); all are "
+                     "counted in full, as always")
     return notes
