@@ -7,7 +7,12 @@ import signal
 import sys
 
 from common.run_config import ConfigError
-from server.deployment.certs_command import add_certs_parser, certs_command
+from server.deployment.certs_command import (
+    LOOPBACK_PORT,
+    PUBLIC_PORT,
+    add_certs_parser,
+    certs_command,
+)
 from simulations.presets import preset_listing
 from simulations.settings_help import settings_epilog
 from simulations.sweep_command import add_sweep_parser, sweep_command
@@ -85,10 +90,10 @@ def main(argv: list[str] | None = None) -> int:
     gateway = commands.add_parser(
         "gateway", help="coordinator: the public TLS gateway that forwards the Fleet API only "
         "(docs/deploy.md)")
-    gateway.add_argument("--listen", default="0.0.0.0:9092", help="public HOST:PORT "
-                         "(default 0.0.0.0:9092)")
-    gateway.add_argument("--superlink", default="127.0.0.1:9093",
-                         help="the SuperLink's loopback HOST:PORT (default 127.0.0.1:9093)")
+    gateway.add_argument("--listen", default=f"0.0.0.0:{PUBLIC_PORT}",
+                         help=f"public HOST:PORT (default 0.0.0.0:{PUBLIC_PORT})")
+    gateway.add_argument("--superlink", default=f"127.0.0.1:{LOOPBACK_PORT}",
+                         help=f"the SuperLink's loopback HOST:PORT (default 127.0.0.1:{LOOPBACK_PORT})")
     gateway.add_argument("--ca", required=True, help="ca.crt (verifies the SuperLink)")
     gateway.add_argument("--certfile", required=True, help="the SuperLink's server.pem")
     gateway.add_argument("--keyfile", required=True, help="the SuperLink's server.key")

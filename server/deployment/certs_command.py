@@ -82,7 +82,8 @@ def certs_command(args: argparse.Namespace) -> int:
     return 0
 
 
-# docs/deploy.md §2: the SuperLink on loopback, `fedssl gateway` the one public port.
+# docs/deploy.md §2: the SuperLink on loopback, `fedssl gateway` the one public port (also
+# the gateway's defaults, simulations/cli.py).
 PUBLIC_PORT = 9092
 LOOPBACK_PORT = 9093
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
