@@ -125,8 +125,9 @@ def reply_to_fitres(content: RecordDict, weights: ArrayRecord,
 
     Δ in the weights' order, as float64 (quantisation then works on exact values); a zero
     vector when the node did not train. With `share_std` > 0 every node — trained or not —
-    adds its share of the client-level noise, drawn from the node's secret source. Weight 1: the protocol's weighted mean becomes the
-    plain mean of the contributions, from which the server takes the sum.
+    adds its share of the client-level noise, drawn from the node's secret source. Weight 1:
+    the protocol's weighted mean becomes the plain mean of the contributions, from which the
+    server takes the sum.
     """
     update = content.array_records.get(ARRAYS_KEY)
     if update is not None and len(update) > 0:
